@@ -1,0 +1,1 @@
+//! Node health checks (placeholder until the health work lands).

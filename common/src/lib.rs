@@ -1,0 +1,10 @@
+//! What keel-lb and keel-agent share, and nothing else: config diagnostics that name file, line and
+//! field; human durations (`100ms`, `5s`); a jittered exponential backoff.
+
+pub mod backoff;
+pub mod config;
+pub mod duration;
+
+pub use backoff::Backoff;
+pub use config::{ConfigError, ConfigErrors, Diagnostics, Source};
+pub use duration::Dur;
