@@ -1,0 +1,840 @@
+//! keel-lb's config file: raw serde structs that mirror the YAML (`deny_unknown_fields`), then one
+//! [`validate`] that turns them into the typed [`Config`] or reports every error with file, line and
+//! field. Nothing outside this module parses YAML or sees a raw string.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_common::{config as kc, ConfigErrors, Diagnostics, Dur, Source};
+use serde::Deserialize;
+
+// ---------------------------------------------------------------------------------------------
+// Raw: exactly what the YAML says.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    pub shutdown: Option<RawShutdown>,
+    #[serde(default)]
+    pub frontends: Vec<RawFrontend>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+    pub vrrp: Option<keel_vrrp::VrrpFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Dur>,
+    pub idle: Option<Dur>,
+    pub udp_session: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrontend {
+    pub name: String,
+    pub listen: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub pool: String,
+    pub max_connections: Option<u64>,
+    pub proxy_protocol: Option<String>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default)]
+    pub balance: Balance,
+    pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// `ip:port`, or `ip` with `port`.
+    pub address: String,
+    pub port: Option<u32>,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub state: AdminState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed: what the rest of keel-lb trusts.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Maglev,
+}
+
+/// Operator's intent for a backend: `drain` takes no new connections but keeps its established ones;
+/// `disabled` is out of rotation entirely (its health is not even checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    #[default]
+    Active,
+    Drain,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub admin: Option<Admin>,
+    pub shutdown_drain: Duration,
+    pub frontends: Vec<Frontend>,
+    pub pools: BTreeMap<String, Pool>,
+    pub vrrp: Option<keel_vrrp::VrrpConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub udp_session: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frontend {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    pub pool: String,
+    pub max_connections: usize,
+    pub proxy_protocol: bool,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub balance: Balance,
+    pub health: HealthCheck,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: AdminState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Port to check when it differs from the backend's.
+    pub port: Option<u16>,
+    pub path: String,
+    pub expect_status: u16,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_UDP_SESSION: Duration = Duration::from_secs(60);
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_WEIGHT: u32 = 256;
+
+impl Default for HealthCheck {
+    /// No `health:` section: a TCP connect every 2 s, as HAProxy's `check` with its defaults would do.
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::Tcp,
+            port: None,
+            path: "/".into(),
+            expect_status: 200,
+            ca_file: None,
+            server_name: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = Source::read(path)?;
+    load_source(&src)
+}
+
+pub fn load_source(src: &Source) -> Result<Config, ConfigErrors> {
+    let raw: RawFile = kc::parse(src)?;
+    validate(&raw, src)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{text:?} is not an address with a port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+fn validate_timeouts(
+    raw: &RawTimeouts,
+    base: Timeouts,
+    field: &str,
+    diag: &mut Diagnostics,
+) -> Timeouts {
+    let mut t = base;
+    for (name, value, slot) in [
+        ("connect", raw.connect, &mut t.connect),
+        ("idle", raw.idle, &mut t.idle),
+        ("udp_session", raw.udp_session, &mut t.udp_session),
+    ] {
+        if let Some(v) = value {
+            if v.0.is_zero() {
+                diag.error(format!("{field}.{name}"), "must be greater than 0");
+            } else {
+                *slot = v.0;
+            }
+        }
+    }
+    t
+}
+
+/// Turns the raw file into the typed model, or reports every problem at once.
+pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
+    let mut diag = Diagnostics::new(src);
+
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let listen = parse_addr(&a.listen)
+            .map_err(|e| diag.error("admin.listen", e))
+            .ok()?;
+        if let Some(f) = &a.token_file {
+            if !f.is_file() {
+                diag.error(
+                    "admin.token_file",
+                    format!("{} is not a readable file", f.display()),
+                );
+            }
+        }
+        Some(Admin {
+            listen,
+            token_file: a.token_file.clone(),
+        })
+    });
+
+    let defaults = validate_timeouts(
+        &raw.timeouts,
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            udp_session: DEFAULT_UDP_SESSION,
+        },
+        "timeouts",
+        &mut diag,
+    );
+
+    let shutdown_drain = raw
+        .shutdown
+        .as_ref()
+        .and_then(|s| s.drain)
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_DRAIN);
+
+    // Pools first, so frontends can be checked against them.
+    let mut pools = BTreeMap::new();
+    for (name, rp) in &raw.pools {
+        let field = format!("pools.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            diag.error(&field, "pool names use letters, digits, '-', '_' and '.'");
+        }
+        if rp.backends.is_empty() {
+            diag.error(
+                format!("{field}.backends"),
+                "a pool needs at least one backend",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut backends = Vec::new();
+        for (i, rb) in rp.backends.iter().enumerate() {
+            let bf = format!("{field}.backends[{i}]");
+            if let Some(b) = validate_backend(rb, &bf, &mut diag) {
+                if let Some(first) = seen.insert(b.addr, i) {
+                    diag.error(
+                        format!("{bf}.address"),
+                        format!(
+                            "backend {} is listed twice (also backends[{first}])",
+                            b.addr
+                        ),
+                    );
+                }
+                backends.push(b);
+            }
+        }
+        let health = match &rp.health {
+            Some(h) => validate_health(h, &format!("{field}.health"), &mut diag),
+            None => HealthCheck::default(),
+        };
+        pools.insert(
+            name.clone(),
+            Pool {
+                name: name.clone(),
+                balance: rp.balance,
+                health,
+                backends,
+            },
+        );
+    }
+
+    let mut frontends = Vec::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut listens: HashMap<(Protocol, SocketAddr), usize> = HashMap::new();
+    for (i, rf) in raw.frontends.iter().enumerate() {
+        let field = format!("frontends[{i}]");
+        if rf.name.is_empty() {
+            diag.error(format!("{field}.name"), "must not be empty");
+        } else if let Some(first) = names.insert(&rf.name, i) {
+            diag.error(
+                format!("{field}.name"),
+                format!(
+                    "frontend name {:?} is used twice (also frontends[{first}])",
+                    rf.name
+                ),
+            );
+        }
+        let listen = match parse_addr(&rf.listen) {
+            Ok(a) => {
+                if a.port() == 0 {
+                    diag.error(format!("{field}.listen"), "port must not be 0");
+                }
+                if let Some(first) = listens.insert((rf.protocol, a), i) {
+                    diag.error(
+                        format!("{field}.listen"),
+                        format!("{a} is already the listen address of frontends[{first}]"),
+                    );
+                }
+                if rf.protocol == Protocol::Tcp && admin.as_ref().is_some_and(|ad| ad.listen == a) {
+                    diag.error(
+                        format!("{field}.listen"),
+                        format!("{a} is the admin listener"),
+                    );
+                }
+                Some(a)
+            }
+            Err(e) => {
+                diag.error(format!("{field}.listen"), e);
+                None
+            }
+        };
+        if !pools.contains_key(&rf.pool) {
+            diag.error(
+                format!("{field}.pool"),
+                format!(
+                    "no pool named {:?} (pools: {})",
+                    rf.pool,
+                    list(pools.keys())
+                ),
+            );
+        }
+        let max_connections = match rf.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(0) => {
+                diag.error(format!("{field}.max_connections"), "must be at least 1");
+                1
+            }
+            // tokio's semaphore holds at most usize::MAX >> 3 permits; a million is plenty for one VM.
+            Some(n) if n > 1_000_000 => {
+                diag.error(
+                    format!("{field}.max_connections"),
+                    "must be at most 1000000",
+                );
+                1
+            }
+            Some(n) => n as usize,
+        };
+        let proxy_protocol = match rf.proxy_protocol.as_deref() {
+            None => false,
+            Some("v2") => {
+                if rf.protocol == Protocol::Udp {
+                    diag.error(
+                        format!("{field}.proxy_protocol"),
+                        "PROXY protocol is only supported on tcp frontends",
+                    );
+                }
+                true
+            }
+            Some(other) => {
+                diag.error(
+                    format!("{field}.proxy_protocol"),
+                    format!("{other:?} is not supported; the only value is \"v2\""),
+                );
+                false
+            }
+        };
+        let timeouts = validate_timeouts(
+            &rf.timeouts,
+            defaults,
+            &format!("{field}.timeouts"),
+            &mut diag,
+        );
+        if let Some(listen) = listen {
+            frontends.push(Frontend {
+                name: rf.name.clone(),
+                listen,
+                protocol: rf.protocol,
+                pool: rf.pool.clone(),
+                max_connections,
+                proxy_protocol,
+                timeouts,
+            });
+        }
+    }
+
+    let vrrp = raw.vrrp.as_ref().and_then(|rv| {
+        let v = keel_vrrp::config::validate(rv, "vrrp", &mut diag)?;
+        for p in v.tracked_pools() {
+            if !pools.contains_key(&p) {
+                diag.error(
+                    "vrrp",
+                    format!(
+                        "tracks pool {p:?}, which does not exist (pools: {})",
+                        list(pools.keys())
+                    ),
+                );
+            }
+        }
+        Some(v)
+    });
+
+    diag.finish(Config {
+        path: src.path.clone(),
+        admin,
+        shutdown_drain,
+        frontends,
+        pools,
+        vrrp,
+    })
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn validate_backend(rb: &RawBackend, field: &str, diag: &mut Diagnostics) -> Option<Backend> {
+    let text = rb.address.trim();
+    let addr = match (text.parse::<SocketAddr>(), text.parse::<IpAddr>(), rb.port) {
+        (Ok(a), _, None) => Some(a),
+        (Ok(_), _, Some(_)) => {
+            diag.error(
+                format!("{field}.port"),
+                "the address already has a port; give it once",
+            );
+            None
+        }
+        (Err(_), Ok(ip), Some(p)) => match u16::try_from(p) {
+            Ok(p) if p != 0 => Some(SocketAddr::new(ip, p)),
+            _ => {
+                diag.error(
+                    format!("{field}.port"),
+                    format!("{p} is not a port (1-65535)"),
+                );
+                None
+            }
+        },
+        (Err(_), Ok(_), None) => {
+            diag.error(
+                format!("{field}.port"),
+                "missing: give `port` or write the address as ip:port",
+            );
+            None
+        }
+        (Err(_), Err(_), _) => {
+            diag.error(
+                format!("{field}.address"),
+                format!("{text:?} is not an IP address (host names are not resolved)"),
+            );
+            None
+        }
+    };
+    if let Some(a) = addr {
+        if a.port() == 0 {
+            diag.error(format!("{field}.address"), "port must not be 0");
+        }
+        if a.ip().is_unspecified() {
+            diag.error(
+                format!("{field}.address"),
+                format!("{} cannot be a backend", a.ip()),
+            );
+        }
+    }
+    let weight = rb.weight.unwrap_or(1);
+    if weight == 0 || weight > MAX_WEIGHT {
+        diag.error(
+            format!("{field}.weight"),
+            format!("{weight} is out of range 1-{MAX_WEIGHT} (use state: disabled to take a backend out)"),
+        );
+    }
+    addr.map(|addr| Backend {
+        addr,
+        weight: weight.clamp(1, MAX_WEIGHT),
+        state: rb.state,
+    })
+}
+
+fn validate_health(h: &RawHealth, field: &str, diag: &mut Diagnostics) -> HealthCheck {
+    let mut c = HealthCheck {
+        kind: h.kind,
+        ..HealthCheck::default()
+    };
+    if let Some(p) = h.port {
+        match u16::try_from(p) {
+            Ok(p) if p != 0 => c.port = Some(p),
+            _ => diag.error(
+                format!("{field}.port"),
+                format!("{p} is not a port (1-65535)"),
+            ),
+        }
+    }
+    let http = matches!(h.kind, CheckKind::Http | CheckKind::Https);
+    let only_http = |diag: &mut Diagnostics, name: &str, set: bool| {
+        if set && !http {
+            diag.error(
+                format!("{field}.{name}"),
+                "only applies to http and https checks",
+            );
+        }
+    };
+    only_http(diag, "path", h.path.is_some());
+    only_http(diag, "expect_status", h.expect_status.is_some());
+    if h.kind != CheckKind::Https {
+        if h.ca_file.is_some() {
+            diag.error(format!("{field}.ca_file"), "only applies to https checks");
+        }
+        if h.server_name.is_some() {
+            diag.error(
+                format!("{field}.server_name"),
+                "only applies to https checks",
+            );
+        }
+    }
+    if let Some(p) = &h.path {
+        if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            diag.error(
+                format!("{field}.path"),
+                format!("{p:?} must start with '/' and hold no spaces"),
+            );
+        } else {
+            c.path = p.clone();
+        }
+    }
+    if let Some(s) = h.expect_status {
+        if !(100..=599).contains(&s) {
+            diag.error(
+                format!("{field}.expect_status"),
+                format!("{s} is not an HTTP status (100-599)"),
+            );
+        } else {
+            c.expect_status = s;
+        }
+    }
+    if let Some(f) = &h.ca_file {
+        if !f.is_file() {
+            diag.error(
+                format!("{field}.ca_file"),
+                format!("{} is not a readable file", f.display()),
+            );
+        }
+        c.ca_file = Some(f.clone());
+    }
+    if let Some(n) = &h.server_name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            diag.error(
+                format!("{field}.server_name"),
+                format!("{n:?} is not a DNS name or IP address"),
+            );
+        }
+        c.server_name = Some(n.clone());
+    }
+    if let Some(i) = h.interval {
+        if i.0 < Duration::from_millis(10) {
+            diag.error(format!("{field}.interval"), "must be at least 10ms");
+        } else {
+            c.interval = i.0;
+        }
+    }
+    if let Some(t) = h.timeout {
+        if t.0.is_zero() {
+            diag.error(format!("{field}.timeout"), "must be greater than 0");
+        } else {
+            c.timeout = t.0;
+        }
+    }
+    if c.timeout > c.interval {
+        diag.error(
+            format!("{field}.timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                keel_common::duration::format(c.timeout),
+                keel_common::duration::format(c.interval)
+            ),
+        );
+    }
+    for (name, v, slot) in [("rise", h.rise, &mut c.rise), ("fall", h.fall, &mut c.fall)] {
+        if let Some(v) = v {
+            if v == 0 || v > 100 {
+                diag.error(
+                    format!("{field}.{name}"),
+                    format!("{v} is out of range 1-100"),
+                );
+            } else {
+                *slot = v;
+            }
+        }
+    }
+    c
+}
+
+impl Config {
+    pub fn frontend(&self, name: &str) -> Option<&Frontend> {
+        self.frontends.iter().find(|f| f.name == name)
+    }
+
+    /// Every listen address, to compare configs on reload.
+    pub fn listen_set(&self) -> HashSet<(Protocol, SocketAddr)> {
+        self.frontends
+            .iter()
+            .map(|f| (f.protocol, f.listen))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigErrors> {
+        load_source(&Source::from_text("lb.yaml", text))
+    }
+
+    const GOOD: &str = "\
+admin:
+  listen: 127.0.0.1:9100
+timeouts:
+  connect: 2s
+frontends:
+  - name: api
+    listen: 127.0.0.1:6443
+    pool: apiservers
+    max_connections: 100
+    proxy_protocol: v2
+  - name: dns
+    listen: 127.0.0.1:5353
+    protocol: udp
+    pool: dns
+    timeouts:
+      udp_session: 10s
+pools:
+  apiservers:
+    balance: least_conn
+    health:
+      type: http
+      path: /readyz
+      interval: 1s
+      timeout: 500ms
+      rise: 1
+      fall: 2
+    backends:
+      - address: 127.0.0.1:7001
+      - address: 127.0.0.1
+        port: 7002
+        weight: 3
+      - address: \"::1\"
+        port: 7003
+        state: drain
+  dns:
+    balance: maglev
+    backends:
+      - address: 127.0.0.1:5354
+";
+
+    #[test]
+    fn a_good_file_becomes_a_typed_model() {
+        let c = check(GOOD).unwrap();
+        assert_eq!(c.frontends.len(), 2);
+        let api = c.frontend("api").unwrap();
+        assert!(api.proxy_protocol);
+        assert_eq!(api.max_connections, 100);
+        assert_eq!(api.timeouts.connect, Duration::from_secs(2));
+        let dns = c.frontend("dns").unwrap();
+        assert_eq!(dns.protocol, Protocol::Udp);
+        assert_eq!(dns.timeouts.udp_session, Duration::from_secs(10));
+        let p = &c.pools["apiservers"];
+        assert_eq!(p.balance, Balance::LeastConn);
+        assert_eq!(p.health.kind, CheckKind::Http);
+        assert_eq!(p.health.path, "/readyz");
+        assert_eq!(p.backends[1].weight, 3);
+        assert_eq!(p.backends[2].addr, "[::1]:7003".parse().unwrap());
+        assert_eq!(p.backends[2].state, AdminState::Drain);
+        assert_eq!(c.pools["dns"].health, HealthCheck::default());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_line_and_field() {
+        let bad = "\
+frontends:
+  - name: api
+    listen: 127.0.0.1:6443
+    pool: nope
+  - name: api
+    listen: 127.0.0.1:6443
+    pool: p
+    max_connections: 0
+pools:
+  p:
+    health:
+      type: tcp
+      path: /x
+      rise: 0
+    backends:
+      - address: 10.0.0.1:80
+        weight: 0
+      - address: 10.0.0.1:80
+      - address: example.com
+";
+        let e = check(bad).unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "lb.yaml:4: frontends[0].pool: no pool named \"nope\"",
+            "lb.yaml:5: frontends[1].name: frontend name \"api\" is used twice",
+            "lb.yaml:6: frontends[1].listen: 127.0.0.1:6443 is already",
+            "lb.yaml:8: frontends[1].max_connections",
+            "lb.yaml:13: pools.p.health.path: only applies to http",
+            "lb.yaml:14: pools.p.health.rise",
+            "lb.yaml:17: pools.p.backends[0].weight",
+            "lb.yaml:18: pools.p.backends[1].address: backend 10.0.0.1:80 is listed twice",
+            "lb.yaml:19: pools.p.backends[2].address",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert_eq!(e.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = check("frontends: []\npools: {}\nfrontend: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lb.yaml:3") && e.contains("unknown field `frontend`"),
+            "{e}"
+        );
+        let e =
+            check("pools:\n  p:\n    backends:\n      - address: 1.2.3.4:5\n        wieght: 2\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("lb.yaml:5") && e.contains("wieght"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_errors() {
+        let e = check(
+            "pools:\n  p:\n    health:\n      type: https\n      interval: 1s\n      timeout: 2s\n      expect_status: 42\n    backends:\n      - address: 1.2.3.4\n        port: 70000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("pools.p.health.timeout: 2s is longer than the interval 1s"),
+            "{e}"
+        );
+        assert!(e.contains("pools.p.health.expect_status"), "{e}");
+        assert!(
+            e.contains("lb.yaml:10: pools.p.backends[0].port: 70000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_on_udp_is_refused() {
+        let e = check(
+            "frontends:\n  - name: d\n    listen: 127.0.0.1:53\n    protocol: udp\n    pool: p\n    proxy_protocol: v2\npools:\n  p:\n    backends: [{address: \"1.2.3.4:53\"}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lb.yaml:6: frontends[0].proxy_protocol"), "{e}");
+    }
+}
