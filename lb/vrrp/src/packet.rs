@@ -98,7 +98,7 @@ impl Advert {
         if buf.len() < need {
             // A count bigger than the bytes present: either a lie or a cut packet; with no
             // trailing partial address it is a count mismatch, else truncation.
-            if body % alen == 0 {
+            if body.is_multiple_of(alen) {
                 return Err(DecodeError::AddressCount { count, len: body });
             }
             return Err(DecodeError::Truncated {
