@@ -8,6 +8,7 @@
 //!   `set_pool_health`, hands over on SIGTERM with `handover`, then calls `shutdown`.
 
 pub mod config;
+pub mod fsm;
 pub mod packet;
 
 use std::time::Duration;
