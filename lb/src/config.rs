@@ -46,6 +46,7 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
     pub drain: Option<Dur>,
+    pub handover_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,8 @@ pub struct Config {
     pub path: PathBuf,
     pub admin: Option<Admin>,
     pub shutdown_drain: Duration,
+    /// How long SIGTERM waits for a VRRP peer to take the VIPs over before releasing them anyway.
+    pub handover_timeout: Duration,
     pub frontends: Vec<Frontend>,
     pub pools: BTreeMap<String, Pool>,
     pub vrrp: Option<keel_vrrp::VrrpConfig>,
@@ -206,6 +209,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UDP_SESSION: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_HANDOVER: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -306,6 +310,12 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         .and_then(|s| s.drain)
         .map(|d| d.0)
         .unwrap_or(DEFAULT_DRAIN);
+    let handover_timeout = raw
+        .shutdown
+        .as_ref()
+        .and_then(|s| s.handover_timeout)
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_HANDOVER);
 
     // Pools first, so frontends can be checked against them.
     let mut pools = BTreeMap::new();
@@ -480,6 +490,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         path: src.path.clone(),
         admin,
         shutdown_drain,
+        handover_timeout,
         frontends,
         pools,
         vrrp,

@@ -1,4 +1,44 @@
 //! keel-lb: an L4 TCP/UDP load balancer (balancing, health checks, hot reload, metrics) with VRRP
-//! virtual-IP failover from `keel-vrrp`. `main.rs` is a thin CLI over [`cli`].
+//! virtual-IP failover from `keel-vrrp`. `main.rs` is a thin CLI over [`run`].
 
+pub mod admin;
+pub mod backend;
+pub mod balance;
 pub mod config;
+pub mod demo;
+pub mod frontend;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod server;
+pub mod udp;
+
+use std::sync::Arc;
+
+/// Runs keel-lb with a validated config until SIGTERM/SIGINT and the drain that follows.
+pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let admin_cfg = cfg.admin.clone();
+    let server = server::Server::start(cfg, metrics.clone())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    if let Some(a) = admin_cfg {
+        let l = admin::bind(a.listen)
+            .await
+            .with_context(|| format!("admin listener {}", a.listen))?;
+        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, POST /reload, POST /handover)");
+        tokio::spawn(admin::serve(
+            l,
+            admin::Admin {
+                metrics,
+                commands: tx,
+                token_file: a.token_file,
+            },
+        ));
+    }
+    server.run(rx).await?;
+    Ok(())
+}

@@ -1,3 +1,5 @@
+//! keel-lb's command line: `run`, `check`, `demo`. Thin: everything lives in the library.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,11 +18,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Runs the load balancer until SIGTERM (graceful: hand VIPs over, stop accepting, drain).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads; 1 runs everything on one thread (pin it with taskset for benchmarks).
+        /// Default: one per CPU.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Validates a config file and prints every error (file:line: field: message).
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Runs keel-lb on loopback in front of three built-in demo backends (no root needed).
+    Demo {
+        /// Port of the demo frontend; the admin API listens on port+1, the backends on port+2..+4.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+fn logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -41,5 +90,42 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Run {
+            config,
+            workers,
+            log_json,
+        } => {
+            logging(log_json);
+            let cfg = match keel_lb::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let result = runtime(workers)
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(keel_lb::run(cfg)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keel-lb: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Demo { port } => {
+            logging(false);
+            let result = runtime(None)
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(keel_lb::demo::run(port)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keel-lb demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,139 @@
+//! The admin listener (HTTP/1.1): `GET /metrics`, `GET /healthz`, `POST /reload`, `POST /handover`.
+//! POST endpoints require `Authorization: Bearer <token>` when `admin.token_file` is set (the file is
+//! read per request, so the token can be rotated without a restart).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::server::Command;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub commands: mpsc::Sender<Command>,
+    pub token_file: Option<PathBuf>,
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    loop {
+        let (sock, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+/// The refusal to send, if the request lacks the admin token.
+fn refuse(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let path = admin.token_file.as_ref()?;
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot read admin token file");
+            return Some(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin token unavailable\n",
+            ));
+        }
+    };
+    let want = format!("Bearer {}", token.trim());
+    let got = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // Constant-time compare: the token must not leak through timing.
+    let same = got.len() == want.len()
+        && got
+            .iter()
+            .zip(want.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    (!same).then(|| reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = reply(StatusCode::OK, admin.metrics.encode());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/reload") => {
+            if let Some(r) = refuse(admin, &req) {
+                return r;
+            }
+            let (tx, rx) = oneshot::channel();
+            if admin.commands.send(Command::Reload(tx)).await.is_err() {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match rx.await {
+                Ok(Ok(())) => reply(StatusCode::OK, "reloaded\n"),
+                Ok(Err(e)) => reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload failed; the previous config keeps running:\n{e}\n"),
+                ),
+                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            }
+        }
+        (&Method::POST, "/handover") => {
+            if let Some(r) = refuse(admin, &req) {
+                return r;
+            }
+            let (tx, rx) = oneshot::channel();
+            if admin.commands.send(Command::Handover(tx)).await.is_err() {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match rx.await {
+                Ok(outcome) => reply(StatusCode::OK, format!("{outcome}\n")),
+                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/reload" | "/handover") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, POST /reload, POST /handover\n",
+        ),
+    }
+}

@@ -1,0 +1,201 @@
+//! A backend as the data plane sees it: address, weight, operator state, health, and the number of
+//! connections it carries. One `Backend` lives as long as the config keeps it (reloads reuse it, so
+//! health and connection counts survive a reload); everything the hot path reads is an atomic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::config::AdminState;
+use crate::metrics::BackendMetrics;
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub pool: String,
+    weight: AtomicU32,
+    state: AtomicU8,
+    healthy: AtomicBool,
+    active: AtomicUsize,
+    /// Rise/fall counting; touched by health checks and failed connects only, never on success paths.
+    check: Mutex<HealthState>,
+    pub metrics: BackendMetrics,
+    /// Woken on every health transition so the control plane can recompute pool health (VRRP).
+    changed: Option<Arc<Notify>>,
+}
+
+impl Backend {
+    pub fn new(
+        pool: &str,
+        addr: SocketAddr,
+        weight: u32,
+        state: AdminState,
+        metrics: BackendMetrics,
+        changed: Arc<Notify>,
+    ) -> Backend {
+        let b = Backend {
+            addr,
+            pool: pool.to_string(),
+            weight: AtomicU32::new(weight),
+            state: AtomicU8::new(state as u8),
+            // Optimistic start: serve at once; a dead backend costs one failed connect (retried
+            // elsewhere) and is ejected after `fall` failures.
+            healthy: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            check: Mutex::new(HealthState::new(true)),
+            metrics,
+            changed: Some(changed),
+        };
+        b.metrics.up.set(1);
+        b
+    }
+
+    /// A backend outside any server (tests).
+    pub fn new_detached(addr: SocketAddr, weight: u32, state: AdminState) -> Backend {
+        Backend {
+            addr,
+            pool: "test".into(),
+            weight: AtomicU32::new(weight),
+            state: AtomicU8::new(state as u8),
+            healthy: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            check: Mutex::new(HealthState::new(true)),
+            metrics: BackendMetrics::detached(),
+            changed: None,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn state(&self) -> AdminState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => AdminState::Active,
+            1 => AdminState::Drain,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    /// Applied on reload, before the new pool version (and its tables) is published.
+    pub fn update(&self, weight: u32, state: AdminState) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Operator wants it to take new connections (health aside).
+    pub fn in_rotation(&self) -> bool {
+        self.state() == AdminState::Active
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// May take a new connection now.
+    pub fn available(&self) -> bool {
+        self.in_rotation() && self.healthy()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Relaxed);
+        self.metrics.up.set(i64::from(up));
+        if let Some(n) = &self.changed {
+            n.notify_one();
+        }
+    }
+
+    /// Feeds one check (or connect) result in; returns the new state on a transition.
+    pub fn record(&self, success: bool, rise: u32, fall: u32) -> Option<bool> {
+        let transition = match self.check.lock() {
+            Ok(mut s) => s.record(success, rise, fall),
+            Err(poisoned) => poisoned.into_inner().record(success, rise, fall),
+        };
+        if let Some(up) = transition {
+            self.set_healthy(up);
+        }
+        transition
+    }
+
+    /// Counts a connection for least-connections and metrics until the guard drops.
+    pub fn connection_started(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.current.inc();
+        self.metrics.total.inc();
+        ConnGuard(self.clone())
+    }
+}
+
+pub struct ConnGuard(Arc<Backend>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.current.dec();
+    }
+}
+
+/// Rise/fall counting without I/O: `fall` consecutive failures take an up backend down, `rise`
+/// consecutive successes bring a down backend back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthState {
+    pub up: bool,
+    streak: u32,
+}
+
+impl HealthState {
+    pub fn new(up: bool) -> HealthState {
+        HealthState { up, streak: 0 }
+    }
+
+    pub fn record(&mut self, success: bool, rise: u32, fall: u32) -> Option<bool> {
+        if success == self.up {
+            // Result agrees with the current state: any streak towards a change is broken.
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { fall } else { rise };
+        if self.streak >= needed.max(1) {
+            self.up = success;
+            self.streak = 0;
+            Some(success)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goes_down_after_fall_failures_and_up_after_rise_successes() {
+        let mut s = HealthState::new(true);
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(false, 2, 3), Some(false));
+        assert_eq!(s.record(false, 2, 3), None);
+        assert_eq!(s.record(true, 2, 3), None);
+        assert_eq!(s.record(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn a_single_contrary_result_resets_the_streak() {
+        let mut s = HealthState::new(true);
+        s.record(false, 2, 2);
+        s.record(true, 2, 2);
+        assert_eq!(s.record(false, 2, 2), None);
+        assert_eq!(s.record(false, 2, 2), Some(false));
+        s.record(true, 2, 2);
+        s.record(false, 2, 2);
+        assert_eq!(s.record(true, 2, 2), None);
+        assert_eq!(s.record(true, 2, 2), Some(true));
+    }
+}

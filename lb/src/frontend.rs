@@ -1,0 +1,186 @@
+//! A frontend version and its TCP accept loop.
+//!
+//! The accept loop owns the listener. It takes a connection-limit permit *before* accepting, so at the
+//! limit keel-lb simply stops accepting and the kernel's backlog (then the clients) wait: backpressure,
+//! not a crash. Accept errors (out of file descriptors above all) back off and retry forever: a load
+//! balancer must outlive a transient fd exhaustion. Reload hands the loop a new frontend version
+//! through a watch channel; the loop checks it once per accept with an atomic version compare, and
+//! connections keep the version they started with.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_common::Backoff;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::Backend;
+use crate::balance::client_key;
+use crate::config;
+use crate::metrics::FrontendMetrics;
+use crate::pool::Pool;
+use crate::proxy_protocol;
+use crate::relay::{self, Counters};
+
+/// One frontend version: what a connection accepted now is served with.
+pub struct Frontend {
+    pub cfg: config::Frontend,
+    pub pool: Arc<Pool>,
+    /// Connection limit; replaced (not resized) when the limit changes, so connections of the old
+    /// version release permits nobody waits on any more.
+    pub limit: Arc<Semaphore>,
+    pub metrics: FrontendMetrics,
+}
+
+/// Counts an open client connection (or UDP session) in the frontend gauge.
+pub struct OpenGuard(FrontendMetrics);
+
+impl OpenGuard {
+    pub fn new(m: &FrontendMetrics) -> OpenGuard {
+        m.total.inc();
+        m.current.inc();
+        OpenGuard(m.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.current.dec();
+    }
+}
+
+/// Errors that concern one pending connection only: accept again at once.
+fn per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+pub async fn serve_tcp(
+    listener: TcpListener,
+    mut version: watch::Receiver<Arc<Frontend>>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut fe = version.borrow_and_update().clone();
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        if version.has_changed().unwrap_or(false) {
+            fe = version.borrow_and_update().clone();
+        }
+        let permit = tokio::select! {
+            p = fe.limit.clone().acquire_owned() => p,
+            _ = stop.cancelled() => break,
+            // A reload may raise the limit while we wait at the old one.
+            _ = version.changed() => continue,
+        };
+        let Ok(permit) = permit else { continue };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                backoff.reset();
+                let fe = fe.clone();
+                tracker.spawn(handle(fe, sock, peer, permit));
+            }
+            Err(e) if per_connection(&e) => continue,
+            Err(e) => {
+                fe.metrics.accept_errors.inc();
+                let delay = backoff.next_delay();
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays queued; wait for
+                // connections to close instead of spinning on a readable listener.
+                if backoff.attempts() == 1 || backoff.attempts().is_power_of_two() {
+                    tracing::warn!(frontend = %fe.cfg.name, error = %e, retry_in = ?delay, "accept failed; backing off");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::info!(frontend = %fe.cfg.name, listen = %fe.cfg.listen, "stopped accepting");
+}
+
+async fn connect(b: &Backend, timeout: Duration) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(b.addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+async fn handle(
+    fe: Arc<Frontend>,
+    client: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _open = OpenGuard::new(&fe.metrics);
+    let _ = client.set_nodelay(true);
+    let mut chosen = None;
+    for b in fe.pool.candidates(client_key(peer.ip())) {
+        match connect(b, fe.cfg.timeouts.connect).await {
+            Ok(s) => {
+                chosen = Some((b.clone(), s));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(frontend = %fe.cfg.name, backend = %b.addr, error = %e, "connect failed; trying the next backend");
+                fe.pool.connect_failed(b);
+            }
+        }
+    }
+    let Some((backend, mut upstream)) = chosen else {
+        fe.metrics.no_backend.inc();
+        tracing::warn!(frontend = %fe.cfg.name, pool = %fe.pool.name(), client = %peer, "no backend reachable; closing client connection");
+        return;
+    };
+    let _counted = backend.connection_started();
+    let _ = upstream.set_nodelay(true);
+    if fe.cfg.proxy_protocol {
+        let local = client.local_addr().unwrap_or(fe.cfg.listen);
+        let (hdr, n) = proxy_protocol::encode(peer, local);
+        if let Err(e) = upstream.write_all(&hdr[..n]).await {
+            tracing::debug!(backend = %backend.addr, error = %e, "writing PROXY header failed");
+            return;
+        }
+        backend.metrics.bytes_out.inc_by(n as u64);
+    }
+    let m = &fe.metrics;
+    let bm = &backend.metrics;
+    let r = relay::relay(
+        &client,
+        &upstream,
+        fe.cfg.timeouts.idle,
+        Counters {
+            from_src: [&m.bytes_in, &bm.bytes_out],
+        },
+        Counters {
+            from_src: [&bm.bytes_in, &m.bytes_out],
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, error = %e, "connection ended");
+    }
+}

@@ -1,0 +1,36 @@
+//! Listening sockets. They set IP_FREEBIND (IPV6_FREEBIND for IPv6) so keel-lb can bind a virtual IP
+//! this host does not hold yet: VRRP adds it when this node becomes master, and the listener is
+//! already there. SO_REUSEADDR lets a restart rebind while old connections sit in TIME_WAIT.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // A `[::]` listener serves only IPv6, so that an IPv4 frontend on the same port can coexist.
+        s.set_only_v6(true)?;
+        s.set_freebind_v6(true)?;
+    } else {
+        s.set_freebind_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+pub fn tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let s = socket(addr, Type::STREAM, Protocol::TCP)?;
+    s.bind(&addr.into())?;
+    // The kernel caps this at net.core.somaxconn.
+    s.listen(4096)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+pub fn udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let s = socket(addr, Type::DGRAM, Protocol::UDP)?;
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}

@@ -1,0 +1,268 @@
+//! Prometheus metrics. Collectors are registered once; each frontend and backend resolves its label
+//! children when it is built, so the data plane only bumps atomics (no label lookup per connection).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    fe_current: IntGaugeVec,
+    fe_total: IntCounterVec,
+    fe_bytes_in: IntCounterVec,
+    fe_bytes_out: IntCounterVec,
+    fe_accept_errors: IntCounterVec,
+    fe_dropped: IntCounterVec,
+    fe_no_backend: IntCounterVec,
+    be_current: IntGaugeVec,
+    be_total: IntCounterVec,
+    be_bytes_in: IntCounterVec,
+    be_bytes_out: IntCounterVec,
+    be_connect_errors: IntCounterVec,
+    be_up: IntGaugeVec,
+    be_check_seconds: HistogramVec,
+    be_check_failures: IntCounterVec,
+    pub pool_up: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_ok: IntGauge,
+}
+
+#[derive(Clone)]
+pub struct FrontendMetrics {
+    pub current: IntGauge,
+    pub total: IntCounter,
+    /// Bytes from clients.
+    pub bytes_in: IntCounter,
+    /// Bytes to clients.
+    pub bytes_out: IntCounter,
+    pub accept_errors: IntCounter,
+    /// UDP datagrams dropped (session limit reached or no backend).
+    pub dropped: IntCounter,
+    /// Connections closed because no backend could be reached.
+    pub no_backend: IntCounter,
+}
+
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub current: IntGauge,
+    pub total: IntCounter,
+    /// Bytes received from the backend.
+    pub bytes_in: IntCounter,
+    /// Bytes sent to the backend.
+    pub bytes_out: IntCounter,
+    pub connect_errors: IntCounter,
+    pub up: IntGauge,
+    pub check_seconds: Histogram,
+    pub check_failures: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are fixed and distinct, so registration cannot collide; if it ever did, the metric would
+    // merely be missing from /metrics, which is better than refusing to balance traffic.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let fe = ["frontend"];
+        let be = ["pool", "backend"];
+        let gv = |name: &str, help: &str, l: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), l).expect("static metric definition"),
+            )
+        };
+        let cv = |name: &str, help: &str, l: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), l).expect("static metric definition"),
+            )
+        };
+        Metrics {
+            fe_current: gv(
+                "keel_lb_frontend_connections",
+                "Open client connections (UDP: sessions).",
+                &fe,
+            ),
+            fe_total: cv(
+                "keel_lb_frontend_connections_total",
+                "Accepted client connections (UDP: sessions).",
+                &fe,
+            ),
+            fe_bytes_in: cv(
+                "keel_lb_frontend_received_bytes_total",
+                "Bytes received from clients.",
+                &fe,
+            ),
+            fe_bytes_out: cv(
+                "keel_lb_frontend_sent_bytes_total",
+                "Bytes sent to clients.",
+                &fe,
+            ),
+            fe_accept_errors: cv(
+                "keel_lb_frontend_accept_errors_total",
+                "Failed accept calls (e.g. out of file descriptors).",
+                &fe,
+            ),
+            fe_dropped: cv(
+                "keel_lb_frontend_dropped_datagrams_total",
+                "UDP datagrams dropped (session limit or no backend).",
+                &fe,
+            ),
+            fe_no_backend: cv(
+                "keel_lb_frontend_no_backend_total",
+                "Client connections closed because no backend could be reached.",
+                &fe,
+            ),
+            be_current: gv(
+                "keel_lb_backend_connections",
+                "Open connections to the backend.",
+                &be,
+            ),
+            be_total: cv(
+                "keel_lb_backend_connections_total",
+                "Connections established to the backend.",
+                &be,
+            ),
+            be_bytes_in: cv(
+                "keel_lb_backend_received_bytes_total",
+                "Bytes received from the backend.",
+                &be,
+            ),
+            be_bytes_out: cv(
+                "keel_lb_backend_sent_bytes_total",
+                "Bytes sent to the backend.",
+                &be,
+            ),
+            be_connect_errors: cv(
+                "keel_lb_backend_connect_errors_total",
+                "Failed connects to the backend (each retried on another backend).",
+                &be,
+            ),
+            be_up: gv(
+                "keel_lb_backend_up",
+                "1 when the backend passes its health checks, else 0.",
+                &be,
+            ),
+            be_check_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "keel_lb_backend_check_duration_seconds",
+                        "Health check latency.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &be,
+                )
+                .expect("static metric definition"),
+            ),
+            be_check_failures: cv(
+                "keel_lb_backend_check_failures_total",
+                "Failed health checks.",
+                &be,
+            ),
+            pool_up: gv(
+                "keel_lb_pool_up",
+                "1 when the pool has at least one healthy backend in rotation.",
+                &["pool"],
+            ),
+            reloads: cv(
+                "keel_lb_reloads_total",
+                "Config reloads by result (success, failure).",
+                &["result"],
+            ),
+            last_reload_ok: reg(
+                &r,
+                IntGauge::new(
+                    "keel_lb_config_last_reload_successful",
+                    "1 when the last reload succeeded.",
+                )
+                .expect("static metric definition"),
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn frontend(&self, name: &str) -> FrontendMetrics {
+        let l = [name];
+        FrontendMetrics {
+            current: self.fe_current.with_label_values(&l),
+            total: self.fe_total.with_label_values(&l),
+            bytes_in: self.fe_bytes_in.with_label_values(&l),
+            bytes_out: self.fe_bytes_out.with_label_values(&l),
+            accept_errors: self.fe_accept_errors.with_label_values(&l),
+            dropped: self.fe_dropped.with_label_values(&l),
+            no_backend: self.fe_no_backend.with_label_values(&l),
+        }
+    }
+
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        let l = [pool, backend];
+        BackendMetrics {
+            current: self.be_current.with_label_values(&l),
+            total: self.be_total.with_label_values(&l),
+            bytes_in: self.be_bytes_in.with_label_values(&l),
+            bytes_out: self.be_bytes_out.with_label_values(&l),
+            connect_errors: self.be_connect_errors.with_label_values(&l),
+            up: self.be_up.with_label_values(&l),
+            check_seconds: self.be_check_seconds.with_label_values(&l),
+            check_failures: self.be_check_failures.with_label_values(&l),
+        }
+    }
+
+    /// Drops a removed backend's series from /metrics (its draining connections still count into
+    /// the detached children, which is harmless).
+    pub fn forget_backend(&self, pool: &str, backend: &str) {
+        let l = [pool, backend];
+        let _ = self.be_current.remove_label_values(&l);
+        let _ = self.be_total.remove_label_values(&l);
+        let _ = self.be_bytes_in.remove_label_values(&l);
+        let _ = self.be_bytes_out.remove_label_values(&l);
+        let _ = self.be_connect_errors.remove_label_values(&l);
+        let _ = self.be_up.remove_label_values(&l);
+        let _ = self.be_check_seconds.remove_label_values(&l);
+        let _ = self.be_check_failures.remove_label_values(&l);
+    }
+
+    pub fn forget_frontend(&self, name: &str) {
+        let l = [name];
+        let _ = self.fe_current.remove_label_values(&l);
+        let _ = self.fe_total.remove_label_values(&l);
+        let _ = self.fe_bytes_in.remove_label_values(&l);
+        let _ = self.fe_bytes_out.remove_label_values(&l);
+        let _ = self.fe_accept_errors.remove_label_values(&l);
+        let _ = self.fe_dropped.remove_label_values(&l);
+        let _ = self.fe_no_backend.remove_label_values(&l);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = String::new();
+        let families = self.registry.gather();
+        if prometheus::TextEncoder::new()
+            .encode_utf8(&families, &mut buf)
+            .is_err()
+        {
+            buf.clear();
+        }
+        buf
+    }
+}
+
+impl BackendMetrics {
+    /// Metrics that belong to no registry (unit tests, and backends built outside a server).
+    pub fn detached() -> BackendMetrics {
+        Metrics::new().backend("test", "test")
+    }
+}

@@ -1,0 +1,224 @@
+//! Moving bytes between a client and a backend, both directions at once, with half-close: when one
+//! side finishes sending, the other side's write half is shut down and the opposite direction keeps
+//! flowing until it finishes too.
+//!
+//! Small messages are copied through one buffer per worker thread (an idle connection holds no
+//! buffer at all; only a partial write keeps its remainder). A direction that moves a full buffer in
+//! one read is a bulk flow and switches to `splice(2)` through a pipe of its own, so bulk data never
+//! crosses into user space.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const BUF: usize = 64 * 1024;
+/// Pipe capacity asked for in splice mode; the kernel may grant less (pipe-max-size), which is fine.
+const PIPE_SIZE: i32 = 512 * 1024;
+
+thread_local! {
+    static COPY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; BUF]);
+}
+
+/// Counters a direction bumps as bytes pass.
+pub struct Counters<'a> {
+    pub from_src: [&'a IntCounter; 2],
+}
+
+/// Relays until both directions are finished, either side fails, or nothing moved for `idle`.
+/// Returns (client→backend, backend→client) byte counts.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    up: Counters<'_>,
+    down: Counters<'_>,
+) -> io::Result<(u64, u64)> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let both = async {
+        tokio::try_join!(
+            pump(client, backend, &last, start, up),
+            pump(backend, client, &last, start, down)
+        )
+    };
+    let watchdog = async {
+        loop {
+            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + seen + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        _ = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+fn touch(last: &AtomicU64, start: Instant) {
+    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    last: &AtomicU64,
+    start: Instant,
+    c: Counters<'_>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        if !pending.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(&pending) {
+                Ok(w) => {
+                    pending.drain(..w);
+                    if pending.is_empty() {
+                        // Give the memory back: an idle connection should hold nothing.
+                        pending = Vec::new();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        if let Some(p) = pipe.as_mut() {
+            // Splice mode: fill the (empty) pipe from src, then drain it into dst.
+            src.readable().await?;
+            let n = match src.try_io(Interest::READABLE, || p.fill(src.as_raw_fd())) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            touch(last, start);
+            count(&c, n);
+            total += n as u64;
+            while p.len > 0 {
+                match dst.try_io(Interest::WRITABLE, || p.drain(dst.as_raw_fd())) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            continue;
+        }
+        src.readable().await?;
+        let r = COPY_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let n = src.try_read(&mut buf[..])?;
+            let mut off = 0;
+            while off < n {
+                match dst.try_write(&buf[off..n]) {
+                    Ok(w) => off += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if off < n {
+                pending.extend_from_slice(&buf[off..n]);
+            }
+            Ok(n)
+        });
+        match r {
+            Ok(0) => break,
+            Ok(n) => {
+                touch(last, start);
+                count(&c, n);
+                total += n as u64;
+                if n == BUF {
+                    // A full buffer in one read: bulk. Without a pipe (fds exhausted) keep copying.
+                    pipe = Pipe::new().ok();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // src finished: flush what we hold, then tell dst no more data comes (half-close).
+    while !pending.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(&pending) {
+            Ok(w) => {
+                pending.drain(..w);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+    Ok(total)
+}
+
+fn count(c: &Counters<'_>, n: usize) {
+    for ctr in c.from_src {
+        ctr.inc_by(n as u64);
+    }
+}
+
+/// A non-blocking pipe and how many bytes it holds.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    len: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: plain fcntl on an fd we own; failure only leaves the default size.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        Ok(Pipe { r, w, len: 0 })
+    }
+
+    /// Moves up to a pipe's worth from socket `from` into the pipe; 0 means end of stream.
+    fn fill(&mut self, from: RawFd) -> io::Result<usize> {
+        let n = splice(from, self.w.as_raw_fd(), PIPE_SIZE as usize)?;
+        self.len += n;
+        Ok(n)
+    }
+
+    fn drain(&mut self, to: RawFd) -> io::Result<usize> {
+        let n = splice(self.r.as_raw_fd(), to, self.len)?;
+        self.len -= n;
+        Ok(n)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both fds are open for the duration of the call; null offsets are allowed for pipes and
+    // sockets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,380 @@
+//! The control plane: owns the running config, the listeners, pools, health checks and VRRP; applies
+//! reloads as a diff; runs the shutdown sequence. The data plane never waits on it: it publishes new
+//! frontend versions through watch channels and health through atomics.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, Protocol};
+use crate::frontend::{self, Frontend};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::{health, listener, udp};
+
+/// Requests from the admin API to the control loop.
+pub enum Command {
+    Reload(oneshot::Sender<Result<(), String>>),
+    Handover(oneshot::Sender<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot listen on {proto:?} {addr} (frontend {frontend}): {err}")]
+    Bind {
+        frontend: String,
+        proto: Protocol,
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+}
+
+struct RunningListener {
+    name: String,
+    version: watch::Sender<Arc<Frontend>>,
+    stop: CancellationToken,
+}
+
+struct RunningPool {
+    pool: Arc<Pool>,
+    checks: CancellationToken,
+}
+
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+pub struct Server {
+    cfg: Option<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Every client connection and UDP session; shutdown waits on it to drain.
+    tracker: TaskTracker,
+    /// Woken by backends on health transitions.
+    health_changed: Arc<Notify>,
+    pools: HashMap<String, RunningPool>,
+    listeners: HashMap<(Protocol, SocketAddr), RunningListener>,
+    pool_up: HashMap<String, bool>,
+    vrrp: Option<keel_vrrp::Vrrp>,
+}
+
+impl Server {
+    /// Binds every listener of `cfg` and starts serving; then starts VRRP (listeners first, so a VIP
+    /// this node wins is served at once).
+    pub fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
+        let mut s = Server {
+            cfg: None,
+            metrics,
+            tracker: TaskTracker::new(),
+            health_changed: Arc::new(Notify::new()),
+            pools: HashMap::new(),
+            listeners: HashMap::new(),
+            pool_up: HashMap::new(),
+            vrrp: None,
+        };
+        s.apply(cfg)?;
+        Ok(s)
+    }
+
+    pub fn config(&self) -> Option<&Config> {
+        self.cfg.as_ref()
+    }
+
+    /// Applies a validated config as a difference against the running one. Listeners are bound
+    /// before anything changes, so a failure leaves the running config untouched.
+    pub fn apply(&mut self, new: Config) -> Result<(), ApplyError> {
+        let mut fresh: HashMap<(Protocol, SocketAddr), Bound> = HashMap::new();
+        for f in &new.frontends {
+            let key = (f.protocol, f.listen);
+            if self.listeners.contains_key(&key) {
+                continue;
+            }
+            let bound = match f.protocol {
+                Protocol::Tcp => listener::tcp(f.listen).map(Bound::Tcp),
+                Protocol::Udp => listener::udp(f.listen).map(Bound::Udp),
+            }
+            .map_err(|err| ApplyError::Bind {
+                frontend: f.name.clone(),
+                proto: f.protocol,
+                addr: f.listen,
+                err,
+            })?;
+            fresh.insert(key, bound);
+        }
+
+        // Pools: unchanged ones keep running as they are; changed ones get a new version that reuses
+        // their backends; removed ones stop checking (their connections drain on their own).
+        let mut pools = HashMap::new();
+        for (name, pc) in &new.pools {
+            match self.pools.remove(name) {
+                Some(old) if old.pool.cfg == *pc => {
+                    pools.insert(name.clone(), old);
+                }
+                old => {
+                    if let Some(o) = &old {
+                        o.checks.cancel();
+                    }
+                    let pool = Arc::new(Pool::build(
+                        pc,
+                        old.as_ref().map(|o| &*o.pool),
+                        &self.metrics,
+                        &self.health_changed,
+                    ));
+                    let checks = CancellationToken::new();
+                    health::spawn_checks(&pool, &checks);
+                    tracing::info!(pool = %name, backends = pool.backends.len(), balance = ?pc.balance, "pool configured");
+                    pools.insert(name.clone(), RunningPool { pool, checks });
+                }
+            }
+        }
+        for (name, old) in self.pools.drain() {
+            old.checks.cancel();
+            for b in &old.pool.backends {
+                self.metrics.forget_backend(&name, &b.addr.to_string());
+            }
+            let _ = self.metrics.pool_up.remove_label_values(&[&name]);
+            self.pool_up.remove(&name);
+            tracing::info!(pool = %name, "pool removed; its connections drain");
+        }
+        self.pools = pools;
+
+        // Frontends: every one gets a new version (its pool may have changed); the connection limit's
+        // semaphore is kept when the limit is unchanged.
+        let old_cfg = self.cfg.take();
+        let mut listeners = HashMap::new();
+        for f in &new.frontends {
+            let key = (f.protocol, f.listen);
+            let Some(pool) = self.pools.get(&f.pool).map(|p| p.pool.clone()) else {
+                continue; // validation guarantees the pool exists
+            };
+            let old_version = self.listeners.get(&key).map(|l| l.version.borrow().clone());
+            let limit = match &old_version {
+                Some(o) if o.cfg.max_connections == f.max_connections => o.limit.clone(),
+                _ => Arc::new(Semaphore::new(f.max_connections)),
+            };
+            let version = Arc::new(Frontend {
+                cfg: f.clone(),
+                pool,
+                limit,
+                metrics: self.metrics.frontend(&f.name),
+            });
+            if let Some(running) = self.listeners.remove(&key) {
+                if running.name != f.name {
+                    self.metrics.forget_frontend(&running.name);
+                }
+                running.version.send_replace(version);
+                listeners.insert(
+                    key,
+                    RunningListener {
+                        name: f.name.clone(),
+                        ..running
+                    },
+                );
+                continue;
+            }
+            let (tx, rx) = watch::channel(version);
+            let stop = CancellationToken::new();
+            match fresh.remove(&key) {
+                Some(Bound::Tcp(l)) => {
+                    tokio::spawn(frontend::serve_tcp(
+                        l,
+                        rx,
+                        stop.clone(),
+                        self.tracker.clone(),
+                    ));
+                }
+                Some(Bound::Udp(s)) => {
+                    tokio::spawn(udp::serve_udp(s, rx, stop.clone(), self.tracker.clone()));
+                }
+                None => continue,
+            }
+            tracing::info!(frontend = %f.name, listen = %f.listen, protocol = ?f.protocol, pool = %f.pool, "listening");
+            listeners.insert(
+                key,
+                RunningListener {
+                    name: f.name.clone(),
+                    version: tx,
+                    stop,
+                },
+            );
+        }
+        for ((proto, addr), old) in self.listeners.drain() {
+            old.stop.cancel();
+            self.metrics.forget_frontend(&old.name);
+            tracing::info!(frontend = %old.name, listen = %addr, protocol = ?proto, "listener removed; its connections drain");
+        }
+        self.listeners = listeners;
+
+        if let Some(old) = &old_cfg {
+            if old.admin != new.admin {
+                tracing::warn!("admin listener changes take effect at the next restart");
+            }
+        }
+        self.apply_vrrp(
+            old_cfg.as_ref().and_then(|c| c.vrrp.clone()),
+            new.vrrp.clone(),
+        );
+        self.cfg = Some(new);
+        self.publish_pool_health(true);
+        Ok(())
+    }
+
+    fn apply_vrrp(
+        &mut self,
+        old: Option<keel_vrrp::VrrpConfig>,
+        new: Option<keel_vrrp::VrrpConfig>,
+    ) {
+        match (self.vrrp.as_ref(), new) {
+            (Some(v), Some(n)) => {
+                if old.as_ref() != Some(&n) {
+                    match v.reload(n) {
+                        Ok(()) => tracing::info!("vrrp reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "vrrp reload failed; routers keep their previous config")
+                        }
+                    }
+                }
+            }
+            (Some(_), None) => {
+                if let Some(v) = self.vrrp.take() {
+                    tracing::info!("vrrp section removed; stopping virtual routers");
+                    v.shutdown();
+                }
+            }
+            (None, Some(n)) => match keel_vrrp::Vrrp::start(n, &self.metrics.registry) {
+                Ok(v) => {
+                    tracing::info!("vrrp started");
+                    self.vrrp = Some(v);
+                    self.pool_up.clear(); // re-announce every pool's health to the new routers
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "VRRP failed to start; serving WITHOUT virtual-IP failover")
+                }
+            },
+            (None, None) => {}
+        }
+    }
+
+    /// Recomputes each pool's "has a healthy backend" and tells VRRP and the metrics what changed.
+    fn publish_pool_health(&mut self, quiet_first: bool) {
+        for (name, rp) in &self.pools {
+            let up = rp.pool.has_available();
+            let before = self.pool_up.insert(name.clone(), up);
+            if before == Some(up) {
+                continue;
+            }
+            self.metrics
+                .pool_up
+                .with_label_values(&[name])
+                .set(i64::from(up));
+            if let Some(v) = &self.vrrp {
+                v.set_pool_health(name, up);
+            }
+            match (before, up, quiet_first) {
+                (None, _, true) => {}
+                (_, true, _) => tracing::info!(pool = %name, "pool has healthy backends again"),
+                (_, false, _) => tracing::warn!(pool = %name, "pool has NO healthy backend"),
+            }
+        }
+    }
+
+    /// Reads the config file again; a bad file leaves everything running as it was.
+    pub fn reload(&mut self) -> Result<(), String> {
+        let Some(path) = self.cfg.as_ref().map(|c| c.path.clone()) else {
+            return Err("no running config".into());
+        };
+        let result = config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.apply(c).map_err(|e| e.to_string()));
+        match &result {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.last_reload_ok.set(1);
+                tracing::info!(config = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.metrics.last_reload_ok.set(0);
+                tracing::error!(config = %path.display(), error = %e, "reload failed; the previous config keeps running");
+            }
+        }
+        result
+    }
+
+    async fn handover(&self) -> String {
+        match (&self.vrrp, &self.cfg) {
+            (Some(v), Some(c)) => {
+                let outcome = v.handover(c.handover_timeout).await;
+                tracing::info!(?outcome, "vrrp handover finished");
+                format!("{outcome:?}")
+            }
+            _ => "vrrp is not running".into(),
+        }
+    }
+
+    /// The control loop: signals, admin commands, health changes; returns after graceful shutdown.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        self.metrics.last_reload_ok.set(1);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = self.reload();
+                }
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Reload(reply) => {
+                        let r = self.reload();
+                        let _ = reply.send(r);
+                    }
+                    Command::Handover(reply) => {
+                        let r = self.handover().await;
+                        let _ = reply.send(r);
+                    }
+                },
+                _ = self.health_changed.notified() => self.publish_pool_health(false),
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Hand the VIPs over (still serving), stop accepting, drain up to the configured time.
+    pub async fn shutdown(mut self) {
+        let (drain, handover) = self
+            .cfg
+            .as_ref()
+            .map(|c| (c.shutdown_drain, c.handover_timeout))
+            .unwrap_or((config::DEFAULT_DRAIN, config::DEFAULT_HANDOVER));
+        if let Some(v) = self.vrrp.take() {
+            let outcome = v.handover(handover).await;
+            tracing::info!(?outcome, "vrrp handover before shutdown");
+            v.shutdown();
+        }
+        for l in self.listeners.values() {
+            l.stop.cancel();
+        }
+        for p in self.pools.values() {
+            p.checks.cancel();
+        }
+        self.tracker.close();
+        let open = self.tracker.len();
+        tracing::info!(connections = open, drain = ?drain, "stopped accepting; draining");
+        tokio::select! {
+            _ = self.tracker.wait() => tracing::info!("drained; exiting"),
+            _ = tokio::time::sleep(drain) => tracing::warn!(
+                connections = self.tracker.len(),
+                "drain time over; closing the remaining connections"
+            ),
+        }
+    }
+}
