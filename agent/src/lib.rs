@@ -1,4 +1,14 @@
 //! keel-agent: joins a node to its cluster, registers it, watches its health and answers the host
 //! orchestrator. See ARCHITECTURE.md for the map.
 
+pub mod apiclient;
+pub mod config;
+pub mod credentials;
+pub mod csr;
+pub mod discovery;
 pub mod health;
+pub mod host;
+pub mod join;
+pub mod labels;
+pub mod metrics;
+pub mod status;

@@ -1,0 +1,245 @@
+//! Prometheus metrics and the agent's small HTTP endpoint (`/metrics`, `/healthz`, `/status`).
+//!
+//! One [`Metrics`] per agent; other modules (health) register their own collectors into
+//! [`Metrics::registry`] so everything is served from one place.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, Gauge, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::{JoinState, StatusHandle};
+
+pub struct Metrics {
+    pub registry: Registry,
+    join_state: IntGaugeVec,
+    cert_expiry: Gauge,
+    api_requests: IntCounterVec,
+    config_reloads: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        // Metric names and label sets are constants (no input reaches them): a failure here is a
+        // programming error that the unit tests catch.
+        const DEF: &str = "constant metric definition";
+        let registry = Registry::new();
+        let join_state = IntGaugeVec::new(
+            Opts::new(
+                "keel_agent_join_state",
+                "1 for the agent's current join state",
+            ),
+            &["state"],
+        )
+        .expect(DEF);
+        let cert_expiry = Gauge::new(
+            "keel_agent_certificate_expiry_timestamp_seconds",
+            "Unix time when the node's client certificate expires",
+        )
+        .expect(DEF);
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "keel_agent_api_requests_total",
+                "Kubernetes API requests by verb, resource and result",
+            ),
+            &["verb", "resource", "result"],
+        )
+        .expect(DEF);
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "keel_agent_config_reloads_total",
+                "Config reloads by result",
+            ),
+            &["result"],
+        )
+        .expect(DEF);
+        for c in [
+            Box::new(join_state.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cert_expiry.clone()),
+            Box::new(api_requests.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(c).expect(DEF);
+        }
+        let m = Metrics {
+            registry,
+            join_state,
+            cert_expiry,
+            api_requests,
+            config_reloads,
+        };
+        m.set_join_state(JoinState::Starting);
+        Arc::new(m)
+    }
+
+    pub fn set_join_state(&self, state: JoinState) {
+        for s in JoinState::ALL {
+            self.join_state
+                .with_label_values(&[s.as_str()])
+                .set(i64::from(s == state));
+        }
+    }
+
+    pub fn set_cert_expiry(&self, unix_secs: i64) {
+        self.cert_expiry.set(unix_secs as f64);
+    }
+
+    pub fn api_request(&self, verb: &str, resource: &str, result: &str) {
+        self.api_requests
+            .with_label_values(&[verb, resource, result])
+            .inc();
+    }
+
+    pub fn api_requests_total(&self) -> u64 {
+        let mut total = 0;
+        for mf in prometheus::core::Collector::collect(&self.api_requests) {
+            for m in mf.get_metric() {
+                total += m.get_counter().get_value() as u64;
+            }
+        }
+        total
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn handle(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    status: &StatusHandle,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        (&http::Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&http::Method::GET, "/status") => match serde_json::to_vec_pretty(&status.snapshot()) {
+            Ok(body) => respond(StatusCode::OK, "application/json", body),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `cancel` fires. Accept errors back off instead of spinning.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    status: StatusHandle,
+    cancel: CancellationToken,
+) {
+    let mut backoff = keel_common::Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(2),
+    );
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint accept failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let status = status.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let r = handle(&req, &metrics, &status);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "metrics connection"); },
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_join_state_and_requests() {
+        let m = Metrics::new();
+        m.set_join_state(JoinState::Joined);
+        m.api_request("get", "configmaps", "ok");
+        m.api_request("get", "configmaps", "403");
+        m.set_cert_expiry(1_700_000_000);
+        let text = m.render();
+        assert!(
+            text.contains("keel_agent_join_state{state=\"joined\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keel_agent_join_state{state=\"discovering\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("keel_agent_api_requests_total{resource=\"configmaps\",result=\"403\",verb=\"get\"} 1"), "{text}");
+        assert!(
+            text.contains("keel_agent_certificate_expiry_timestamp_seconds 1700000000"),
+            "{text}"
+        );
+        assert_eq!(m.api_requests_total(), 2);
+    }
+}
