@@ -279,14 +279,6 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         let listen = parse_addr(&a.listen)
             .map_err(|e| diag.error("admin.listen", e))
             .ok()?;
-        if let Some(f) = &a.token_file {
-            if !f.is_file() {
-                diag.error(
-                    "admin.token_file",
-                    format!("{} is not a readable file", f.display()),
-                );
-            }
-        }
         Some(Admin {
             listen,
             token_file: a.token_file.clone(),
@@ -623,14 +615,14 @@ fn validate_health(h: &RawHealth, field: &str, diag: &mut Diagnostics) -> Health
             c.expect_status = s;
         }
     }
-    if let Some(f) = &h.ca_file {
-        if !f.is_file() {
-            diag.error(
-                format!("{field}.ca_file"),
-                format!("{} is not a readable file", f.display()),
-            );
-        }
-        c.ca_file = Some(f.clone());
+    // Whether the file exists is a warning, not an error: provisioning may place it after keel-lb
+    // starts, and checks (which read it when they start) fail loudly until it is there.
+    c.ca_file = h.ca_file.clone();
+    if h.kind == CheckKind::Https && h.ca_file.is_none() {
+        diag.error(
+            format!("{field}.ca_file"),
+            "https checks need ca_file: the CA that signed the backends' certificates",
+        );
     }
     if let Some(n) = &h.server_name {
         if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
@@ -683,6 +675,25 @@ fn validate_health(h: &RawHealth, field: &str, diag: &mut Diagnostics) -> Health
 impl Config {
     pub fn frontend(&self, name: &str) -> Option<&Frontend> {
         self.frontends.iter().find(|f| f.name == name)
+    }
+
+    /// Problems that do not stop keel-lb from running but deserve a look (files not there yet).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let mut file = |what: String, p: &Path| {
+            if !p.is_file() {
+                w.push(format!("{what}: {} does not exist (yet)", p.display()));
+            }
+        };
+        if let Some(t) = self.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            file("admin.token_file".into(), t);
+        }
+        for (name, p) in &self.pools {
+            if let Some(ca) = &p.health.ca_file {
+                file(format!("pools.{name}.health.ca_file"), ca);
+            }
+        }
+        w
     }
 
     /// Every listen address, to compare configs on reload.

@@ -122,3 +122,22 @@ async fn backend(name: &'static str, listener: TcpListener, flaps: bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_common::Source;
+
+    #[test]
+    fn built_in_demo_config_is_valid_and_matches_the_shipped_example() {
+        let built_in =
+            crate::config::load_source(&Source::from_text("demo.yaml", config_text(8080))).unwrap();
+        let shipped = Source::read(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/lb-demo.yaml"),
+        )
+        .unwrap();
+        let mut shipped = crate::config::load_source(&shipped).unwrap();
+        shipped.path = built_in.path.clone();
+        assert_eq!(built_in, shipped);
+    }
+}

@@ -100,6 +100,10 @@ pub async fn serve_tcp(
         match accepted {
             Ok((sock, peer)) => {
                 backoff.reset();
+                // A reload may have happened while we waited in accept: serve with the newest version.
+                if version.has_changed().unwrap_or(false) {
+                    fe = version.borrow_and_update().clone();
+                }
                 let fe = fe.clone();
                 tracker.spawn(handle(fe, sock, peer, permit));
             }

@@ -77,6 +77,9 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match keel_lb::config::load(&config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: ok ({} frontends, {} pools)",
                     config.display(),

@@ -162,7 +162,9 @@ fn open(backend: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 fn send(fe: &Frontend, s: &Session, data: &[u8]) {
-    match s.sock.try_send(data) {
+    // Straight to the (non-blocking) socket: tokio's `try_send` refuses until it has seen the
+    // socket writable, and a datagram either fits in the socket buffer now or is dropped anyway.
+    match socket2::SockRef::from(&s.sock).send(data) {
         Ok(n) => {
             fe.metrics.bytes_in.inc_by(n as u64);
             s.backend.metrics.bytes_out.inc_by(n as u64);
@@ -202,7 +204,7 @@ async fn replies(
         let r = DGRAM.with(|buf| {
             let mut buf = buf.borrow_mut();
             let n = s.sock.try_recv(&mut buf[..])?;
-            listener.try_send_to(&buf[..n], peer)
+            socket2::SockRef::from(&*listener).send_to(&buf[..n], &peer.into())
         });
         match r {
             Ok(n) => {

@@ -1,0 +1,909 @@
+//! keel-lb end to end: the real binary on loopback in front of real backends started here.
+//!
+//! Backends are tiny threads: on connect they send their name and a newline, then echo what they
+//! read; at end of input they send `bye` and close. Clients read the name to learn which backend
+//! served them. Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+// ----------------------------------------------------------------------------------------------
+// Backends
+
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(name: &str) -> Backend {
+        Backend::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let l = TcpListener::bind(addr).unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (s, o, n) = (stop.clone(), open.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (o, n) = (o.clone(), n.clone());
+                        std::thread::spawn(move || serve(c, &n, &o));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Backend {
+            addr,
+            stop,
+            open,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes the listener: new connections are refused, as when the process dies.
+    fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn serve(mut c: TcpStream, name: &str, open: &AtomicUsize) {
+    open.fetch_add(1, Ordering::SeqCst);
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = c.write_all(format!("{name}\n").as_bytes());
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => {
+                let _ = c.write_all(b"bye\n");
+                break;
+            }
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    open.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Connects (optionally from `src`), returns the serving backend's name and the open stream.
+fn connect_from(src: Option<IpAddr>, lb: SocketAddr) -> std::io::Result<(String, TcpStream)> {
+    let s = match src {
+        None => TcpStream::connect_timeout(&lb, T)?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            sock.connect_timeout(&lb.into(), T)?;
+            sock.into()
+        }
+    };
+    s.set_read_timeout(Some(T))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::other("closed before the backend answered"));
+    }
+    Ok((line.trim().to_string(), s))
+}
+
+/// One short request: the name of the backend that served it; waits for the close so counts settle.
+fn ask(lb: SocketAddr) -> std::io::Result<String> {
+    ask_from(None, lb)
+}
+
+fn ask_from(src: Option<IpAddr>, lb: SocketAddr) -> std::io::Result<String> {
+    let (name, mut s) = connect_from(src, lb)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    Ok(name)
+}
+
+// ----------------------------------------------------------------------------------------------
+// keel-lb
+
+struct Lb {
+    child: Child,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    admin: SocketAddr,
+}
+
+impl Lb {
+    fn start(yaml: &str) -> Lb {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("lb.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let admin = yaml
+            .lines()
+            .skip_while(|l| !l.starts_with("admin:"))
+            .find_map(|l| l.trim().strip_prefix("listen: "))
+            .expect("test configs have an admin listener")
+            .parse()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("lb.log")).unwrap();
+        let child = Command::new(keel_e2e::bin("keel-lb"))
+            .args(["run", "--workers", "2", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info,keel_lb=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let lb = Lb {
+            child,
+            dir,
+            cfg,
+            admin,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || http(
+                lb.admin, "GET", "/healthz"
+            )
+            .is_ok_and(|(c, _)| c == 200)),
+            "keel-lb did not come up:\n{}",
+            lb.log()
+        );
+        lb
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("lb.log")).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        http(self.admin, "GET", "/metrics").unwrap().1
+    }
+
+    fn rewrite(&self, yaml: &str) {
+        let tmp = self.dir.path().join("lb.yaml.new");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, &self.cfg).unwrap();
+    }
+
+    fn reload(&self) -> (u16, String) {
+        http(self.admin, "POST", "/reload").unwrap()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child process by its pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- keel-lb log ----\n{}", self.log());
+        }
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, T)?;
+    s.set_read_timeout(Some(T))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((code, body))
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn backends_yaml(bs: &[(&Backend, u32)]) -> String {
+    bs.iter()
+        .map(|(b, w)| format!("      - address: {}\n        weight: {w}\n", b.addr))
+        .collect()
+}
+
+/// A config with one TCP frontend in front of `bs`.
+fn config(
+    port: u16,
+    admin: u16,
+    balance: &str,
+    health: &str,
+    bs: &[(&Backend, u32)],
+    extra_fe: &str,
+) -> String {
+    format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nshutdown:\n  drain: 10s\nfrontends:\n  - name: web\n    listen: 127.0.0.1:{port}\n    pool: p\n{extra_fe}pools:\n  p:\n    balance: {balance}\n    health:\n{health}    backends:\n{}",
+        backends_yaml(bs)
+    )
+}
+
+const FAST_TCP: &str =
+    "      type: tcp\n      interval: 100ms\n      timeout: 100ms\n      rise: 2\n      fall: 2\n";
+const SLOW_TCP: &str =
+    "      type: tcp\n      interval: 30s\n      timeout: 1s\n      rise: 2\n      fall: 2\n";
+
+fn lb_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// ----------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn round_robin_spread_matches_weights() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let port = free_port();
+    let _lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 2), (&c, 3)],
+        "",
+    ));
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..300 {
+        *counts.entry(ask(lb_addr(port)).unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(counts["a"], 50, "{counts:?}");
+    assert_eq!(counts["b"], 100, "{counts:?}");
+    assert_eq!(counts["c"], 150, "{counts:?}");
+}
+
+#[test]
+fn least_conn_prefers_the_idle_backend() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let port = free_port();
+    let _lb = Lb::start(&config(
+        port,
+        free_port(),
+        "least_conn",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1)],
+        "",
+    ));
+    let (busy, _held) = connect_from(None, lb_addr(port)).unwrap();
+    let idle = if busy == "a" { "b" } else { "a" };
+    for _ in 0..20 {
+        assert_eq!(ask(lb_addr(port)).unwrap(), idle);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn maglev_moves_about_one_nth_of_clients_when_a_backend_leaves() {
+    let bs: Vec<Backend> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| Backend::start(n))
+        .collect();
+    let port = free_port();
+    let admin = free_port();
+    let all: Vec<(&Backend, u32)> = bs.iter().map(|b| (b, 1)).collect();
+    let lb = Lb::start(&config(port, admin, "maglev", SLOW_TCP, &all, ""));
+    let clients: Vec<IpAddr> = (1..=200u8).map(|i| IpAddr::from([127, 0, 1, i])).collect();
+    let before: Vec<String> = clients
+        .iter()
+        .map(|c| ask_from(Some(*c), lb_addr(port)).unwrap())
+        .collect();
+    // The same client goes to the same backend.
+    for (c, want) in clients.iter().zip(&before).take(20) {
+        assert_eq!(&ask_from(Some(*c), lb_addr(port)).unwrap(), want);
+    }
+    let per: Vec<usize> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| before.iter().filter(|b| b == n).count())
+        .collect();
+    assert!(per.iter().all(|n| *n >= 25), "uneven spread {per:?}");
+    // Backend d leaves the config.
+    lb.rewrite(&config(port, admin, "maglev", SLOW_TCP, &all[..3], ""));
+    assert_eq!(lb.reload().0, 200);
+    let after: Vec<String> = clients
+        .iter()
+        .map(|c| ask_from(Some(*c), lb_addr(port)).unwrap())
+        .collect();
+    let moved_others = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *b != "d" && b != a)
+        .count();
+    assert!(after.iter().all(|a| a != "d"));
+    // Only d's clients had to move; Maglev's rebuild may move a few more (slack: 5% of clients).
+    assert!(
+        moved_others <= 10,
+        "{moved_others} clients of surviving backends moved"
+    );
+}
+
+#[test]
+fn health_checks_eject_and_restore_a_backend() {
+    let a = Backend::start("a");
+    let mut b = Backend::start("b");
+    let b_addr = b.addr;
+    let port = free_port();
+    let lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        FAST_TCP,
+        &[(&a, 1), (&b, 1)],
+        "",
+    ));
+    let up = |lb: &Lb| {
+        metric(
+            &lb.metrics(),
+            &format!("keel_lb_backend_up{{backend=\"{b_addr}\",pool=\"p\"}}"),
+        )
+    };
+    assert_eq!(up(&lb), Some(1.0));
+    b.kill();
+    assert!(
+        wait_until(T, || up(&lb) == Some(0.0)),
+        "b never marked down"
+    );
+    for _ in 0..20 {
+        assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    }
+    let _b2 = Backend::start_on("b", b_addr);
+    assert!(wait_until(T, || up(&lb) == Some(1.0)), "b never restored");
+    let names: Vec<String> = (0..10).map(|_| ask(lb_addr(port)).unwrap()).collect();
+    assert!(names.iter().any(|n| n == "b"), "{names:?}");
+    assert!(lb.log().contains("backend down"), "transition not logged");
+}
+
+#[test]
+fn a_backend_killed_mid_run_costs_no_client_request() {
+    let (a, mut b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let port = free_port();
+    // Health checks are slow on purpose: only the retry on the next backend can save the requests.
+    let lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1), (&c, 1)],
+        "",
+    ));
+    let mut failures = 0;
+    for i in 0..300 {
+        if i == 100 {
+            b.kill();
+        }
+        match ask(lb_addr(port)) {
+            Ok(n) => assert!(i <= 100 || n != "b"),
+            Err(_) => failures += 1,
+        }
+    }
+    assert_eq!(failures, 0);
+    let m = lb.metrics();
+    assert!(
+        metric(
+            &m,
+            &format!(
+                "keel_lb_backend_connect_errors_total{{backend=\"{}\"",
+                b.addr
+            )
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn half_close_keeps_the_other_direction_open() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let _lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    let (name, mut s) = connect_from(None, lb_addr(port)).unwrap();
+    assert_eq!(name, "a");
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    // The backend reads our end of input, then still sends: the echo and "bye".
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "hellobye\n");
+}
+
+#[test]
+fn bulk_data_passes_intact_both_ways() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let _lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    let (_, s) = connect_from(None, lb_addr(port)).unwrap();
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut r = s;
+    r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    r.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got.len(), data.len() + 4);
+    assert!(got[..data.len()] == data[..], "bulk data corrupted");
+}
+
+#[test]
+fn reload_under_load_drops_nothing() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let port = free_port();
+    let admin = free_port();
+    let lb = Lb::start(&config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1)],
+        "",
+    ));
+    // A connection established before the reloads must keep working after them.
+    let (_, mut held) = connect_from(None, lb_addr(port)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match ask(lb_addr(port)) {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let versions = [
+        config(
+            port,
+            admin,
+            "round_robin",
+            SLOW_TCP,
+            &[(&a, 1), (&b, 1), (&c, 1)],
+            "",
+        ),
+        config(port, admin, "least_conn", SLOW_TCP, &[(&b, 2), (&c, 1)], ""),
+        config(
+            port,
+            admin,
+            "maglev",
+            SLOW_TCP,
+            &[(&a, 1), (&c, 3)],
+            "    max_connections: 500\n",
+        ),
+        config(
+            port,
+            admin,
+            "round_robin",
+            SLOW_TCP,
+            &[(&a, 1), (&b, 1)],
+            "",
+        ),
+    ];
+    for v in versions.iter().cycle().take(12) {
+        std::thread::sleep(Duration::from_millis(150));
+        lb.rewrite(v);
+        let (code, body) = lb.reload();
+        assert_eq!(code, 200, "{body}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(
+        done.load(Ordering::Relaxed) > 100,
+        "too little load: {}",
+        done.load(Ordering::Relaxed)
+    );
+    held.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+    assert_eq!(
+        metric(&lb.metrics(), "keel_lb_reloads_total{result=\"success\"}"),
+        Some(12.0)
+    );
+}
+
+#[test]
+fn a_bad_reload_keeps_the_old_config_and_is_counted() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let admin = free_port();
+    let lb = Lb::start(&config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    lb.rewrite(&format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nfrontends:\n  - name: web\n    listen: 127.0.0.1:{port}\n    pool: missing\npools: {{}}\n"
+    ));
+    let (code, body) = lb.reload();
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("lb.yaml:6: frontends[0].pool: no pool named \"missing\""),
+        "{body}"
+    );
+    assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    lb.signal(libc::SIGHUP);
+    assert!(wait_until(T, || metric(
+        &lb.metrics(),
+        "keel_lb_reloads_total{result=\"failure\"}"
+    ) == Some(2.0)));
+    assert_eq!(
+        metric(&lb.metrics(), "keel_lb_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+}
+
+#[test]
+fn drain_state_takes_no_new_connections_but_keeps_established_ones() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let port = free_port();
+    let admin = free_port();
+    let lb = Lb::start(&config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1)],
+        "",
+    ));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_from(None, lb_addr(port)).unwrap());
+    }
+    let yaml = config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1)],
+        "",
+    )
+    .replace(
+        &format!("{}\n        weight: 1\n", b.addr),
+        &format!("{}\n        weight: 1\n        state: drain\n", b.addr),
+    );
+    lb.rewrite(&yaml);
+    assert_eq!(lb.reload().0, 200);
+    for _ in 0..10 {
+        assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    }
+    for (_, s) in &mut held {
+        s.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+    }
+}
+
+#[test]
+fn udp_round_trips_through_per_client_sessions() {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&reply, from);
+            }
+        }
+    });
+    let port = free_port();
+    let admin = free_port();
+    let lb = Lb::start(&format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nfrontends:\n  - name: dns\n    listen: 127.0.0.1:{port}\n    protocol: udp\n    pool: p\n    timeouts:\n      udp_session: 1s\npools:\n  p:\n    health:\n      type: tcp\n      interval: 30s\n    backends:\n      - address: {echo_addr}\n"
+    ));
+    for c in 0..3 {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(T)).unwrap();
+        for i in 0..5 {
+            let msg = format!("c{c}-m{i}");
+            client.send_to(msg.as_bytes(), lb_addr(port)).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(
+                from,
+                lb_addr(port),
+                "reply must come from the frontend address"
+            );
+            assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes());
+        }
+    }
+    let m = lb.metrics();
+    assert_eq!(
+        metric(&m, "keel_lb_frontend_connections_total{frontend=\"dns\"}"),
+        Some(3.0)
+    );
+    // Sessions expire after their idle time.
+    assert!(wait_until(T, || metric(
+        &lb.metrics(),
+        "keel_lb_frontend_connections{frontend=\"dns\"}"
+    ) == Some(0.0)));
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+}
+
+#[test]
+fn the_connection_limit_holds_and_releases() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let _lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "    max_connections: 5\n",
+    ));
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        served.push(connect_from(None, lb_addr(port)).unwrap().1);
+    }
+    // The sixth is accepted by the kernel's backlog but not served while five are open.
+    let waiting = TcpStream::connect_timeout(&lb_addr(port), T).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 2];
+    assert!(
+        (&waiting).read(&mut buf).is_err(),
+        "served beyond the limit"
+    );
+    assert_eq!(a.open.load(Ordering::SeqCst), 5);
+    drop(served.pop());
+    waiting.set_read_timeout(Some(T)).unwrap();
+    (&waiting).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"a\n");
+}
+
+#[test]
+fn sigterm_stops_accepting_drains_and_exits_zero() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let mut lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    let (_, mut held) = connect_from(None, lb_addr(port)).unwrap();
+    lb.signal(libc::SIGTERM);
+    assert!(
+        wait_until(T, || TcpStream::connect_timeout(&lb_addr(port), T).is_err()),
+        "still accepting"
+    );
+    // The established connection still works while draining.
+    held.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    assert!(
+        lb.child.try_wait().unwrap().is_none(),
+        "exited before the drain finished"
+    );
+    drop(held);
+    let mut status = None;
+    assert!(wait_until(T, || {
+        status = lb.child.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert!(status.unwrap().success(), "{status:?}");
+    assert!(lb.log().contains("drained; exiting"));
+}
+
+#[test]
+fn metrics_pass_promtool_check() {
+    if !keel_e2e::have("promtool") {
+        eprintln!("skipped: promtool not installed");
+        return;
+    }
+    let a = Backend::start("a");
+    let port = free_port();
+    let lb = Lb::start(&config(
+        port,
+        free_port(),
+        "round_robin",
+        FAST_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    for _ in 0..3 {
+        ask(lb_addr(port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = lb.metrics();
+    for name in [
+        "keel_lb_frontend_connections_total",
+        "keel_lb_frontend_received_bytes_total",
+        "keel_lb_backend_connections{",
+        "keel_lb_backend_sent_bytes_total",
+        "keel_lb_backend_up",
+        "keel_lb_backend_check_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn proxy_v2_header_is_accepted_by_haproxy() {
+    if !keel_e2e::have("haproxy") {
+        eprintln!("skipped: haproxy not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hport = free_port();
+    let hcfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &hcfg,
+        format!(
+            "global\n  log stderr format raw local0\ndefaults\n  mode http\n  log global\n  option httplog\n  timeout client 5s\n  timeout server 5s\n  timeout connect 5s\nfrontend fe\n  bind 127.0.0.1:{hport} accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"client=%[src]:%[src_port] dst=%[dst]:%[dst_port]\\n\"\n"
+        ),
+    )
+    .unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&hcfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut haproxy);
+    assert!(wait_until(T, || TcpStream::connect(("127.0.0.1", hport)).is_ok()));
+    let port = free_port();
+    let _lb = Lb::start(&format!(
+        "admin:\n  listen: 127.0.0.1:{}\nfrontends:\n  - name: pp\n    listen: 127.0.0.1:{port}\n    pool: h\n    proxy_protocol: v2\npools:\n  h:\n    health:\n      type: tcp\n      interval: 30s\n    backends:\n      - address: 127.0.0.1:{hport}\n",
+        free_port()
+    ));
+    let src: IpAddr = [127, 0, 0, 77].into();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect_timeout(&lb_addr(port).into(), T).unwrap();
+    let mut s: TcpStream = sock.into();
+    let local = s.local_addr().unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "client={}:{} dst=127.0.0.1:{port}",
+            local.ip(),
+            local.port()
+        )),
+        "HAProxy saw the wrong addresses: {out}"
+    );
+    drop(guard);
+}
