@@ -1,6 +1,8 @@
 //! The end-to-end harness: finds Keel's built binaries, skips root-only tests when not root, and (in
 //! `netns`) builds network-namespace topologies that tear themselves down on drop.
 
+pub mod netns;
+
 use std::path::PathBuf;
 
 /// Path of a workspace binary (`keel-lb`, `keel-agent`, `keel-test-apiserver`) built next to this test

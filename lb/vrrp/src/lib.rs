@@ -6,14 +6,26 @@
 //!   `Diagnostics` under the field prefix it is given (e.g. `vrrp`);
 //! - `Vrrp::start` runs the virtual routers on their own thread; keel-lb feeds pool health in with
 //!   `set_pool_health`, hands over on SIGTERM with `handover`, then calls `shutdown`.
+//!
+//! Modules: `packet` (wire format), `fsm` (the protocol, no I/O, no clock), `config`, and the Linux
+//! side: `net` (sockets), `driver` (the thread), `metrics`, `notify`.
 
 pub mod config;
+mod driver;
 pub mod fsm;
+mod metrics;
+pub mod net;
+mod notify;
 pub mod packet;
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use config::{VrrpConfig, VrrpFile};
+pub use config::{Family, VrrpConfig, VrrpFile};
+pub use fsm::State;
+
+use driver::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,32 +46,132 @@ pub enum HandoverOutcome {
     TimedOut,
 }
 
+/// A virtual router as seen from outside (admin endpoints, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterStatus {
+    pub name: String,
+    pub vrid: u8,
+    pub interface: String,
+    pub family: Family,
+    pub state: State,
+    pub priority: u8,
+}
+
 /// A running set of virtual routers.
 pub struct Vrrp {
-    _private: (),
+    tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    status: Arc<Mutex<Vec<RouterStatus>>>,
 }
 
 impl Vrrp {
     /// Starts every configured virtual router on a dedicated thread and registers metrics.
-    pub fn start(_cfg: VrrpConfig, _registry: &prometheus::Registry) -> Result<Vrrp, Error> {
-        Err(Error::Other("VRRP is not implemented yet".into()))
+    /// Fails when an interface is missing or the raw sockets cannot be opened (needs CAP_NET_RAW
+    /// and CAP_NET_ADMIN).
+    pub fn start(cfg: VrrpConfig, registry: &prometheus::Registry) -> Result<Vrrp, Error> {
+        let sockets = open_sockets(&cfg)?;
+        let announcer = net::Announcer::open()?;
+        let metrics = metrics::Metrics::register(registry)
+            .map_err(|e| Error::Other(format!("metrics: {e}")))?;
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let st = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-vrrp".into())
+            .spawn(move || driver::run(cfg, sockets, announcer, metrics, st, rx, ready_tx))?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Vrrp {
+                tx,
+                thread: Some(thread),
+                status,
+            }),
+            Ok(Err(e)) => Err(Error::Other(e)),
+            Err(_) => Err(Error::Other("the VRRP thread did not start".into())),
+        }
     }
 
     /// Tracks a pool's health: a pool named in a router's `track` with no healthy backend lowers
     /// that router's priority by the configured weight.
-    pub fn set_pool_health(&self, _pool: &str, _healthy: bool) {}
+    pub fn set_pool_health(&self, pool: &str, healthy: bool) {
+        let _ = self.tx.send(Command::PoolHealth {
+            pool: pool.to_string(),
+            healthy,
+        });
+    }
 
-    /// Applies a new validated config (routers added, removed or changed).
-    pub fn reload(&self, _cfg: VrrpConfig) -> Result<(), Error> {
-        Ok(())
+    /// Applies a new validated config (routers added, removed or changed). Routers whose
+    /// (interface, VRID, family) stay are reconfigured in place, keeping their state.
+    pub fn reload(&self, cfg: VrrpConfig) -> Result<(), Error> {
+        let sockets = open_sockets(&cfg)?;
+        let (reply, done) = std::sync::mpsc::channel();
+        self.tx
+            .send(Command::Reload {
+                cfg,
+                sockets,
+                reply,
+            })
+            .map_err(|_| Error::Other("the VRRP thread has stopped".into()))?;
+        done.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| Error::Other("the VRRP thread did not apply the reload".into()))
     }
 
     /// Make-before-break handover: advertise priority 0, keep the VIPs until a new master announces
-    /// itself (or `timeout`), then release them.
-    pub async fn handover(&self, _timeout: Duration) -> HandoverOutcome {
-        HandoverOutcome::NothingToHandOver
+    /// itself (or `timeout`), then release them. Afterwards the routers stay stopped.
+    pub async fn handover(&self, timeout: Duration) -> HandoverOutcome {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        if self.tx.send(Command::Handover { timeout, reply }).is_err() {
+            return HandoverOutcome::NothingToHandOver;
+        }
+        // The thread answers by the deadline at the latest; the margin covers a stuck netlink call.
+        match tokio::time::timeout(timeout + Duration::from_secs(5), outcome).await {
+            Ok(Ok(o)) => o,
+            _ => HandoverOutcome::TimedOut,
+        }
+    }
+
+    /// Current state of every virtual router.
+    pub fn status(&self) -> Vec<RouterStatus> {
+        self.status.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Stops the routers (releasing any VIP still held) and joins the thread.
-    pub fn shutdown(self) {}
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Vrrp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One raw socket per (interface, family) in use.
+fn open_sockets(cfg: &VrrpConfig) -> Result<Vec<net::VrrpSocket>, Error> {
+    let pairs: BTreeSet<(String, Family)> = cfg
+        .routers
+        .iter()
+        .map(|r| (r.interface.clone(), r.family))
+        .collect();
+    let mut out = Vec::new();
+    for (iface, family) in pairs {
+        let index = nix::net::if_::if_nametoindex(iface.as_str())
+            .map_err(|e| Error::Other(format!("interface {iface}: {e}")))?;
+        let s = net::VrrpSocket::open(&iface, index, family).map_err(|e| {
+            Error::Other(format!(
+                "raw VRRP socket on {iface} ({}): {e}",
+                family.as_str()
+            ))
+        })?;
+        out.push(s);
+    }
+    Ok(out)
 }
