@@ -1,20 +1,77 @@
-//! Node health: checks, conditions, taint policy (filled by the health work).
+//! Node health: checks, conditions and events, taint policy, drain, the orchestrator API.
 //!
 //! CONTRACT with the rest of the agent (config.rs and main.rs call these):
 //! - `HealthFile` is the raw `health:` section of the agent config (serde, deny_unknown_fields);
 //! - `validate` turns it into `HealthConfig`, recording errors under the given field prefix;
 //! - `run` is spawned by `keel-agent run` once the node is joined and registered, and returns when
-//!   `cancel` fires.
+//!   `cancel` fires (no drain) or after draining when `ctx.node_shutdown` fires.
+//!
+//! Data flow: one task per check → results channel → the health loop (`runner`), which owns the
+//! pure cores (`conditions::Book`, `crate::taints::Policy`) and hands their output to writer tasks
+//! (Node status, Events, taints) through "latest value" channels, so no API call ever sits in the
+//! path of a check and a slow API server costs writes, not freshness.
 
+pub mod check;
+pub mod conditions;
+pub mod config;
+pub mod kernel_log;
+pub mod metrics;
+pub mod npd;
+pub mod plugin;
+pub mod probes;
+pub mod report;
+pub mod runner;
+pub mod status;
+
+use std::sync::Arc;
+
+pub use config::{HealthConfig, HealthFile};
 use keel_common::Diagnostics;
+use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthFile {}
+/// Validates the raw `health:` section; errors are recorded under `field` (e.g. `"health"`).
+pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> HealthConfig {
+    config::validate(raw, field, diag)
+}
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HealthConfig {}
+/// Re-reads the agent's config file and returns its validated `health:` section, or every error
+/// as one printable text. Supplied by main (it owns the config file); used by SIGHUP and
+/// `POST /v1/reload`.
+pub type ReloadFn = Arc<dyn Fn() -> Result<HealthConfig, String> + Send + Sync>;
 
-pub fn validate(_raw: &HealthFile, _field: &str, _diag: &mut Diagnostics) -> HealthConfig {
-    HealthConfig {}
+/// A JSON snapshot of the join state (the join code's status), shown under `join` in `/v1/status`.
+pub type JoinStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Everything `run` needs from the rest of the agent.
+pub struct HealthContext {
+    pub config: HealthConfig,
+    pub node_name: String,
+    /// Client with the node's own identity (conditions, events, cordon, eviction). `None` runs the
+    /// checks, metrics and the orchestrator API without a cluster.
+    pub client: Option<kube::Client>,
+    /// Client allowed to change the Node's taints. When `None`, `run` builds one from
+    /// `config.privileged_kubeconfig` if set; otherwise taint changes are tried with the node
+    /// identity, refused by NodeRestriction, and reported.
+    pub privileged: Option<kube::Client>,
+    pub registry: prometheus::Registry,
+    pub join_status: JoinStatusFn,
+    pub reload: Option<ReloadFn>,
+    /// Cancelled when the node itself is shutting down (systemd stopping the system, Windows
+    /// PRESHUTDOWN): `run` cordons and drains when `drain.on_shutdown` is set, then returns.
+    pub node_shutdown: CancellationToken,
+}
+
+/// Runs node health until `cancel` fires (returns without draining) or `ctx.node_shutdown` fires
+/// (drains if configured, then returns).
+pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Result<()> {
+    runner::run(ctx, cancel).await
+}
+
+/// Runs every configured check once (no cluster), records them in `registry`, and returns the
+/// outcomes: `keel-agent health-once` and the Windows smoke test.
+pub async fn run_once(
+    config: &HealthConfig,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Vec<(String, check::Outcome)>> {
+    runner::run_once(config, registry).await
 }

@@ -1,0 +1,319 @@
+//! Kernel log patterns (OOM kills, hung tasks, filesystem errors) counted over a window.
+//!
+//! A reader thread follows `/dev/kmsg` (or a file, for tests and for `dmesg`-style captures) from its
+//! current end. Lines are matched against a `RegexSet` at most `max_lines_per_second` per second;
+//! lines beyond that are counted and dropped, so a kernel-log flood costs a bounded amount of CPU
+//! (node-problem-detector #282, #498). The condition is a count over a sliding window, so it clears
+//! once the window passes without new matches (NPD #215, #728: log-derived conditions never cleared).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::check::Outcome;
+use super::config::PatternSpec;
+
+const MAX_LINE: usize = 1024;
+
+/// Match times per pattern within the window: the pure part, fed by the reader.
+#[derive(Debug)]
+pub struct Window {
+    window: Duration,
+    patterns: Vec<PatternSpec>,
+    hits: Vec<VecDeque<Instant>>,
+    last_line: Vec<String>,
+    set: regex::RegexSet,
+}
+
+impl Window {
+    pub fn new(window: Duration, patterns: Vec<PatternSpec>) -> Window {
+        let set = regex::RegexSet::new(patterns.iter().map(|p| p.regex.as_str()))
+            .unwrap_or_else(|_| regex::RegexSet::empty());
+        Window {
+            window,
+            hits: vec![VecDeque::new(); patterns.len()],
+            last_line: vec![String::new(); patterns.len()],
+            patterns,
+            set,
+        }
+    }
+
+    pub fn observe(&mut self, line: &str, now: Instant) {
+        for i in self.set.matches(line).iter() {
+            let h = &mut self.hits[i];
+            h.push_back(now);
+            // Only the newest `count` matches matter for "count within window".
+            while h.len() > self.patterns[i].count as usize {
+                h.pop_front();
+            }
+            self.last_line[i] = line.chars().take(200).collect();
+        }
+    }
+
+    pub fn evaluate(&mut self, now: Instant) -> Outcome {
+        let mut problems = Vec::new();
+        for (i, p) in self.patterns.iter().enumerate() {
+            let h = &mut self.hits[i];
+            while h
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) > self.window)
+            {
+                h.pop_front();
+            }
+            if h.len() >= p.count as usize {
+                problems.push(i);
+            }
+        }
+        match problems.first() {
+            Some(&i) => Outcome::problem(
+                self.patterns[i].reason.clone(),
+                format!(
+                    "{} ({} in {:?}): {}",
+                    self.patterns[i].reason,
+                    self.hits[i].len(),
+                    self.window,
+                    self.last_line[i]
+                ),
+                Some(problems.len() as f64),
+            ),
+            None => Outcome::ok(
+                format!("no kernel problems in the last {:?}", self.window),
+                Some(0.0),
+            ),
+        }
+    }
+}
+
+/// `/dev/kmsg` records look like `6,1234,5678901,-;message`; continuation lines start with a space.
+pub fn strip_kmsg_prefix(line: &str) -> Option<&str> {
+    if line.starts_with(' ') {
+        return None;
+    }
+    match line.split_once(';') {
+        Some((head, msg))
+            if head.split(',').count() >= 3
+                && head
+                    .split(',')
+                    .take(3)
+                    .all(|f| f.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            Some(msg)
+        }
+        _ => Some(line),
+    }
+}
+
+pub struct Watcher {
+    state: Arc<Mutex<Window>>,
+    stop: Arc<AtomicBool>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Watcher {
+    pub fn start(
+        name: &str,
+        source: PathBuf,
+        window: Duration,
+        patterns: Vec<PatternSpec>,
+        max_lines_per_second: u32,
+    ) -> Watcher {
+        let state = Arc::new(Mutex::new(Window::new(window, patterns)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (s, st, dr) = (state.clone(), stop.clone(), dropped.clone());
+        let check = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("kernel-log".into())
+            .spawn(move || follow(&check, &source, s, st, dr, max_lines_per_second));
+        if let Err(e) = spawned {
+            tracing::error!(check = name, error = %e, "cannot start kernel log reader");
+        }
+        Watcher {
+            state,
+            stop,
+            dropped,
+        }
+    }
+
+    pub fn evaluate(&self, now: Instant) -> Outcome {
+        match self.state.lock() {
+            Ok(mut w) => w.evaluate(now),
+            Err(_) => Outcome::unknown("KernelLogUnavailable", "kernel log state poisoned"),
+        }
+    }
+}
+
+fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    let is_kmsg = path == Path::new("/dev/kmsg");
+    let mut f = if is_kmsg {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?
+    } else {
+        std::fs::File::open(path)?
+    };
+    // Start at the end: what was logged before the agent started is not this run's to report.
+    f.seek(SeekFrom::End(0))?;
+    Ok((f, is_kmsg))
+}
+
+fn follow(
+    check: &str,
+    path: &Path,
+    state: Arc<Mutex<Window>>,
+    stop: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+    max_per_sec: u32,
+) {
+    let idle = Duration::from_millis(200);
+    let mut budget_start = Instant::now();
+    let mut budget = max_per_sec;
+    let mut file: Option<(BufReader<std::fs::File>, bool, u64)> = None;
+    let mut line = Vec::with_capacity(MAX_LINE);
+    while !stop.load(Ordering::Relaxed) {
+        if file.is_none() {
+            match open_at_end(path) {
+                Ok((f, kmsg)) => {
+                    let pos = if kmsg {
+                        0
+                    } else {
+                        f.metadata().map(|m| m.len()).unwrap_or(0)
+                    };
+                    file = Some((BufReader::new(f), kmsg, pos));
+                }
+                Err(e) => {
+                    tracing::warn!(check, source = %path.display(), error = %e, "cannot open kernel log");
+                    std::thread::sleep(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let Some((reader, kmsg, pos)) = file.as_mut() else {
+            continue;
+        };
+        line.clear();
+        let res = if *kmsg {
+            // Each read of /dev/kmsg returns exactly one record.
+            let mut buf = [0u8; 8192];
+            match reader.get_mut().read(&mut buf) {
+                Ok(n) => {
+                    line.extend_from_slice(&buf[..n.min(MAX_LINE)]);
+                    Ok(n)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(1), // overrun: records lost
+                Err(e) => Err(e),
+            }
+        } else {
+            let r = reader
+                .by_ref()
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line);
+            if let Ok(n) = r {
+                *pos += n as u64;
+                if n > 0 && line.last() != Some(&b'\n') && n == MAX_LINE {
+                    // Skip the rest of an overlong line.
+                    let mut rest = Vec::new();
+                    if let Ok(k) = reader.read_until(b'\n', &mut rest) {
+                        *pos += k as u64;
+                    }
+                }
+            }
+            r
+        };
+        match res {
+            Ok(0) => {
+                if !*kmsg {
+                    // Truncated or rotated file: start again from its new end.
+                    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                    if len < *pos {
+                        file = None;
+                    }
+                }
+                std::thread::sleep(idle);
+            }
+            Ok(_) => {
+                let now = Instant::now();
+                if now.duration_since(budget_start) >= Duration::from_secs(1) {
+                    budget_start = now;
+                    budget = max_per_sec;
+                }
+                if budget == 0 {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                budget -= 1;
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                if let Some(msg) = strip_kmsg_prefix(text) {
+                    if let Ok(mut w) = state.lock() {
+                        w.observe(msg, now);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(idle),
+            Err(e) => {
+                tracing::warn!(check, source = %path.display(), error = %e, "kernel log read failed");
+                file = None;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::check::Status;
+
+    fn pat(reason: &str, re: &str, count: u32) -> PatternSpec {
+        PatternSpec {
+            reason: reason.into(),
+            regex: regex::Regex::new(re).unwrap(),
+            count,
+        }
+    }
+
+    #[test]
+    fn condition_needs_count_within_window_and_clears_after_it() {
+        let t0 = Instant::now();
+        let mut w = Window::new(
+            Duration::from_secs(60),
+            vec![pat("FilesystemErrors", r"EXT4-fs error", 2)],
+        );
+        w.observe("EXT4-fs error (device sda1): bad block", t0);
+        assert_eq!(w.evaluate(t0).status, Status::Ok);
+        w.observe(
+            "EXT4-fs error (device sda1): bad block",
+            t0 + Duration::from_secs(10),
+        );
+        let o = w.evaluate(t0 + Duration::from_secs(11));
+        assert_eq!(o.status, Status::Problem);
+        assert_eq!(o.reason, "FilesystemErrors");
+        // One match leaves the window: below the count again.
+        assert_eq!(w.evaluate(t0 + Duration::from_secs(65)).status, Status::Ok);
+    }
+
+    #[test]
+    fn kmsg_prefix_is_stripped_and_continuations_skipped() {
+        assert_eq!(
+            strip_kmsg_prefix("3,812,1234567,-;Out of memory: Killed process 42"),
+            Some("Out of memory: Killed process 42")
+        );
+        assert_eq!(strip_kmsg_prefix(" SUBSYSTEM=block"), None);
+        assert_eq!(
+            strip_kmsg_prefix("[  1.0] plain dmesg"),
+            Some("[  1.0] plain dmesg")
+        );
+    }
+}
