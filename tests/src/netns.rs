@@ -181,6 +181,15 @@ impl Topology {
         }
     }
 
+    /// A `Command` that runs `program` inside the host (add args, stdio, then spawn and wrap the
+    /// child in [`Proc::from_child`]).
+    pub fn command(&self, host: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(host), program])
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Cuts a host's cable: its bridge port goes down, so the host sees its link lose carrier.
     pub fn link_down(&self, host: &str) {
         self.bridge_port(host, "down");
@@ -268,6 +277,13 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn from_child(child: Child, name: String) -> Proc {
+        Proc {
+            child: Some(child),
+            name,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
