@@ -38,17 +38,17 @@ pub struct Frontend {
 }
 
 /// Counts an open client connection (or UDP session) in the frontend gauge.
-pub struct OpenGuard(FrontendMetrics);
+pub struct OpenGuard<'a>(&'a FrontendMetrics);
 
-impl OpenGuard {
-    pub fn new(m: &FrontendMetrics) -> OpenGuard {
+impl OpenGuard<'_> {
+    pub fn new(m: &FrontendMetrics) -> OpenGuard<'_> {
         m.total.inc();
         m.current.inc();
-        OpenGuard(m.clone())
+        OpenGuard(m)
     }
 }
 
-impl Drop for OpenGuard {
+impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.current.dec();
     }
@@ -71,6 +71,14 @@ fn per_connection(e: &io::Error) -> bool {
                 | libc::EOPNOTSUPP
                 | libc::ENETUNREACH
         )
+    )
+}
+
+/// This host ran out of something (fds, buffers, memory): nothing a backend did.
+pub fn local_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
 
@@ -147,6 +155,11 @@ async fn handle(
             Ok(s) => {
                 chosen = Some((b.clone(), s));
                 break;
+            }
+            Err(e) if local_exhaustion(&e) => {
+                // Our own fds or memory ran out, not the backend: do not hold it against it.
+                tracing::warn!(frontend = %fe.cfg.name, error = %e, "cannot open a backend socket; closing client connection");
+                return;
             }
             Err(e) => {
                 tracing::debug!(frontend = %fe.cfg.name, backend = %b.addr, error = %e, "connect failed; trying the next backend");

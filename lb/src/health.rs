@@ -221,3 +221,154 @@ async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    use tokio::net::TcpListener;
+
+    /// An HTTP server that answers 200 on `/readyz` and 500 elsewhere; with TLS when given a config.
+    async fn server(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        Some(cfg) => {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await {
+                                answer(s).await;
+                            }
+                        }
+                        None => answer(s).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let req = String::from_utf8_lossy(&buf[..n]);
+        let status = if req.starts_with("GET /readyz ") {
+            "200 OK"
+        } else {
+            "500 Internal Server Error"
+        };
+        let _ = s
+            .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+            .await;
+        let _ = s.shutdown().await;
+    }
+
+    fn cfg(kind: CheckKind, path: &str) -> HealthCheck {
+        HealthCheck {
+            kind,
+            path: path.into(),
+            ..HealthCheck::default()
+        }
+    }
+
+    /// A CA and a server certificate for `kubernetes` signed by it; returns the CA file and the
+    /// server's TLS config.
+    fn pki(dir: &std::path::Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["kubernetes".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        (ca_file, Arc::new(server))
+    }
+
+    #[tokio::test]
+    async fn http_check_expects_the_configured_status() {
+        let addr = server(None).await;
+        check_once(&cfg(CheckKind::Http, "/readyz"), addr, None)
+            .await
+            .unwrap();
+        let e = check_once(&cfg(CheckKind::Http, "/livez"), addr, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CheckError::Status {
+                    got: 500,
+                    want: 200
+                }
+            ),
+            "{e}"
+        );
+        let mut c = cfg(CheckKind::Http, "/livez");
+        c.expect_status = 500;
+        check_once(&c, addr, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tcp_check_fails_on_a_closed_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        check_once(&cfg(CheckKind::Tcp, "/"), addr, None)
+            .await
+            .unwrap();
+        drop(l);
+        assert!(matches!(
+            check_once(&cfg(CheckKind::Tcp, "/"), addr, None).await,
+            Err(CheckError::Connect(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn https_check_verifies_the_ca_and_the_server_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, server_cfg) = pki(dir.path());
+        let addr = server(Some(server_cfg)).await;
+        let mut c = cfg(CheckKind::Https, "/readyz");
+        c.ca_file = Some(ca_file);
+        c.server_name = Some("kubernetes".into());
+        let tls = tls_connector(&c).unwrap();
+        check_once(&c, addr, Some(&tls)).await.unwrap();
+
+        // The certificate does not name the IP address: without server_name verification fails.
+        c.server_name = None;
+        assert!(matches!(
+            check_once(&c, addr, Some(&tls)).await,
+            Err(CheckError::Tls(_))
+        ));
+
+        // Another CA: refused.
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _) = pki(other.path());
+        let mut c2 = cfg(CheckKind::Https, "/readyz");
+        c2.ca_file = Some(other_ca);
+        c2.server_name = Some("kubernetes".into());
+        let tls2 = tls_connector(&c2).unwrap();
+        assert!(matches!(
+            check_once(&c2, addr, Some(&tls2)).await,
+            Err(CheckError::Tls(_))
+        ));
+    }
+}

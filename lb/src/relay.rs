@@ -8,7 +8,7 @@
 //! crosses into user space.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -118,12 +118,34 @@ async fn pump(
         src.readable().await?;
         let r = COPY_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let n = src.try_read(&mut buf[..])?;
+            let mut got = 0;
+            // A short read means the socket is drained: tell tokio "would block" so it clears the
+            // readiness now (tick-aware: data arriving meanwhile is not missed) instead of paying
+            // one more read that returns EAGAIN.
+            let r = src.try_io(Interest::READABLE, || {
+                let n = (&*socket2::SockRef::from(src)).read(&mut buf[..])?;
+                got = n;
+                if n > 0 && n < buf.len() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            let n = got;
             let mut off = 0;
+            let out = socket2::SockRef::from(dst);
             while off < n {
-                match dst.try_write(&buf[off..n]) {
+                // Straight to the socket: it is almost always writable, and tokio's `try_write`
+                // would refuse until it has seen a writable event.
+                match (&*out).write(&buf[off..n]) {
                     Ok(w) => off += w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -124,6 +124,10 @@ fn forward(
                 }));
                 break;
             }
+            Err(e) if crate::frontend::local_exhaustion(&e) => {
+                tracing::warn!(frontend = %fe.cfg.name, error = %e, "cannot open a udp session socket; dropping datagram");
+                break;
+            }
             Err(e) => {
                 tracing::debug!(backend = %b.addr, error = %e, "udp session socket failed");
                 fe.pool.connect_failed(b);

@@ -159,6 +159,11 @@ struct Lb {
 
 impl Lb {
     fn start(yaml: &str) -> Lb {
+        Lb::start_limited(yaml, None)
+    }
+
+    /// Starts keel-lb with at most `nofile` file descriptors.
+    fn start_limited(yaml: &str, nofile: Option<u64>) -> Lb {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("lb.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -170,7 +175,24 @@ impl Lb {
             .parse()
             .unwrap();
         let log = std::fs::File::create(dir.path().join("lb.log")).unwrap();
-        let child = Command::new(keel_e2e::bin("keel-lb"))
+        let mut cmd = Command::new(keel_e2e::bin("keel-lb"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .args(["run", "--workers", "2", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info,keel_lb=debug")
@@ -213,6 +235,10 @@ impl Lb {
         http(self.admin, "POST", "/reload").unwrap()
     }
 
+    fn child_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     fn signal(&self, sig: libc::c_int) {
         // SAFETY: sending a signal to our own child process by its pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
@@ -230,11 +256,20 @@ impl Drop for Lb {
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_with(addr, method, path, "")
+}
+
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, T)?;
     s.set_read_timeout(Some(T))?;
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{headers}Content-Length: 0\r\n\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -906,4 +941,88 @@ fn proxy_v2_header_is_accepted_by_haproxy() {
         "HAProxy saw the wrong addresses: {out}"
     );
     drop(guard);
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3).
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_survived_without_spinning() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let mut lb = Lb::start_limited(
+        &config(port, free_port(), "round_robin", SLOW_TCP, &[(&a, 1)], ""),
+        Some(48),
+    );
+    // Each proxied connection costs keel-lb two fds: far more clients than it can hold.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = TcpStream::connect_timeout(&lb_addr(port), T) {
+            clients.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(lb.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(lb.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "keel-lb used {used:.2}s of CPU in 2s while out of fds: spinning"
+    );
+    drop(clients);
+    // Once connections close, service resumes by itself.
+    assert!(
+        wait_until(Duration::from_secs(10), || ask(lb_addr(port))
+            .is_ok_and(|n| n == "a")),
+        "no recovery after fds were freed"
+    );
+    let m = lb.metrics();
+    assert!(
+        metric(&m, "keel_lb_frontend_accept_errors_total{frontend=\"web\"}").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(lb.child_alive());
+}
+
+#[test]
+fn admin_post_endpoints_require_the_bearer_token() {
+    let a = Backend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let port = free_port();
+    let yaml = config(port, free_port(), "round_robin", SLOW_TCP, &[(&a, 1)], "").replacen(
+        "\nshutdown:",
+        &format!("\n  token_file: {}\nshutdown:", token.display()),
+        1,
+    );
+    let lb = Lb::start(&yaml);
+    assert_eq!(http(lb.admin, "POST", "/reload").unwrap().0, 401);
+    assert_eq!(
+        http_with(
+            lb.admin,
+            "POST",
+            "/reload",
+            "Authorization: Bearer wrong\r\n"
+        )
+        .unwrap()
+        .0,
+        401
+    );
+    let auth = "Authorization: Bearer s3cret\r\n";
+    assert_eq!(http_with(lb.admin, "POST", "/reload", auth).unwrap().0, 200);
+    // No VRRP configured: the handover says so instead of pretending.
+    let (code, body) = http_with(lb.admin, "POST", "/handover", auth).unwrap();
+    assert_eq!((code, body.trim()), (200, "vrrp is not running"));
+    // Reading stays open to Prometheus.
+    assert_eq!(http(lb.admin, "GET", "/metrics").unwrap().0, 200);
+    assert_eq!(http(lb.admin, "GET", "/reload").unwrap().0, 405);
 }
