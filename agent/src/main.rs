@@ -1,1 +1,216 @@
-fn main() {}
+//! keel-agent's entry point: parses the command line, sets up logging and signals, and hands over to
+//! the library (`run`, `join`, `leave`). Thin on purpose.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keel_agent::config::{self, Config};
+use keel_agent::credentials::StateDir;
+use keel_agent::metrics::Metrics;
+use keel_agent::run::Agent;
+use keel_agent::status::{self, JoinState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_CONFIG: &str = if cfg!(windows) {
+    r"C:\ProgramData\keel\agent.yaml"
+} else {
+    "/etc/keel/agent.yaml"
+};
+
+#[derive(Parser)]
+#[command(
+    name = "keel-agent",
+    version,
+    about = "Kubernetes node agent: join, registration, health"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the cluster (or reuse stored credentials), register the node and keep it alive.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints every error with file:line: field.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Cordon, drain and delete this node, then remove its credentials.
+    Leave {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the agent's status (from the status file in the state directory).
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Read the status from this state directory instead of the config's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("keel-agent {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Status { config, state_dir } => print_status(&config, state_dir),
+        Command::Run { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(run(config)))
+        }
+        Command::Leave { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(leave(config)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // The agent's work is a handful of timers and API calls: two workers are plenty.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn print_status(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match state_dir {
+        Some(d) => d,
+        None => load(config_path)?.state_dir,
+    };
+    let path = StateDir::new(dir).status_file();
+    let st = status::read_file(&path)
+        .with_context(|| format!("cannot read {} (has the agent run?)", path.display()))?;
+    println!("{}", serde_json::to_string_pretty(&st)?);
+    Ok(())
+}
+
+async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let cfg = load(&config_path)?;
+    tracing::info!(node = %cfg.node.name, server = %cfg.cluster.server, config = %config_path.display(), "keel-agent starting");
+    let cancel = CancellationToken::new();
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let agent = Agent::new(cfg);
+    let metrics = agent.metrics.clone();
+    let status = agent.status.clone();
+    spawn_signals(config_path, cancel.clone(), reload_tx, metrics, status)?;
+    agent.run(cancel, reload_rx).await?;
+    Ok(())
+}
+
+/// SIGTERM/SIGINT (ctrl-c on Windows) cancel; SIGHUP validates the file and hands the new config
+/// over, or logs and counts a bad file and keeps the running config.
+fn spawn_signals(
+    config_path: PathBuf,
+    cancel: CancellationToken,
+    reloads: mpsc::Sender<Config>,
+    metrics: std::sync::Arc<Metrics>,
+    status: status::StatusHandle,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); cancel.cancel(); return; }
+                    _ = int.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
+                    _ = hup.recv() => match config::load(&config_path) {
+                        Ok(cfg) => {
+                            if reloads.send(cfg).await.is_err() { return; }
+                        }
+                        Err(errors) => {
+                            metrics.config_reload(false);
+                            status.update(|s| s.config_reloads_failed += 1);
+                            tracing::error!(config = %config_path.display(), errors = %errors, "SIGHUP: config invalid, keeping the running config");
+                        }
+                    },
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (config_path, reloads, metrics, status);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("ctrl-c: shutting down");
+            }
+            cancel.cancel();
+        });
+    }
+    Ok(())
+}
+
+async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
+    let cfg = load(&config_path)?;
+    let metrics = Metrics::new();
+    let state = StateDir::new(cfg.state_dir.clone());
+    let status = status::StatusHandle::new(
+        status::read_file(&state.status_file()).unwrap_or_default(),
+        Some(state.status_file()),
+    );
+    status.update(|s| s.join_state = JoinState::Leaving);
+    let report = tokio::time::timeout(
+        keel_agent::leave::LEAVE_TIMEOUT,
+        keel_agent::leave::leave(&cfg, &metrics),
+    )
+    .await
+    .context("leave timed out")??;
+    status.update(|s| s.join_state = JoinState::Left);
+    println!(
+        "node {} left the cluster (cordoned: {}, node deleted: {}, drained: {})",
+        cfg.node.name, report.cordoned, report.node_deleted, report.drained
+    );
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `keel-agent leave`: cordon, drain, delete the Node (and its Lease), remove the credentials.
+//! Each step tolerates having been done already, so an interrupted leave can simply be rerun.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+use crate::apiclient::{self, ApiClients, ClientError};
+use crate::config::Config;
+use crate::credentials::{CredentialsError, StateDir};
+use crate::metrics::Metrics;
+use crate::register::LEASE_NAMESPACE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaveError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{what} of node {node} failed: {source}")]
+    Api {
+        node: String,
+        what: &'static str,
+        source: kube::Error,
+    },
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LeaveReport {
+    pub was_joined: bool,
+    pub cordoned: bool,
+    pub drained: bool,
+    pub node_deleted: bool,
+}
+
+fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<bool, kube::Error> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn cordon(client: &Client, node: &str, metrics: &Metrics) -> Result<bool, LeaveError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({ "spec": { "unschedulable": true } });
+    ignore_not_found(
+        apiclient::observe(
+            metrics,
+            "patch",
+            "nodes",
+            nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await,
+    )
+    .map_err(|source| LeaveError::Api {
+        node: node.to_string(),
+        what: "cordon",
+        source,
+    })
+}
+
+pub async fn leave(cfg: &Config, metrics: &Metrics) -> Result<LeaveReport, LeaveError> {
+    let state = StateDir::new(cfg.state_dir.clone());
+    let node = cfg.node.name.as_str();
+    let mut report = LeaveReport::default();
+    if let Some(creds) = state.load_node()? {
+        report.was_joined = true;
+        let client = ApiClients::new(cfg.cluster.server.clone(), creds.ca_pem.clone())
+            .with_cert(&creds.cert_pem, &creds.key_pem)?;
+        report.cordoned = cordon(&client, node, metrics).await?;
+        tracing::info!(node, "cordoned");
+        // Drain belongs to the health work (`crate::drain`, issue 5); until it is wired here,
+        // leave cordons and deletes only, and says so.
+        tracing::warn!(node, "drain is not wired into leave in this build: pods are not evicted before the Node is deleted");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        if let Err(e) = apiclient::observe(
+            metrics,
+            "delete",
+            "leases",
+            leases.delete(node, &DeleteParams::default()),
+        )
+        .await
+        {
+            if apiclient::status_code(&e) != Some(404) {
+                tracing::warn!(node, error = %e, "deleting the Lease failed (garbage collection removes it with the Node)");
+            }
+        }
+        let nodes: Api<Node> = Api::all(client);
+        report.node_deleted = ignore_not_found(
+            apiclient::observe(
+                metrics,
+                "delete",
+                "nodes",
+                nodes.delete(node, &DeleteParams::default().grace_period(0)),
+            )
+            .await,
+        )
+        .map_err(|source| LeaveError::Api {
+            node: node.to_string(),
+            what: "delete",
+            source,
+        })?;
+        tracing::info!(node, deleted = report.node_deleted, "node deleted");
+    } else {
+        tracing::info!(
+            node,
+            "not joined (no node credentials): removing any leftovers"
+        );
+    }
+    if cfg.kubelet.managed {
+        if cfg.kubelet.start_service {
+            stop_kubelet(&cfg.kubelet.service);
+        }
+        match std::fs::remove_file(&cfg.kubelet.kubeconfig) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %cfg.kubelet.kubeconfig.display(), error = %e, "cannot remove kubelet's kubeconfig")
+            }
+            _ => {}
+        }
+    }
+    state.remove_credentials()?;
+    tracing::info!(node, state_dir = %state.root().display(), "credentials removed: node left the cluster");
+    Ok(report)
+}
+
+fn stop_kubelet(service: &str) {
+    #[cfg(unix)]
+    let argv = ["systemctl", "stop", service];
+    #[cfg(windows)]
+    let argv = ["sc.exe", "stop", service];
+    match std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+    {
+        Ok(o) if o.status.success() => tracing::info!(service, "kubelet stopped"),
+        Ok(o) => {
+            tracing::warn!(service, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "stopping kubelet failed")
+        }
+        Err(e) => tracing::warn!(service, error = %e, "stopping kubelet failed"),
+    }
+}
+
+/// How long `leave` may take in total before main gives up (drain included, once wired).
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(600);
