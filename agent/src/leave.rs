@@ -20,6 +20,8 @@ pub enum LeaveError {
     Credentials(#[from] CredentialsError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("drain failed (the node stays cordoned; rerun leave): {0}")]
+    Drain(#[from] crate::drain::DrainError),
     #[error("{what} of node {node} failed: {source}")]
     Api {
         node: String,
@@ -73,9 +75,24 @@ pub async fn leave(cfg: &Config, metrics: &Metrics) -> Result<LeaveReport, Leave
             .with_cert(&creds.cert_pem, &creds.key_pem)?;
         report.cordoned = cordon(&client, node, metrics).await?;
         tracing::info!(node, "cordoned");
-        // Drain belongs to the health work (`crate::drain`, issue 5); until it is wired here,
-        // leave cordons and deletes only, and says so.
-        tracing::warn!(node, "drain is not wired into leave in this build: pods are not evicted before the Node is deleted");
+        // Eviction API, PDB-aware, DaemonSet/mirror pods skipped (crate::drain, `health.drain`).
+        let progress = crate::drain::drain(&client, node, &cfg.health.drain, &|p| {
+            tracing::info!(
+                node,
+                evicted = p.evicted,
+                pending = p.pending,
+                skipped = p.skipped,
+                "draining"
+            );
+        })
+        .await?;
+        report.drained = true;
+        tracing::info!(
+            node,
+            evicted = progress.evicted,
+            skipped = progress.skipped,
+            "drained"
+        );
         let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
         if let Err(e) = apiclient::observe(
             metrics,
@@ -144,5 +161,5 @@ fn stop_kubelet(service: &str) {
     }
 }
 
-/// How long `leave` may take in total before main gives up (drain included, once wired).
+/// How long `leave` may take in total before main gives up (drain included).
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Run every configured health check once (no cluster), print the outcomes and the metrics.
+    HealthOnce {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -101,6 +106,10 @@ fn main() -> ExitCode {
             init_logging();
             runtime().and_then(|rt| rt.block_on(leave(config)))
         }
+        Command::HealthOnce { config } => {
+            init_logging();
+            runtime().and_then(|rt| rt.block_on(health_once(config)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,12 +145,20 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let cfg = load(&config_path)?;
     tracing::info!(node = %cfg.node.name, server = %cfg.cluster.server, config = %config_path.display(), "keel-agent starting");
     let cancel = CancellationToken::new();
+    let node_shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let agent = Agent::new(cfg);
     let metrics = agent.metrics.clone();
     let status = agent.status.clone();
-    spawn_signals(config_path, cancel.clone(), reload_tx, metrics, status)?;
-    agent.run(cancel, reload_rx).await?;
+    spawn_signals(
+        config_path,
+        cancel.clone(),
+        node_shutdown.clone(),
+        reload_tx,
+        metrics,
+        status,
+    )?;
+    agent.run(cancel, node_shutdown, reload_rx).await?;
     Ok(())
 }
 
@@ -150,6 +167,7 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 fn spawn_signals(
     config_path: PathBuf,
     cancel: CancellationToken,
+    node_shutdown: CancellationToken,
     reloads: mpsc::Sender<Config>,
     metrics: std::sync::Arc<Metrics>,
     status: status::StatusHandle,
@@ -163,7 +181,16 @@ fn spawn_signals(
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); cancel.cancel(); return; }
+                    _ = term.recv() => {
+                        if system_stopping() {
+                            tracing::info!("SIGTERM while the system shuts down: draining first");
+                            node_shutdown.cancel();
+                        } else {
+                            tracing::info!("SIGTERM: shutting down");
+                            cancel.cancel();
+                        }
+                        return;
+                    }
                     _ = int.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
                     _ = hup.recv() => match config::load(&config_path) {
                         Ok(cfg) => {
@@ -181,7 +208,7 @@ fn spawn_signals(
     }
     #[cfg(not(unix))]
     {
-        let _ = (config_path, reloads, metrics, status);
+        let _ = (config_path, reloads, metrics, status, node_shutdown);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 tracing::info!("ctrl-c: shutting down");
@@ -190,6 +217,16 @@ fn spawn_signals(
         });
     }
     Ok(())
+}
+
+/// Whether systemd is taking the whole system down (then a SIGTERM means "node shutdown").
+#[cfg(unix)]
+fn system_stopping() -> bool {
+    std::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "stopping")
+        .unwrap_or(false)
 }
 
 async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
@@ -202,7 +239,8 @@ async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
     );
     status.update(|s| s.join_state = JoinState::Leaving);
     let report = tokio::time::timeout(
-        keel_agent::leave::LEAVE_TIMEOUT,
+        keel_agent::leave::LEAVE_TIMEOUT
+            .max(cfg.health.drain.timeout + std::time::Duration::from_secs(60)),
         keel_agent::leave::leave(&cfg, &metrics),
     )
     .await
@@ -212,5 +250,16 @@ async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
         "node {} left the cluster (cordoned: {}, node deleted: {}, drained: {})",
         cfg.node.name, report.cordoned, report.node_deleted, report.drained
     );
+    Ok(())
+}
+
+async fn health_once(config_path: PathBuf) -> anyhow::Result<()> {
+    let cfg = load(&config_path)?;
+    let metrics = Metrics::new();
+    let outcomes = keel_agent::health::run_once(&cfg.health, &metrics.registry).await?;
+    for (name, o) in &outcomes {
+        println!("{name}: {:?} {} {}", o.status, o.reason, o.message);
+    }
+    print!("{}", metrics.render());
     Ok(())
 }

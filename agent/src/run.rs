@@ -148,10 +148,12 @@ impl Agent {
         })
     }
 
-    /// Runs until `cancel`; `reloads` delivers already validated configs (SIGHUP).
+    /// Runs until `cancel`; `reloads` delivers already validated configs (SIGHUP);
+    /// `node_shutdown` fires when the machine itself is going down (drain first, then stop).
     pub async fn run(
         mut self,
         cancel: CancellationToken,
+        node_shutdown: CancellationToken,
         mut reloads: mpsc::Receiver<Config>,
     ) -> Result<(), RunError> {
         let tasks = tokio_util::task::TaskTracker::new();
@@ -195,17 +197,30 @@ impl Agent {
             client_tx,
             cancel.clone(),
         ));
-        start_health(&self, &joined, &tasks, &cancel);
+        // Health gets its own token: on a node shutdown it must outlive the others to drain.
+        let health_cancel = CancellationToken::new();
+        let mut health = start_health(&self, &joined, &tasks, &health_cancel, &node_shutdown);
         tracing::info!(node = %self.cfg.node.name, "node joined and registered; heartbeat running");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = node_shutdown.cancelled() => {
+                    // Health cordons and drains (when `health.drain.on_shutdown`), then returns.
+                    let bound = self.cfg.health.drain.timeout + Duration::from_secs(30);
+                    tracing::info!(node = %self.cfg.node.name, bound = ?bound, "node shutting down: waiting for health to drain");
+                    if tokio::time::timeout(bound, &mut health).await.is_err() {
+                        tracing::warn!("drain on shutdown did not finish in time");
+                    }
+                    cancel.cancel();
+                    break;
+                }
                 new = reloads.recv() => match new {
                     Some(new) => self.apply_reload(new, &client_rx).await,
                     None => { cancel.cancelled().await; break; }
                 },
             }
         }
+        health_cancel.cancel();
         tasks.close();
         // Every task watches `cancel`; bound the wait anyway so shutdown never hangs on the API.
         if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
@@ -283,15 +298,38 @@ impl Agent {
     }
 }
 
-/// Where node health starts once the node is registered. The health work (issue 5) provides
-/// `crate::health::run(HealthContext, cancel)`; until its contract is in main this only says so.
+/// Starts node health (issue 5's `crate::health::run`) once the node is registered; returns the
+/// task so a node shutdown can wait for its drain.
 fn start_health(
     agent: &Agent,
-    _joined: &Joined,
-    _tasks: &tokio_util::task::TaskTracker,
-    _cancel: &CancellationToken,
-) {
-    tracing::info!(node = %agent.cfg.node.name, "node health: not wired in this build (health::run call site)");
+    joined: &Joined,
+    tasks: &tokio_util::task::TaskTracker,
+    cancel: &CancellationToken,
+    node_shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let status = agent.status.clone();
+    let path = agent.cfg.path.clone();
+    let ctx = crate::health::HealthContext {
+        config: agent.cfg.health.clone(),
+        node_name: agent.cfg.node.name.clone(),
+        client: Some(joined.client.clone()),
+        privileged: None,
+        registry: agent.metrics.registry.clone(),
+        join_status: Arc::new(move || serde_json::to_value(status.snapshot()).unwrap_or_default()),
+        reload: Some(Arc::new(move || {
+            crate::config::load(&path)
+                .map(|c| c.health)
+                .map_err(|e| e.to_string())
+        })),
+        node_shutdown: node_shutdown.clone(),
+    };
+    let node = agent.cfg.node.name.clone();
+    let cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(e) = crate::health::run(ctx, cancel).await {
+            tracing::error!(node = %node, error = %e, "node health stopped with an error");
+        }
+    })
 }
 
 fn unix_now() -> i64 {
