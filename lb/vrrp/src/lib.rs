@@ -62,6 +62,8 @@ pub struct Vrrp {
     tx: tokio::sync::mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Vec<RouterStatus>>>,
+    registry: prometheus::Registry,
+    metrics: metrics::Metrics,
 }
 
 impl Vrrp {
@@ -77,17 +79,33 @@ impl Vrrp {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let st = status.clone();
+        let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("keel-vrrp".into())
-            .spawn(move || driver::run(cfg, sockets, announcer, metrics, st, rx, ready_tx))?;
+            .spawn(move || driver::run(cfg, sockets, announcer, m, st, rx, ready_tx));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                metrics.unregister(registry);
+                return Err(e.into());
+            }
+        };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Vrrp {
                 tx,
                 thread: Some(thread),
                 status,
+                registry: registry.clone(),
+                metrics,
             }),
-            Ok(Err(e)) => Err(Error::Other(e)),
-            Err(_) => Err(Error::Other("the VRRP thread did not start".into())),
+            Ok(Err(e)) => {
+                metrics.unregister(registry);
+                Err(Error::Other(e))
+            }
+            Err(_) => {
+                metrics.unregister(registry);
+                Err(Error::Other("the VRRP thread did not start".into()))
+            }
         }
     }
 
@@ -144,6 +162,7 @@ impl Vrrp {
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            self.metrics.unregister(&self.registry);
         }
     }
 }

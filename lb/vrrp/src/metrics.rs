@@ -76,4 +76,16 @@ impl Metrics {
         registry.register(Box::new(m.priority.clone()))?;
         Ok(m)
     }
+
+    /// Takes the collectors out of the registry, so that VRRP can be started again later (a
+    /// reload that removes, then restores, the `vrrp:` section).
+    pub fn unregister(&self, registry: &Registry) {
+        let _ = registry.unregister(Box::new(self.state.clone()));
+        let _ = registry.unregister(Box::new(self.transitions.clone()));
+        let _ = registry.unregister(Box::new(self.adverts_sent.clone()));
+        let _ = registry.unregister(Box::new(self.adverts_received.clone()));
+        let _ = registry.unregister(Box::new(self.packet_errors.clone()));
+        let _ = registry.unregister(Box::new(self.last_transition.clone()));
+        let _ = registry.unregister(Box::new(self.priority.clone()));
+    }
 }
