@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# VRRP failover benchmark (issue 4): client-observed outage when the master's link is cut, and
+# failed connections during a planned handover (SIGTERM), keel-lb vs keepalived, same topology,
+# same advert interval (1 s and 0.1 s); optionally spurious transitions under data-plane load.
+#
+#   sudo tests/bench/failover.sh [--load | --load-only]      (needs root, keel-lb built: cargo build -p keel-lb)
+#
+# Topology: network namespaces on one bridge: lb1 (priority 200), lb2 (priority 100), client.
+# The service on the VIP answers "ok": keel-lb proxies VIP:8080 to a socat on its own host;
+# with keepalived, socat listens on *:8080 on each LB host. The client connects every 10 ms.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+KEEL=${KEEL:-${CARGO_TARGET_DIR:-target}/debug/keel-lb}
+[ -x "$KEEL" ] || { echo "keel-lb not found at $KEEL (set KEEL=...)"; exit 1; }
+PROBE=tests/bench/failover_probe.py
+LOAD=0; ONLY_LOAD=0
+[ "${1:-}" = "--load" ] && LOAD=1
+[ "${1:-}" = "--load-only" ] && LOAD=1 && ONLY_LOAD=1
+P="kb$$"; BR="${P}br"; VIP=198.18.1.100
+DIR=$(mktemp -d)
+cleanup() {
+  for n in ${P}lb1 ${P}lb2 ${P}cl $BR; do
+    for p in $(ip netns pids $n 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
+    ip netns del $n 2>/dev/null || true
+  done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+ip netns add $BR; ip -n $BR link add br0 type bridge mcast_snooping 0; ip -n $BR link set br0 up
+i=10
+for h in lb1 lb2 cl; do
+  i=$((i+1))
+  ip netns add $P$h
+  ip netns exec $P$h sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+  ip -n $BR link add $h type veth peer name eth0 netns $P$h
+  ip -n $BR link set $h master br0; ip -n $BR link set $h up
+  ip -n $P$h link set lo up; ip -n $P$h addr add 198.18.1.$i/24 dev eth0; ip -n $P$h link set eth0 up
+done
+NS() { ip netns exec "$P$1" "${@:2}"; }
+has_vip() { NS "$1" ip -o addr show dev eth0 | grep -q " $VIP/"; }
+wait_vip() { for _ in $(seq 200); do has_vip "$1" && return 0; sleep 0.05; done; echo "timeout waiting for VIP on $1" >&2; return 1; }
+wait_no_vip() { for _ in $(seq 200); do has_vip "$1" || return 0; sleep 0.05; done; return 1; }
+
+keel_conf() { # priority interval_ms
+  cat <<Y
+admin: { listen: "127.0.0.1:9100" }
+shutdown: { drain: 1s, handover_timeout: 3s }
+frontends: [{ name: web, listen: "$VIP:8080", pool: web }]
+pools:
+  web:
+    backends: [{ address: "127.0.0.1:9000" }]
+vrrp:
+  routers:
+    - { name: web, vrid: 51, interface: eth0, priority: $1, advert_interval: ${2}ms, vips: [$VIP/24] }
+Y
+}
+ka_conf() { # priority interval_s
+  cat <<K
+global_defs { router_id ka$1
+  vrrp_version 3 }
+vrrp_instance web { state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority $1
+  advert_int $2
+  virtual_ipaddress { $VIP/24 } }
+K
+}
+start() { # impl host priority interval_ms
+  local impl=$1 h=$2 prio=$3 ms=$4
+  if [ "$impl" = keel ]; then
+    NS $h socat TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr SYSTEM:'echo ok' >/dev/null 2>&1 &
+    keel_conf $prio $ms > $DIR/$h.yaml
+    NS $h "$KEEL" run -c $DIR/$h.yaml >> $DIR/$h.log 2>&1 &
+  else
+    NS $h socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo ok' >/dev/null 2>&1 &
+    ka_conf $prio $(python3 -c "print($ms/1000)") > $DIR/$h.conf
+    NS $h keepalived -n -l -D -f $DIR/$h.conf -p $DIR/$h-a.pid -r $DIR/$h-v.pid -c $DIR/$h-c.pid >> $DIR/$h.log 2>&1 &
+  fi
+}
+stop_all() {
+  for h in lb1 lb2; do for p in $(ip netns pids $P$h); do kill -9 $p 2>/dev/null || true; done; done
+  sleep 0.3
+  for h in lb1 lb2; do NS $h ip addr del $VIP/24 dev eth0 2>/dev/null || true; done
+  NS cl ip neigh flush dev eth0
+}
+master_pid() { # the VRRP process on lb1
+  for p in $(ip netns pids ${P}lb1); do
+    c=$(cat /proc/$p/comm); [ "$c" = keel-lb ] || [ "$c" = keepalived ] && { echo $p; return; }
+  done
+}
+
+printf "%-11s %-9s %-28s %-9s %-9s %-s\n" impl advert scenario attempts failed outage_ms
+INTERVALS="1000 100"; [ $ONLY_LOAD = 1 ] && INTERVALS=""
+for ms in $INTERVALS; do
+  for impl in keel keepalived; do
+    # Unplanned: cut the master's link.
+    start $impl lb1 200 $ms; start $impl lb2 100 $ms
+    wait_vip lb1; sleep $(python3 -c "print(max(1.0, 4*$ms/1000))")
+    NS cl python3 $PROBE $VIP 8080 0.01 $(python3 -c "print(3 + 8*$ms/1000)") > $DIR/probe &
+    PP=$!; sleep 1
+    ip -n $BR link set lb1 down
+    wait $PP; read a f o < $DIR/probe
+    printf "%-11s %-9s %-28s %-9s %-9s %-s\n" $impl ${ms}ms "master link cut" $a $f $o
+    ip -n $BR link set lb1 up
+    wait_vip lb1; wait_no_vip lb2; sleep 1
+    # Planned: SIGTERM the master.
+    NS cl python3 $PROBE $VIP 8080 0.01 $(python3 -c "print(3 + 6*$ms/1000)") > $DIR/probe &
+    PP=$!; sleep 1
+    kill -TERM $(master_pid)
+    wait $PP; read a f o < $DIR/probe
+    printf "%-11s %-9s %-28s %-9s %-9s %-s\n" $impl ${ms}ms "planned handover (SIGTERM)" $a $f $o
+    stop_all
+  done
+done
+
+if [ $LOAD = 1 ]; then
+  # Spurious transitions: 50 ms adverts while lb1 (master) proxies as fast as wrk can drive it.
+  start keel lb1 200 50; start keel lb2 100 50
+  wait_vip lb1; sleep 2
+  before=$(NS lb2 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
+  NS cl timeout 70 wrk -t2 -c200 -d60s http://$VIP:8080/ > $DIR/wrk 2>&1 || true
+  after=$(NS lb2 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
+  m1=$(NS lb1 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
+  echo "load 60s, 50ms adverts: backup transitions during load: $((after-before)); master total transitions: $m1 (2 = INIT->BACKUP->MASTER)"
+  grep -E "Requests/sec|requests in" $DIR/wrk || true
+fi
