@@ -1,1 +1,510 @@
-//! placeholder
+//! keel-test-apiserver: a Kubernetes API server for tests, faithful to upstream on what Keel uses:
+//! real TLS, authentication (anonymous, bearer, bootstrap tokens, client certificates), RBAC-like
+//! authorization with the Node authorizer and NodeRestriction, cluster-info with JWS signatures,
+//! CSR approval and signing, watches with bookmarks, evictions with PDBs, and fault injection.
+
+pub mod auth;
+pub mod clock;
+pub mod controllers;
+pub mod faults;
+mod handler;
+pub mod noderestriction;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod selectors;
+mod server;
+pub mod status;
+pub mod store;
+pub mod table;
+mod watch;
+
+pub use controllers::CsrPolicy;
+pub use faults::Faults;
+
+use anyhow::Context;
+use controllers::Settings;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen; port 0 picks a free port (kept across `restart`).
+    pub bind: SocketAddr,
+    /// Extra serving certificate SANs (IP addresses or DNS names).
+    pub extra_sans: Vec<String>,
+    /// Signer duration for CSRs (`--cluster-signing-duration`); `expirationSeconds` may shorten it.
+    pub cert_duration: Duration,
+    /// Auto-approve well-formed kubelet client CSRs (true) or deny them (false).
+    pub approve_csrs: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            extra_sans: Vec::new(),
+            cert_duration: Duration::from_secs(3600),
+            approve_csrs: true,
+        }
+    }
+}
+
+/// One request as the server saw it (for counting API cost per identity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub user: String,
+    pub status: u16,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ... ("" for non-resource paths).
+    pub verb: String,
+}
+
+pub(crate) struct State {
+    pub store: Mutex<Store>,
+    pub ca: pki::Ca,
+    pub tokens: auth::Tokens,
+    pub faults: Faults,
+    pub log: Mutex<Vec<RequestRecord>>,
+    pub settings: Mutex<Settings>,
+    pub addr: SocketAddr,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl State {
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    pub fn settings(&self) -> Settings {
+        lock(&self.settings).clone()
+    }
+
+    pub fn url(&self) -> String {
+        match self.addr {
+            SocketAddr::V4(a) => format!("https://{a}"),
+            SocketAddr::V6(a) => format!("https://[{}]:{}", a.ip(), a.port()),
+        }
+    }
+
+    pub fn record(&self, r: RequestRecord) {
+        lock(&self.log).push(r);
+    }
+
+    /// Runs the in-process controllers affected by a write to `group/resource` in `ns`.
+    pub fn after_write(
+        &self,
+        store: &mut Store,
+        group: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+    ) {
+        match (group, resource) {
+            ("", "secrets") if ns == "kube-system" => controllers::bootstrap_signer(store),
+            ("", "configmaps") if ns == "kube-public" && name == "cluster-info" => {
+                controllers::bootstrap_signer(store)
+            }
+            ("certificates.k8s.io", "certificatesigningrequests") => {
+                controllers::csr_controllers(store, &self.ca, &self.settings(), name)
+            }
+            ("", "pods") | ("policy", "poddisruptionbudgets") => controllers::disruption(store, ns),
+            _ => {}
+        }
+    }
+}
+
+/// The kubeconfig kubeadm puts in `cluster-info` (clientcmd's serialisation of a Config with one
+/// nameless cluster).
+fn cluster_info_kubeconfig(url: &str, ca_pem: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: {url}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n"
+    )
+}
+
+fn random_token(len: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+struct Runner {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+}
+
+pub struct TestServer {
+    state: Arc<State>,
+    tls: Arc<rustls::ServerConfig>,
+    runner: tokio::sync::Mutex<Option<Runner>>,
+}
+
+impl TestServer {
+    pub async fn start(opts: Options) -> anyhow::Result<TestServer> {
+        let ca = pki::Ca::generate().context("generating the test CA")?;
+        let listener = server::bind(opts.bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            store: Mutex::new(Store::new()),
+            ca,
+            tokens: auth::Tokens {
+                admin: random_token(32),
+                privileged: random_token(32),
+            },
+            faults: Faults::default(),
+            log: Mutex::new(Vec::new()),
+            settings: Mutex::new(Settings {
+                csr_policy: if opts.approve_csrs {
+                    CsrPolicy::Approve
+                } else {
+                    CsrPolicy::Deny
+                },
+                cert_duration: opts.cert_duration,
+                cert_backdate: Duration::from_secs(300),
+                bookmark_interval: Duration::from_secs(5),
+            }),
+            addr,
+        });
+        seed(&state);
+        let tls = server::tls_config(&state, &opts.extra_sans)?;
+        let ts = TestServer {
+            state,
+            tls,
+            runner: tokio::sync::Mutex::new(None),
+        };
+        *ts.runner.lock().await = Some(ts.spawn(listener));
+        tracing::info!(url = %ts.url(), "test API server listening");
+        Ok(ts)
+    }
+
+    fn spawn(&self, listener: tokio::net::TcpListener) -> Runner {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server::serve(
+            self.state.clone(),
+            listener,
+            self.tls.clone(),
+            stop.clone(),
+        ));
+        let state = self.state.clone();
+        let tick_stop = stop.clone();
+        let ticker = tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick_stop.cancelled() => return,
+                    _ = iv.tick() => {
+                        let mut s = state.store();
+                        controllers::token_cleaner(&mut s);
+                        controllers::bootstrap_signer(&mut s);
+                    }
+                }
+            }
+        });
+        Runner { stop, task, ticker }
+    }
+
+    pub fn url(&self) -> String {
+        self.state.url()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.state.ca.cert_pem.clone()
+    }
+
+    /// `sha256:<hex>` of the CA certificate's SubjectPublicKeyInfo.
+    pub fn ca_pin(&self) -> String {
+        self.state.ca.pin()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.state.tokens.admin.clone()
+    }
+
+    /// Bearer token of `system:serviceaccount:kube-system:keel-taint-manager` (may patch nodes and their taints).
+    pub fn privileged_token(&self) -> String {
+        self.state.tokens.privileged.clone()
+    }
+
+    pub fn write_admin_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        write_kubeconfig(
+            path,
+            &self.url(),
+            &self.ca_pem(),
+            &format!("    token: {}\n", self.admin_token()),
+        )
+    }
+
+    /// Writes a kubeconfig authenticating with `token` (any bearer or bootstrap token).
+    pub fn write_token_kubeconfig(&self, path: &Path, token: &str) -> anyhow::Result<()> {
+        write_kubeconfig(
+            path,
+            &self.url(),
+            &self.ca_pem(),
+            &format!("    token: {token}\n"),
+        )
+    }
+
+    /// A client certificate signed by the CA (CN = user, O = groups): `(cert_pem, key_pem)`.
+    pub fn issue_client_cert(
+        &self,
+        cn: &str,
+        groups: &[&str],
+        valid_for: Duration,
+    ) -> anyhow::Result<(String, String)> {
+        let i = self.state.ca.client_cert(cn, groups, valid_for)?;
+        Ok((i.cert_pem, i.key_pem))
+    }
+
+    /// Writes a kubeconfig authenticating with a fresh client certificate for `cn`/`groups`.
+    pub fn write_cert_kubeconfig(
+        &self,
+        path: &Path,
+        cn: &str,
+        groups: &[&str],
+    ) -> anyhow::Result<()> {
+        use base64::Engine;
+        let (cert, key) = self.issue_client_cert(cn, groups, Duration::from_secs(86400))?;
+        let e = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        write_kubeconfig(
+            path,
+            &self.url(),
+            &self.ca_pem(),
+            &format!(
+                "    client-certificate-data: {}\n    client-key-data: {}\n",
+                e(&cert),
+                e(&key)
+            ),
+        )
+    }
+
+    /// Creates a bootstrap token Secret (authentication + signing, kubeadm's extra group) valid for
+    /// `ttl`, and signs cluster-info with it. Returns `"<id>.<secret>"`.
+    pub fn create_bootstrap_token(&self, ttl: Duration) -> String {
+        let id = random_token(6);
+        let secret = random_token(16);
+        let expiration = clock::rfc3339(clock::now() + ttl);
+        self.put_bootstrap_token(&id, &secret, Some(&expiration), true, true);
+        format!("{id}.{secret}")
+    }
+
+    /// Writes a bootstrap token Secret with full control over its fields.
+    pub fn put_bootstrap_token(
+        &self,
+        id: &str,
+        secret: &str,
+        expiration: Option<&str>,
+        authentication: bool,
+        signing: bool,
+    ) {
+        let mut data = json!({
+            "token-id": id,
+            "token-secret": secret,
+            "usage-bootstrap-authentication": authentication.to_string(),
+            "usage-bootstrap-signing": signing.to_string(),
+            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
+            "description": "keel-test-apiserver token",
+        });
+        if let Some(e) = expiration {
+            data["expiration"] = json!(e);
+        }
+        self.put(
+            &format!("/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+                   "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+                   "stringData": data}),
+        );
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.state.faults.clone()
+    }
+
+    /// Drops every connection and listens again on the same address with the same state.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let mut g = self.runner.lock().await;
+        if let Some(r) = g.take() {
+            r.stop.cancel();
+            let _ = r.task.await;
+            let _ = r.ticker.await;
+        }
+        // The port may take a moment to be free again.
+        let mut last = None;
+        for _ in 0..100 {
+            match server::bind(self.state.addr).await {
+                Ok(l) => {
+                    *g = Some(self.spawn(l));
+                    tracing::info!(url = %self.url(), "test API server restarted");
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(anyhow::anyhow!("rebinding {}: {:?}", self.state.addr, last))
+    }
+
+    /// Stops serving (connections are refused) until `restart`.
+    pub async fn stop(&self) {
+        if let Some(r) = self.runner.lock().await.take() {
+            r.stop.cancel();
+            let _ = r.task.await;
+            let _ = r.ticker.await;
+        }
+    }
+
+    pub fn set_approve_csrs(&self, approve: bool) {
+        self.set_csr_policy(if approve {
+            CsrPolicy::Approve
+        } else {
+            CsrPolicy::Deny
+        });
+    }
+
+    pub fn set_csr_policy(&self, p: CsrPolicy) {
+        lock(&self.state.settings).csr_policy = p;
+    }
+
+    pub fn set_cert_duration(&self, d: Duration) {
+        lock(&self.state.settings).cert_duration = d;
+    }
+
+    /// How far signed certificates are backdated (upstream: 5 minutes).
+    pub fn set_cert_backdate(&self, d: Duration) {
+        lock(&self.state.settings).cert_backdate = d;
+    }
+
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (default 5 s; upstream ~1 min).
+    pub fn set_bookmark_interval(&self, d: Duration) {
+        lock(&self.state.settings).bookmark_interval = d;
+    }
+
+    /// Forgets watch history: watches from any older resourceVersion get 410 Expired.
+    pub fn compact(&self) {
+        self.state.store().compact();
+    }
+
+    /// Direct read of an object by its API path (no auth), e.g. `/api/v1/nodes/n1`.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let t = handler::parse_object_path(path)?;
+        let s = self.state.store();
+        s.get(t.0, &t.1, &t.2)
+            .map(|o| handler::with_type(t.0, o.clone()))
+    }
+
+    /// Creates or replaces an object at `path` bypassing auth and admission (seeding tests).
+    /// Status is kept as given. Panics on a path this server does not serve (a test bug).
+    pub fn put(&self, path: &str, mut obj: Value) {
+        let Some((def, ns, name)) = handler::parse_object_path(path) else {
+            panic!("keel-test-apiserver: put to unknown path {path}");
+        };
+        if let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+            use base64::Engine;
+            if let Some(m) = sd.as_object() {
+                for (k, v) in m {
+                    let enc = base64::engine::general_purpose::STANDARD
+                        .encode(v.as_str().unwrap_or("").as_bytes());
+                    obj["data"][k] = json!(enc);
+                }
+            }
+        }
+        obj["apiVersion"] = json!(def.api_version());
+        obj["kind"] = json!(def.kind);
+        obj["metadata"]["name"] = json!(name);
+        let mut s = self.state.store();
+        let r = if s.get(def, &ns, &name).is_some() {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            s.update(def, &ns, obj)
+        } else {
+            s.create(def, &ns, obj)
+        };
+        if let Err(e) = r {
+            panic!("keel-test-apiserver: put {path}: {}", e.message);
+        }
+        self.state
+            .after_write(&mut s, def.group, def.resource, &ns, &name);
+    }
+
+    /// Deletes an object bypassing auth. Returns whether it existed.
+    pub fn delete(&self, path: &str) -> bool {
+        let Some((def, ns, name)) = handler::parse_object_path(path) else {
+            return false;
+        };
+        let mut s = self.state.store();
+        let ok = s.delete(def, &ns, &name).is_ok();
+        self.state
+            .after_write(&mut s, def.group, def.resource, &ns, &name);
+        ok
+    }
+
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        lock(&self.state.log).clone()
+    }
+
+    pub fn clear_request_log(&self) {
+        lock(&self.state.log).clear();
+    }
+
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+}
+
+fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, user: &str) -> anyhow::Result<()> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keel-test\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: keel-test\n  context:\n    cluster: keel-test\n    user: keel-test\ncurrent-context: keel-test\nusers:\n- name: keel-test\n  user:\n{user}"
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Namespaces and cluster-info that every kubeadm cluster has.
+fn seed(state: &State) {
+    let Some(nsdef) = resources::find("", "v1", "namespaces") else {
+        return;
+    };
+    let mut s = state.store();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let _ = s.create(
+            nsdef,
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+                   "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+    }
+    if let Some(cm) = resources::find("", "v1", "configmaps") {
+        let _ = s.create(
+            cm,
+            "kube-public",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info"},
+                   "data": {"kubeconfig": cluster_info_kubeconfig(&state.url(), &state.ca.cert_pem)}}),
+        );
+    }
+}

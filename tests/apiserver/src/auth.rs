@@ -1,0 +1,467 @@
+//! Authentication (anonymous, bearer tokens, bootstrap tokens, client certificates) and
+//! authorization (the RBAC bindings a kubeadm cluster has, plus the Node authorizer's rules).
+
+use crate::clock;
+use crate::resources::find;
+use crate::status::ApiError;
+use crate::store::Store;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        }
+    }
+
+    fn authenticated(name: &str, groups: Vec<String>) -> User {
+        let mut groups = groups;
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        User {
+            name: name.into(),
+            uid: String::new(),
+            groups,
+        }
+    }
+
+    pub fn in_group(&self, g: &str) -> bool {
+        self.groups.iter().any(|x| x == g)
+    }
+
+    /// `system:node:<name>` in group `system:nodes` (NodeIdentifier).
+    pub fn node_name(&self) -> Option<&str> {
+        if !self.in_group("system:nodes") {
+            return None;
+        }
+        self.name.strip_prefix("system:node:")
+    }
+}
+
+pub const PRIVILEGED_USER: &str = "system:serviceaccount:kube-system:keel-taint-manager";
+
+pub struct Tokens {
+    pub admin: String,
+    pub privileged: String,
+}
+
+fn bootstrap_token_valid_format(t: &str) -> Option<(&str, &str)> {
+    let (id, secret) = t.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+fn secret_data(secret: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = secret.get("data")?.get(key)?.as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(raw).ok()
+}
+
+/// A bootstrap token Secret's fields, as the bootstrap authenticator and signer read them.
+pub struct BootstrapSecret {
+    pub id: String,
+    pub secret: String,
+    pub expired: bool,
+    pub usage_auth: bool,
+    pub usage_signing: bool,
+    pub extra_groups: Vec<String>,
+}
+
+pub fn read_bootstrap_secret(obj: &Value) -> Option<BootstrapSecret> {
+    if obj.get("type").and_then(|t| t.as_str()) != Some("bootstrap.kubernetes.io/token") {
+        return None;
+    }
+    if obj["metadata"].get("deletionTimestamp").is_some() {
+        return None;
+    }
+    let name = obj["metadata"]["name"].as_str()?;
+    let id = secret_data(obj, "token-id")?;
+    if name != format!("bootstrap-token-{id}") {
+        return None;
+    }
+    let expired = match secret_data(obj, "expiration") {
+        Some(e) => match clock::parse_rfc3339(&e) {
+            Some(t) => t <= clock::now(),
+            None => true,
+        },
+        None => false,
+    };
+    Some(BootstrapSecret {
+        id,
+        secret: secret_data(obj, "token-secret")?,
+        expired,
+        usage_auth: secret_data(obj, "usage-bootstrap-authentication").as_deref() == Some("true"),
+        usage_signing: secret_data(obj, "usage-bootstrap-signing").as_deref() == Some("true"),
+        extra_groups: secret_data(obj, "auth-extra-groups")
+            .map(|g| {
+                g.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who is asking. `Err` is a 401: credentials were presented and none were valid.
+pub fn authenticate(
+    bearer: Option<&str>,
+    peer_cert: Option<&[u8]>,
+    tokens: &Tokens,
+    store: &Store,
+) -> Result<User, ApiError> {
+    if let Some(der) = peer_cert {
+        // The TLS layer has verified the chain against our CA.
+        if let Some((cn, orgs)) = crate::pki::cert_identity(der) {
+            return Ok(User::authenticated(&cn, orgs));
+        }
+        return Err(ApiError::unauthorized());
+    }
+    let Some(token) = bearer else {
+        return Ok(User::anonymous());
+    };
+    if constant_time_eq(token.as_bytes(), tokens.admin.as_bytes()) {
+        return Ok(User::authenticated(
+            "kubernetes-admin",
+            vec!["system:masters".into()],
+        ));
+    }
+    if constant_time_eq(token.as_bytes(), tokens.privileged.as_bytes()) {
+        return Ok(User::authenticated(
+            PRIVILEGED_USER,
+            vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:kube-system".into(),
+            ],
+        ));
+    }
+    if let Some((id, secret)) = bootstrap_token_valid_format(token) {
+        let secrets = find("", "v1", "secrets").ok_or_else(ApiError::unauthorized)?;
+        let s = store
+            .get(secrets, "kube-system", &format!("bootstrap-token-{id}"))
+            .and_then(read_bootstrap_secret)
+            .ok_or_else(ApiError::unauthorized)?;
+        if !constant_time_eq(s.secret.as_bytes(), secret.as_bytes()) || s.expired || !s.usage_auth {
+            return Err(ApiError::unauthorized());
+        }
+        let mut groups = vec!["system:bootstrappers".to_string()];
+        for g in s.extra_groups {
+            // Only `system:bootstrappers:*` extra groups are honoured, as upstream.
+            if g.starts_with("system:bootstrappers:") && !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        return Ok(User::authenticated(
+            &format!("system:bootstrap:{id}"),
+            groups,
+        ));
+    }
+    Err(ApiError::unauthorized())
+}
+
+/// Authorization attributes of a request (`authorizer.Attributes`).
+#[derive(Debug, Clone, Default)]
+pub struct Attrs {
+    pub verb: String,
+    pub is_resource: bool,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    pub path: String,
+}
+
+impl Attrs {
+    /// `responsewriters.forbiddenMessage` + `errors.NewForbidden`.
+    pub fn forbidden(&self, user: &User, reason: &str) -> ApiError {
+        let msg = if !self.is_resource {
+            format!(
+                "User {:?} cannot {} path {:?}",
+                user.name, self.verb, self.path
+            )
+        } else {
+            let res = if self.subresource.is_empty() {
+                self.resource.clone()
+            } else {
+                format!("{}/{}", self.resource, self.subresource)
+            };
+            if self.namespace.is_empty() {
+                format!(
+                    "User {:?} cannot {} resource {res:?} in API group {:?} at the cluster scope",
+                    user.name, self.verb, self.group
+                )
+            } else {
+                format!(
+                    "User {:?} cannot {} resource {res:?} in API group {:?} in the namespace {:?}",
+                    user.name, self.verb, self.group, self.namespace
+                )
+            }
+        };
+        let msg = if reason.is_empty() {
+            msg
+        } else {
+            format!("{msg}: {reason}")
+        };
+        if self.is_resource {
+            ApiError::forbidden(&self.group, &self.resource, &self.name, &msg)
+        } else {
+            ApiError::forbidden("", "", "", &msg)
+        }
+    }
+}
+
+fn rule(a: &Attrs, group: &str, resources: &[&str], verbs: &[&str]) -> bool {
+    let res = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
+    a.group == group && resources.contains(&res.as_str()) && verbs.contains(&a.verb.as_str())
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// `Ok` to allow, `Err(reason)` to deny (reason as the Node authorizer words it, or empty).
+pub fn authorize(user: &User, a: &Attrs) -> Result<(), String> {
+    if user.in_group("system:masters") {
+        return Ok(());
+    }
+    if !a.is_resource {
+        // system:public-info-viewer (everyone) and system:discovery (authenticated).
+        let p = a.path.as_str();
+        if a.verb == "get"
+            && matches!(
+                p,
+                "/version" | "/version/" | "/healthz" | "/livez" | "/readyz"
+            )
+        {
+            return Ok(());
+        }
+        let discovery = p == "/api"
+            || p.starts_with("/api/")
+            || p == "/apis"
+            || p.starts_with("/apis/")
+            || p.starts_with("/openapi");
+        if a.verb == "get" && discovery && user.in_group("system:authenticated") {
+            return Ok(());
+        }
+        return Err(String::new());
+    }
+    // kubeadm's `kubeadm:bootstrap-signer-clusterinfo` Role, bound to system:anonymous.
+    if rule(a, "", &["configmaps"], &["get"])
+        && a.namespace == "kube-public"
+        && a.name == "cluster-info"
+    {
+        return Ok(());
+    }
+    if user.in_group("system:bootstrappers") {
+        // system:node-bootstrapper, nodeclient auto-approval, kubeadm:get-nodes.
+        if rule(
+            a,
+            "certificates.k8s.io",
+            &["certificatesigningrequests"],
+            &["create", "get", "list", "watch"],
+        ) || rule(
+            a,
+            "certificates.k8s.io",
+            &["certificatesigningrequests/nodeclient"],
+            &["create"],
+        ) || rule(a, "", &["nodes"], &["get"])
+        {
+            return Ok(());
+        }
+    }
+    if let Some(node) = user.node_name() {
+        return authorize_node(node, a);
+    }
+    if user.name == PRIVILEGED_USER {
+        let ok = rule(
+            a,
+            "",
+            &["nodes"],
+            &["get", "list", "watch", "update", "patch"],
+        ) || rule(a, "", &["nodes/status"], &["get", "update", "patch"])
+            || rule(
+                a,
+                "",
+                &["events"],
+                &["create", "update", "patch", "get", "list", "watch"],
+            )
+            || rule(
+                a,
+                "events.k8s.io",
+                &["events"],
+                &["create", "update", "patch", "get", "list", "watch"],
+            )
+            || rule(a, "", &["pods"], READ)
+            || rule(a, "", &["pods/eviction"], &["create"])
+            || rule(a, "apps", &["daemonsets"], READ)
+            || rule(a, "policy", &["poddisruptionbudgets"], READ)
+            || rule(a, "coordination.k8s.io", &["leases"], READ);
+        return if ok { Ok(()) } else { Err(String::new()) };
+    }
+    Err(String::new())
+}
+
+/// The Node authorizer (`plugin/pkg/auth/authorizer/node`) and the `system:node` rules (`NodeRules()`).
+fn authorize_node(node: &str, a: &Attrs) -> Result<(), String> {
+    if a.group == "coordination.k8s.io" && a.resource == "leases" {
+        if !matches!(
+            a.verb.as_str(),
+            "get" | "create" | "update" | "patch" | "delete"
+        ) {
+            return Err("can only get, create, update, patch, or delete a node lease".into());
+        }
+        if a.namespace != "kube-node-lease" {
+            return Err(
+                "can only access leases in the \"kube-node-lease\" system namespace".into(),
+            );
+        }
+        if a.verb != "create" && a.name != node {
+            return Err(
+                "can only access node lease with the same name as the requesting node".into(),
+            );
+        }
+        return Ok(());
+    }
+    if a.group.is_empty()
+        && matches!(
+            a.resource.as_str(),
+            "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes"
+        )
+    {
+        return Err(format!(
+            "no relationship found between node '{node}' and this object"
+        ));
+    }
+    let ok = rule(a, "", &["services"], READ)
+        || rule(
+            a,
+            "",
+            &["nodes"],
+            &["create", "get", "list", "watch", "update", "patch"],
+        )
+        || rule(a, "", &["nodes/status"], &["update", "patch"])
+        || rule(a, "", &["events"], &["create", "update", "patch"])
+        || rule(
+            a,
+            "events.k8s.io",
+            &["events"],
+            &["create", "update", "patch"],
+        )
+        || rule(
+            a,
+            "",
+            &["pods"],
+            &["get", "list", "watch", "create", "delete"],
+        )
+        || rule(a, "", &["pods/status"], &["update", "patch"])
+        || rule(a, "", &["pods/eviction"], &["create"])
+        || rule(a, "", &["endpoints"], &["get"])
+        || rule(
+            a,
+            "certificates.k8s.io",
+            &["certificatesigningrequests"],
+            &["create", "get", "list", "watch"],
+        )
+        || rule(
+            a,
+            "certificates.k8s.io",
+            &["certificatesigningrequests/selfnodeclient"],
+            &["create"],
+        )
+        || rule(a, "discovery.k8s.io", &["endpointslices"], READ);
+    if ok {
+        Ok(())
+    } else {
+        Err(String::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(verb: &str, group: &str, res: &str, sub: &str, ns: &str, name: &str) -> Attrs {
+        Attrs {
+            verb: verb.into(),
+            is_resource: true,
+            group: group.into(),
+            resource: res.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn anonymous_reads_only_cluster_info() {
+        let anon = User::anonymous();
+        assert!(authorize(
+            &anon,
+            &attrs("get", "", "configmaps", "", "kube-public", "cluster-info")
+        )
+        .is_ok());
+        let a = attrs("list", "", "nodes", "", "", "");
+        assert!(authorize(&anon, &a).is_err());
+        assert_eq!(
+            a.forbidden(&anon, "").message,
+            "nodes is forbidden: User \"system:anonymous\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
+        );
+    }
+
+    #[test]
+    fn node_lease_rules_follow_node_authorizer() {
+        let n = User::authenticated("system:node:n1", vec!["system:nodes".into()]);
+        assert!(authorize(
+            &n,
+            &attrs(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "kube-node-lease",
+                "n1"
+            )
+        )
+        .is_ok());
+        assert_eq!(
+            authorize(
+                &n,
+                &attrs(
+                    "update",
+                    "coordination.k8s.io",
+                    "leases",
+                    "",
+                    "kube-node-lease",
+                    "n2"
+                )
+            ),
+            Err("can only access node lease with the same name as the requesting node".into())
+        );
+        assert!(authorize(&n, &attrs("delete", "", "nodes", "", "", "n1")).is_err());
+        assert!(authorize(&n, &attrs("patch", "", "nodes", "status", "", "n1")).is_ok());
+    }
+}
