@@ -1,6 +1,7 @@
 //! keel-agent's entry point: parses the command line, sets up logging and signals, and hands over to
 //! the library (`run`, `join`, `leave`). Thin on purpose.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -137,7 +138,9 @@ fn print_status(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Resul
     let path = StateDir::new(dir).status_file();
     let st = status::read_file(&path)
         .with_context(|| format!("cannot read {} (has the agent run?)", path.display()))?;
-    println!("{}", serde_json::to_string_pretty(&st)?);
+    let text = serde_json::to_string_pretty(&st)?;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout(), "{text}");
     Ok(())
 }
 

@@ -123,11 +123,19 @@ pub fn ownership(
     let Some(owner) = owner.filter(|o| o != instance) else {
         return Ownership::Ours;
     };
-    let renewed = lease.and_then(|l| l.spec.as_ref()).and_then(|s| {
-        let t = s.renew_time.as_ref()?.0;
-        let d = s.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS);
-        Some((t, d))
-    });
+    // No Lease yet: the other agent may have just created the Node and not renewed yet, so
+    // the Node's creation counts as its first sign of life.
+    let renewed = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| {
+            let t = s.renew_time.as_ref()?.0;
+            let d = s.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS);
+            Some((t, d))
+        })
+        .or_else(|| {
+            let created = existing.metadata.creation_timestamp.as_ref()?.0;
+            Some((created, LEASE_DURATION_SECS))
+        });
     match renewed {
         Some((t, d)) => {
             let ago = (now.as_second() - t.as_second()).max(0);
@@ -585,6 +593,13 @@ mod tests {
                 owner: "other".into()
             }
         );
+        let mut young = n.clone();
+        young.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(1_000_000 - 2).unwrap()));
+        assert!(matches!(
+            ownership(&young, None, "me", now),
+            Ownership::Taken { .. }
+        ));
         let mut unmarked = n.clone();
         unmarked.metadata.annotations = None;
         assert_eq!(

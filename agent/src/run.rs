@@ -140,6 +140,10 @@ impl Agent {
                 .await?,
             )
         };
+        if node.is_some() {
+            self.status
+                .update(|s| s.last_status_update = Some(join::now_unix()));
+        }
         Ok(Joined {
             creds,
             client,
