@@ -98,7 +98,7 @@ pub async fn serve_tcp(
             p = fe.limit.clone().acquire_owned() => p,
             _ = stop.cancelled() => break,
             // A reload may raise the limit while we wait at the old one.
-            _ = version.changed() => continue,
+            r = version.changed() => if r.is_err() { break } else { continue },
         };
         let Ok(permit) = permit else { continue };
         let accepted = tokio::select! {
@@ -168,8 +168,10 @@ async fn handle(
         }
     }
     let Some((backend, mut upstream)) = chosen else {
+        // Counted, and logged at debug only: a pool without healthy backends is logged once when it
+        // goes down, not once per refused client.
         fe.metrics.no_backend.inc();
-        tracing::warn!(frontend = %fe.cfg.name, pool = %fe.pool.name(), client = %peer, "no backend reachable; closing client connection");
+        tracing::debug!(frontend = %fe.cfg.name, pool = %fe.pool.name(), client = %peer, "no backend reachable; closing client connection");
         return;
     };
     let _counted = backend.connection_started();

@@ -146,6 +146,8 @@ impl Server {
         // semaphore is kept when the limit is unchanged.
         let old_cfg = self.cfg.take();
         let mut listeners = HashMap::new();
+        // Names whose series leave /metrics, unless a frontend of the new config still uses them.
+        let mut forget = Vec::new();
         for f in &new.frontends {
             let key = (f.protocol, f.listen);
             let Some(pool) = self.pools.get(&f.pool).map(|p| p.pool.clone()) else {
@@ -164,7 +166,7 @@ impl Server {
             });
             if let Some(running) = self.listeners.remove(&key) {
                 if running.name != f.name {
-                    self.metrics.forget_frontend(&running.name);
+                    forget.push(running.name.clone());
                 }
                 running.version.send_replace(version);
                 listeners.insert(
@@ -204,10 +206,15 @@ impl Server {
         }
         for ((proto, addr), old) in self.listeners.drain() {
             old.stop.cancel();
-            self.metrics.forget_frontend(&old.name);
+            forget.push(old.name.clone());
             tracing::info!(frontend = %old.name, listen = %addr, protocol = ?proto, "listener removed; its connections drain");
         }
         self.listeners = listeners;
+        for name in forget {
+            if new.frontend(&name).is_none() {
+                self.metrics.forget_frontend(&name);
+            }
+        }
 
         if let Some(old) = &old_cfg {
             if old.admin != new.admin {

@@ -1026,3 +1026,32 @@ fn admin_post_endpoints_require_the_bearer_token() {
     assert_eq!(http(lb.admin, "GET", "/metrics").unwrap().0, 200);
     assert_eq!(http(lb.admin, "GET", "/reload").unwrap().0, 405);
 }
+
+#[test]
+fn reload_adds_and_removes_listeners_without_dropping_established_connections() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (p1, p2, admin) = (free_port(), free_port(), free_port());
+    let lb = Lb::start(&config(p1, admin, "round_robin", SLOW_TCP, &[(&a, 1)], ""));
+    let (_, mut held) = connect_from(None, lb_addr(p1)).unwrap();
+    // The frontend moves to p2 and its pool to backend b.
+    lb.rewrite(&config(p2, admin, "round_robin", SLOW_TCP, &[(&b, 1)], ""));
+    let (code, body) = lb.reload();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        wait_until(T, || TcpStream::connect_timeout(&lb_addr(p1), T).is_err()),
+        "old listener still accepts"
+    );
+    assert_eq!(ask(lb_addr(p2)).unwrap(), "b");
+    held.write_all(b"old").unwrap();
+    let mut buf = [0u8; 3];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"old");
+    // The frontend's series survive the move: the held connection and the new one.
+    assert_eq!(
+        metric(
+            &lb.metrics(),
+            "keel_lb_frontend_connections_total{frontend=\"web\"}"
+        ),
+        Some(2.0)
+    );
+}

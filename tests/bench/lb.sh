@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# keel-lb against HAProxy (TCP mode) and against a direct connection, in one run, same backend.
+#
+#   tests/bench/lb.sh            # ~4 minutes after the release build
+#
+# Layout (2-core machine): each load balancer runs ONE worker thread pinned to CPU 1 (keel-lb
+# `--workers 1`, HAProxy `nbthread 1`); nginx (1 worker), wrk (1 thread), iperf3 and the idle-connection
+# opener share CPU 0. Figures: requests/s with keep-alive, connections/s with `Connection: close`, p99
+# latency (wrk --latency), bulk throughput (iperf3), RSS with IDLE idle connections held open.
+# Not part of the default test suite. Needs: nginx, haproxy, wrk, iperf3, python3, taskset, ss.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-8}          # seconds per wrk run
+CONNS=${CONNS:-50}               # wrk connections
+IDLE=${IDLE:-9500}               # idle connections for the RSS figure (see the fd note below)
+LB_CPU=${LB_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+
+for t in nginx haproxy wrk iperf3 python3 taskset ss; do
+  command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
+done
+
+TARGET=${CARGO_TARGET_DIR:-target}
+echo "building keel-lb (release)..." >&2
+cargo build --release -p keel-lb --quiet
+KEEL="$TARGET/release/keel-lb"
+
+WORK=$(mktemp -d /tmp/keel-lb-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NGINX=$(port); IPERF=$(port)
+HA=$(port); HA_BULK=$(port); KEEL_P=$(port); KEEL_BULK=$(port); KEEL_ADMIN=$(port)
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# --- backend: nginx, one worker, tiny response -------------------------------------------------
+mkdir -p "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+master_process off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 19000; multi_accept on; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  server { listen 127.0.0.1:$NGINX backlog=4096; location / { return 200 "ok\n"; } }
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+PIDS+=($!)
+taskset -c "$LOAD_CPU" iperf3 -s -p "$IPERF" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$NGINX"; wait_port "$IPERF"
+
+# --- the load balancers -------------------------------------------------------------------------
+# The container's hard RLIMIT_NOFILE is 20,000 and a proxied connection needs two fds, so both LBs
+# are capped at 9,900 connections (hence IDLE=9500 rather than 10,000).
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9900
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend web
+  bind 127.0.0.1:$HA
+  default_backend nginx
+frontend bulk
+  bind 127.0.0.1:$HA_BULK
+  default_backend iperf
+backend nginx
+  server n1 127.0.0.1:$NGINX
+backend iperf
+  server i1 127.0.0.1:$IPERF
+EOF
+cat > "$WORK/keel-lb.yaml" <<EOF
+admin:
+  listen: 127.0.0.1:$KEEL_ADMIN
+shutdown:
+  drain: 1s
+frontends:
+  - name: web
+    listen: 127.0.0.1:$KEEL_P
+    pool: nginx
+    max_connections: 9900
+  - name: bulk
+    listen: 127.0.0.1:$KEEL_BULK
+    pool: iperf
+pools:
+  nginx:
+    health: { type: tcp, interval: 5s }
+    backends: [{ address: "127.0.0.1:$NGINX" }]
+  iperf:
+    health: { type: tcp, interval: 5s }
+    backends: [{ address: "127.0.0.1:$IPERF" }]
+EOF
+"$KEEL" check --config "$WORK/keel-lb.yaml" >/dev/null
+
+start_haproxy() { taskset -c "$LB_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & HA_PID=$!; PIDS+=($HA_PID); wait_port "$HA"; }
+start_keel() { RUST_LOG=warn taskset -c "$LB_CPU" "$KEEL" run --workers 1 --config "$WORK/keel-lb.yaml" 2>"$WORK/keel.log" & KEEL_PID=$!; PIDS+=($KEEL_PID); wait_port "$KEEL_P"; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+nginx_established() { ss -Htn state established "( sport = :$NGINX )" | wc -l; }
+
+# --- RSS with idle connections (fresh processes) ------------------------------------------------
+idle_rss() { # pid port -> "baseline_kb loaded_kb"
+  local pid=$1 p=$2 base
+  base=$(rss_kb "$pid")
+  coproc IDLER { taskset -c "$LOAD_CPU" python3 tests/bench/lb_idle.py 127.0.0.1 "$p" "$IDLE"; }
+  local line; read -r line <&"${IDLER[0]}"
+  for _ in $(seq 100); do [ "$(nginx_established)" -ge "$IDLE" ] && break; sleep 0.2; done
+  local proxied; proxied=$(nginx_established)
+  sleep 1
+  echo "$base $(rss_kb "$pid") ${line#ready } $proxied"
+  kill "$IDLER_PID" 2>/dev/null || true; wait "$IDLER_PID" 2>/dev/null || true
+  sleep 1
+}
+echo "measuring RSS with $IDLE idle connections..." >&2
+start_haproxy; read -r HA_RSS0 HA_RSS HA_IDLE_OK HA_IDLE_PROXIED < <(idle_rss "$HA_PID" "$HA"); stop "$HA_PID"
+start_keel;    read -r K_RSS0 K_RSS K_IDLE_OK K_IDLE_PROXIED < <(idle_rss "$KEEL_PID" "$KEEL_P"); stop "$KEEL_PID"
+
+# --- throughput -----------------------------------------------------------------------------------
+to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
+}
+run_wrk() { # port [close] -> "rps p99ms errors"
+  local extra=() out
+  [ "${2:-}" = close ] && extra=(-H "Connection: close")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" "http://127.0.0.1:$1/")
+  local rps p99 err
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  err=$(awk '/Socket errors|Non-2xx/ {gsub(/[^0-9 ]/," "); s=0; for(i=1;i<=NF;i++) s+=$i; t+=s} END {print t+0}' <<<"$out")
+  echo "$rps $p99 $err"
+}
+run_iperf() { # port -> Gbit/s
+  taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$1" -t 5 -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+
+declare -A R
+measure() { # name port bulkport
+  echo "measuring $1..." >&2
+  read -r R[$1,ka] R[$1,ka99] R[$1,kaerr] < <(run_wrk "$2")
+  read -r R[$1,cc] R[$1,cc99] R[$1,ccerr] < <(run_wrk "$2" close)
+  R[$1,bulk]=$(run_iperf "$3")
+}
+measure direct "$NGINX" "$IPERF"
+start_haproxy; measure haproxy "$HA" "$HA_BULK"; stop "$HA_PID"
+start_keel;    measure keel "$KEEL_P" "$KEEL_BULK"; stop "$KEEL_PID"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
+
+cat <<EOF
+
+keel-lb benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),
+$(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS -d${DURATION}s; each LB one thread on CPU $LB_CPU.
+
+| | direct | HAProxy | keel-lb | keel-lb / HAProxy | keel-lb / direct |
+|---|---:|---:|---:|---:|---:|
+| requests/s, keep-alive | ${R[direct,ka]} | ${R[haproxy,ka]} | ${R[keel,ka]} | $(ratio "${R[keel,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keel,ka]}" "${R[direct,ka]}") |
+| p99 latency, keep-alive (ms) | ${R[direct,ka99]} | ${R[haproxy,ka99]} | ${R[keel,ka99]} | $(ratio "${R[keel,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keel,ka99]}" "${R[direct,ka99]}") |
+| connections/s, Connection: close | ${R[direct,cc]} | ${R[haproxy,cc]} | ${R[keel,cc]} | $(ratio "${R[keel,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keel,cc]}" "${R[direct,cc]}") |
+| p99 latency, Connection: close (ms) | ${R[direct,cc99]} | ${R[haproxy,cc99]} | ${R[keel,cc99]} | $(ratio "${R[keel,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keel,cc99]}" "${R[direct,cc99]}") |
+| bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") |
+| RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | - |
+| RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(ratio "$K_RSS" "$HA_RSS") | - |
+
+wrk errors (socket errors + non-2xx): direct ${R[direct,kaerr]}/${R[direct,ccerr]}, HAProxy ${R[haproxy,kaerr]}/${R[haproxy,ccerr]}, keel-lb ${R[keel,kaerr]}/${R[keel,ccerr]} (keep-alive/close).
+Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED.
+EOF
