@@ -154,6 +154,7 @@ impl Watcher {
 
 fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     let is_kmsg = path == Path::new("/dev/kmsg");
+    #[cfg(unix)]
     let mut f = if is_kmsg {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -163,6 +164,8 @@ fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     } else {
         std::fs::File::open(path)?
     };
+    #[cfg(not(unix))]
+    let mut f = std::fs::File::open(path)?;
     // Start at the end: what was logged before the agent started is not this run's to report.
     f.seek(SeekFrom::End(0))?;
     Ok((f, is_kmsg))
@@ -211,7 +214,9 @@ fn follow(
                     line.extend_from_slice(&buf[..n.min(MAX_LINE)]);
                     Ok(n)
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(1), // overrun: records lost
+                // Overrun: the kernel dropped records before we read them; go on.
+                #[cfg(unix)]
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(1),
                 Err(e) => Err(e),
             }
         } else {

@@ -14,6 +14,8 @@
 pub mod check;
 pub mod conditions;
 pub mod config;
+#[cfg(all(test, target_os = "linux"))]
+mod host_tests;
 pub mod kernel_log;
 pub mod metrics;
 pub mod npd;
