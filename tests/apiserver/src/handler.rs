@@ -471,6 +471,12 @@ fn admin_faults(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 fn parse_body(ctx: &Ctx) -> Result<Value, ApiError> {
+    if ctx
+        .content_type
+        .starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return crate::proto::decode(&ctx.body).map_err(ApiError::bad_request);
+    }
     if ctx.content_type.contains("yaml") {
         let v: serde_yaml::Value =
             serde_yaml::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(e.to_string()))?;

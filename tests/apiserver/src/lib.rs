@@ -11,6 +11,7 @@ mod handler;
 pub mod noderestriction;
 pub mod patch;
 pub mod pki;
+mod proto;
 pub mod resources;
 pub mod selectors;
 mod server;

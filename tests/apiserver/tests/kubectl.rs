@@ -1,0 +1,263 @@
+//! kubectl (several minors) as the independent client: what it does against this server must work
+//! as against a real API server.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn node_lifecycle_with(bin: &str) {
+    let env = Env::start().await;
+    let kc = env.path("admin.kubeconfig");
+    env.srv.put("/api/v1/nodes/n1", node_json("n1"));
+
+    let out = ok(&env.kubectl_as(bin, &kc, &["get", "nodes"]).await);
+    assert!(
+        out.contains("n1") && out.contains("Ready") && out.contains("v1.33.0"),
+        "{out}"
+    );
+    let j: Value = serde_json::from_str(&ok(&env
+        .kubectl_as(bin, &kc, &["get", "nodes", "-o", "json"])
+        .await))
+    .unwrap();
+    assert_eq!(j["kind"], "List");
+    assert_eq!(j["items"][0]["metadata"]["name"], "n1");
+
+    ok(&env
+        .kubectl_as(bin, &kc, &["label", "node", "n1", "pool=blue"])
+        .await);
+    ok(&env
+        .kubectl_as(
+            bin,
+            &kc,
+            &["taint", "node", "n1", "dedicated=infra:NoSchedule"],
+        )
+        .await);
+    ok(&env.kubectl_as(bin, &kc, &["cordon", "n1"]).await);
+    let n = env.srv.get("/api/v1/nodes/n1").unwrap();
+    assert_eq!(n["metadata"]["labels"]["pool"], "blue");
+    assert_eq!(
+        n["spec"]["taints"],
+        json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}])
+    );
+    assert_eq!(n["spec"]["unschedulable"], true);
+    // Status survives spec patches (status is only written through nodes/status).
+    assert_eq!(n["status"]["conditions"][0]["type"], "Ready");
+
+    let out = ok(&env.kubectl_as(bin, &kc, &["describe", "node", "n1"]).await);
+    assert!(out.contains("dedicated=infra:NoSchedule"), "{out}");
+    assert!(out.contains("Unschedulable:      true"), "{out}");
+    assert!(out.contains("pool=blue"), "{out}");
+
+    ok(&env.kubectl_as(bin, &kc, &["uncordon", "n1"]).await);
+    ok(&env
+        .kubectl_as(bin, &kc, &["taint", "node", "n1", "dedicated-"])
+        .await);
+    ok(&env
+        .kubectl_as(bin, &kc, &["label", "node", "n1", "pool-"])
+        .await);
+    let n = env.srv.get("/api/v1/nodes/n1").unwrap();
+    assert!(
+        n["spec"]
+            .get("taints")
+            .is_none_or(|t| t.as_array().is_some_and(|a| a.is_empty())),
+        "{n}"
+    );
+    assert!(n["spec"].get("unschedulable").is_none_or(|u| u == false));
+    assert!(n["metadata"]["labels"].get("pool").is_none());
+
+    let out = ok(&env.kubectl_as(bin, &kc, &["delete", "node", "n1"]).await);
+    assert!(out.contains("\"n1\" deleted"), "{out}");
+    assert!(env.srv.get("/api/v1/nodes/n1").is_none());
+    let e = err(&env.kubectl_as(bin, &kc, &["get", "node", "n1"]).await);
+    assert!(
+        e.contains("Error from server (NotFound): nodes \"n1\" not found"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_current_gets_labels_taints_cordons_describes_and_deletes_nodes() {
+    node_lifecycle_with(KUBECTL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_27_gets_labels_taints_cordons_describes_and_deletes_nodes() {
+    node_lifecycle_with(KUBECTL_OLD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_33_gets_labels_taints_cordons_describes_and_deletes_nodes() {
+    node_lifecycle_with(KUBECTL_133).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_is_refused_by_pdb_with_429_then_evicts() {
+    let env = Env::start().await;
+    env.srv.put("/api/v1/nodes/n1", node_json("n1"));
+    env.srv.put("/api/v1/nodes/n2", node_json("n2"));
+    env.srv.put(
+        "/api/v1/namespaces/default/pods/web-1",
+        ready_pod("web-1", "n1", json!({"app": "web"})),
+    );
+    env.srv.put(
+        "/api/v1/namespaces/default/pods/other",
+        ready_pod("other", "n1", json!({"app": "other"})),
+    );
+    env.srv.put(
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web",
+        json!({"spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+    );
+    let pdb = env
+        .srv
+        .get("/apis/policy/v1/namespaces/default/poddisruptionbudgets/web")
+        .unwrap();
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 0);
+
+    let kc = env.path("admin.kubeconfig");
+    let drain = {
+        let kc = kc.clone();
+        let home = env.dir.path().to_path_buf();
+        tokio::spawn(async move {
+            let c = tokio::process::Command::new(KUBECTL)
+                .env("HOME", home)
+                .arg("--kubeconfig")
+                .arg(kc)
+                .args([
+                    "drain",
+                    "n1",
+                    "--ignore-daemonsets",
+                    "--force",
+                    "--timeout=60s",
+                ])
+                .kill_on_drop(true)
+                .output();
+            tokio::time::timeout(Duration::from_secs(90), c)
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    // The PDB refuses the eviction of web-1 with 429 (kubectl retries every 5 s).
+    wait_for(Duration::from_secs(30), || {
+        env.srv
+            .request_log()
+            .iter()
+            .any(|r| r.path.ends_with("/pods/web-1/eviction") && r.status == 429)
+            .then_some(())
+    })
+    .await;
+    assert!(env
+        .srv
+        .get("/api/v1/namespaces/default/pods/web-1")
+        .is_some());
+    assert!(
+        env.srv
+            .get("/api/v1/namespaces/default/pods/other")
+            .is_none(),
+        "a pod without PDB is evicted at once"
+    );
+    // A second healthy replica elsewhere lets the budget allow one disruption.
+    env.srv.put(
+        "/api/v1/namespaces/default/pods/web-2",
+        ready_pod("web-2", "n2", json!({"app": "web"})),
+    );
+    let out = drain.await.unwrap();
+    let stdout = ok(&out);
+    assert!(stdout.contains("node/n1 drained"), "{stdout}");
+    assert!(env
+        .srv
+        .get("/api/v1/namespaces/default/pods/web-1")
+        .is_none());
+    assert!(env
+        .srv
+        .get("/api/v1/namespaces/default/pods/web-2")
+        .is_some());
+    let n = env.srv.get("/api/v1/nodes/n1").unwrap();
+    assert_eq!(n["spec"]["unschedulable"], true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_prints_changes() {
+    let env = Env::start().await;
+    env.srv.put("/api/v1/nodes/w1", node_json("w1"));
+    let kc = env.path("admin.kubeconfig");
+    let home = env.dir.path().to_path_buf();
+    let watch = tokio::spawn(async move {
+        let c = tokio::process::Command::new(KUBECTL)
+            .env("HOME", home)
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args([
+                "get",
+                "nodes",
+                "--watch",
+                "--request-timeout=4s",
+                "-o",
+                "name",
+            ])
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.srv.put("/api/v1/nodes/w2", node_json("w2"));
+    let out = watch.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("node/w1") && stdout.contains("node/w2"),
+        "stdout={stdout} stderr={}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_certificate_approve_and_deny() {
+    let env = Env::start().await;
+    env.srv.set_approve_csrs(false);
+    env.srv
+        .set_csr_policy(keel_test_apiserver::CsrPolicy::Ignore);
+    // Serving CSRs are never auto-approved; an admin approves one, then denies another.
+    for name in ["a", "d"] {
+        let pem = csr_pem("system:node:n1", &["system:nodes"], None);
+        let mut o = csr_object(name, &pem, &["digital signature", "client auth"]);
+        o["spec"]["signerName"] = json!("kubernetes.io/kube-apiserver-client");
+        std::fs::write(env.path(&format!("{name}.json")), o.to_string()).unwrap();
+        ok(&env
+            .kubectl(&[
+                "create",
+                "--validate=false",
+                "-f",
+                env.path(&format!("{name}.json")).to_str().unwrap(),
+            ])
+            .await);
+    }
+    let out = ok(&env.kubectl(&["get", "csr"]).await);
+    assert!(
+        out.contains("Pending") && out.contains("kubernetes-admin"),
+        "{out}"
+    );
+    ok(&env.kubectl(&["certificate", "approve", "a"]).await);
+    ok(&env.kubectl(&["certificate", "deny", "d"]).await);
+    let a = env
+        .srv
+        .get("/apis/certificates.k8s.io/v1/certificatesigningrequests/a")
+        .unwrap();
+    assert_eq!(a["status"]["conditions"][0]["type"], "Approved");
+    assert!(a["status"]["certificate"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let out = ok(&env.kubectl(&["get", "csr"]).await);
+    assert!(
+        out.contains("Approved,Issued") && out.contains("Denied"),
+        "{out}"
+    );
+}
