@@ -148,7 +148,10 @@ async fn handle(
     _permit: OwnedSemaphorePermit,
 ) {
     let _open = OpenGuard::new(&fe.metrics);
-    let _ = client.set_nodelay(true);
+    debug_assert!(
+        client.nodelay().unwrap_or(true),
+        "TCP_NODELAY is inherited from the listener"
+    );
     let mut chosen = None;
     for b in fe.pool.candidates(client_key(peer.ip())) {
         match connect(b, fe.cfg.timeouts.connect).await {

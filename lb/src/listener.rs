@@ -1,6 +1,10 @@
 //! Listening sockets. They set IP_FREEBIND (IPV6_FREEBIND for IPv6) so keel-lb can bind a virtual IP
 //! this host does not hold yet: VRRP adds it when this node becomes master, and the listener is
 //! already there. SO_REUSEADDR lets a restart rebind while old connections sit in TIME_WAIT.
+//! IP_TRANSPARENT (when permitted: it needs CAP_NET_ADMIN, which VRRP needs anyway) is inherited by
+//! accepted sockets and lets them keep sending from a VIP that a planned handover has just released:
+//! without it, a reply written after the release cannot be routed (the source is no longer local)
+//! and the client waits in silence for a connection the old master accepted a moment earlier.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,8 +18,10 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
         // A `[::]` listener serves only IPv6, so that an IPv4 frontend on the same port can coexist.
         s.set_only_v6(true)?;
         s.set_freebind_v6(true)?;
+        let _ = s.set_ip_transparent_v6(true);
     } else {
         s.set_freebind_v4(true)?;
+        let _ = s.set_ip_transparent_v4(true);
     }
     s.set_nonblocking(true)?;
     Ok(s)
@@ -23,6 +29,8 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
 
 pub fn tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     let s = socket(addr, Type::STREAM, Protocol::TCP)?;
+    // Accepted sockets inherit TCP_NODELAY on Linux: one setsockopt per listener, not per client.
+    s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     // The kernel caps this at net.core.somaxconn.
     s.listen(4096)?;
