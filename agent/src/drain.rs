@@ -211,7 +211,14 @@ async fn evict_one(
         if Instant::now() >= deadline {
             return PodResult::Failed("deadline passed".into());
         }
-        match api.evict(name, &params).await {
+        // Bounded by the deadline even if the client retries on its own (kube's default layer
+        // retries 429s internally unless `default_retry` is off).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = match tokio::time::timeout(left, api.evict(name, &params)).await {
+            Ok(r) => r,
+            Err(_) => return PodResult::Failed("deadline passed during eviction".into()),
+        };
+        match r {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => return PodResult::Evicted,
             Err(kube::Error::Api(s)) if s.code == 429 => {

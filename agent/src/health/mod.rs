@@ -12,6 +12,8 @@
 //! path of a check and a slow API server costs writes, not freshness.
 
 pub mod check;
+#[cfg(all(test, target_os = "linux"))]
+mod cluster_tests;
 pub mod conditions;
 pub mod config;
 #[cfg(all(test, target_os = "linux"))]

@@ -46,9 +46,12 @@ pub enum CommandError {
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("using kubeconfig {}", path.display()))?;
+    // kube's default layer retries 429/503 on its own (up to 15 times, backing off towards minutes):
+    // that would hide PDB refusals from drain and stretch every deadline. Keel retries itself.
+    cfg.default_retry = false;
     kube::Client::try_from(cfg).context("building the privileged client")
 }
 
