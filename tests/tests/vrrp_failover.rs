@@ -283,3 +283,45 @@ fn a_tracked_pool_without_healthy_backends_hands_the_vip_away() {
     );
     assert_eq!(lab.metric_sum("lb1", "keel_vrrp_priority", &[]), 50.0);
 }
+
+/// The failure this guards against (found with tcpdump at 0.1 s adverts): a connection the old
+/// master accepted just before the new master took over got its answer from the backend after the
+/// old master had released the VIP; the kernel could no longer route a reply from that source, so
+/// the client waited in silence until the drain ended. The backend here answers after 20 ms, so a
+/// connection is in flight at every release; each attempt sends a byte and expects it back.
+#[test]
+fn planned_handovers_at_100ms_adverts_lose_no_connection_in_flight() {
+    require_root!();
+    let lab = Lab::with_backend("vrrp-inflight", LBS, "'sleep 0.02; head -c 1'");
+    let cfg1 = routers(&[router("web", 51, 200, VIP4_CIDR, "")]);
+    let _lb2 = lab.keel(
+        "lb2",
+        &routers(&[router("web", 51, 100, VIP4_CIDR, "")]),
+        &[VIP4],
+    );
+    for round in 0..3 {
+        let mut lb1 = lab.keel("lb1", &cfg1, &[VIP4]);
+        assert!(
+            lab.wait_owner(VIP4, "lb1", LBS, TAKEOVER),
+            "round {round}: lb1 did not become master\n{}",
+            lab.log("lb1")
+        );
+        assert!(wait_until(TAKEOVER, || lab.request_with(addr(VIP4), echo_request)));
+        let probe = lab.probe_with(addr(VIP4), Duration::from_millis(10), echo_request);
+        std::thread::sleep(Duration::from_millis(500));
+        lb1.signal(libc::SIGTERM);
+        let status = lb1.wait_timeout(Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(500));
+        let r = probe.finish();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: {status:?}"
+        );
+        assert!(
+            lab.has_vip("lb2", VIP4),
+            "round {round}: lb2 did not take over"
+        );
+        assert!(r.attempts > 20, "round {round}: {r:?}");
+        assert_eq!(r.failures, 0, "round {round}: {r:?}\n{}", lab.log("lb1"));
+    }
+}

@@ -3,7 +3,7 @@
 //! that connects to the VIP every few milliseconds.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -36,6 +36,12 @@ pub fn host_addrs(host: &str) -> [String; 2] {
 
 impl Lab {
     pub fn new(name: &str, lbs: &[&str]) -> Lab {
+        Lab::with_backend(name, lbs, "echo ok")
+    }
+
+    /// As `new`, with `service` (a shell command run per connection by socat) as each LB host's
+    /// backend on 127.0.0.1:9000.
+    pub fn with_backend(name: &str, lbs: &[&str], service: &str) -> Lab {
         let mut t = Topology::new(name);
         t.bridge();
         for h in lbs.iter().chain(["client"].iter()) {
@@ -43,15 +49,13 @@ impl Lab {
             t.host(h, &[&a[0], &a[1]]);
         }
         let mut backends = Vec::new();
+        let system = format!("SYSTEM:{service}");
         for h in lbs {
-            // The "service": answers `ok` and closes; one per LB host, on loopback.
+            // The "service" (by default answers `ok` and closes); one per LB host, on loopback.
             backends.push(t.spawn(
                 h,
                 "socat",
-                &[
-                    "TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr",
-                    "SYSTEM:echo ok",
-                ],
+                &["TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr", &system],
             ));
         }
         Lab {
@@ -166,8 +170,26 @@ impl Lab {
             .unwrap_or(false)
     }
 
+    /// One `attempt(addr)` from the client host.
+    pub fn request_with(&self, addr: SocketAddr, attempt: fn(SocketAddr) -> bool) -> bool {
+        self.t
+            .thread_in("client", move || attempt(addr))
+            .join()
+            .unwrap_or(false)
+    }
+
     /// Connects to `addr` from the client every `every` until stopped.
     pub fn probe(&self, addr: SocketAddr, every: Duration) -> Probe {
+        self.probe_with(addr, every, |a| one_request(a, Duration::from_millis(100)))
+    }
+
+    /// As `probe`, each attempt being `attempt(addr)` (true = success).
+    pub fn probe_with(
+        &self,
+        addr: SocketAddr,
+        every: Duration,
+        attempt: fn(SocketAddr) -> bool,
+    ) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = self.t.thread_in("client", move || {
@@ -176,7 +198,7 @@ impl Lab {
             // Bounded: at most 10 minutes of probing whatever the test does.
             while !s.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(600) {
                 let t = start.elapsed();
-                let ok = one_request(addr, Duration::from_millis(100));
+                let ok = attempt(addr);
                 out.push((t, ok));
                 let next = t + every;
                 let now = start.elapsed();
@@ -220,6 +242,20 @@ impl Lab {
     }
 }
 
+/// Connect, send one byte, expect the same byte back (the backend echoes it). Generous timeouts:
+/// a slow answer is not a lost connection, a reset or a silent connection is.
+pub fn echo_request(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"k").is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(1)) && b[0] == b'k'
+}
+
 fn one_request(addr: SocketAddr, timeout: Duration) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
         return false;
@@ -247,6 +283,8 @@ pub struct ProbeResult {
     pub failures: usize,
     /// Longest time from a failed attempt to the next successful one.
     pub longest_outage: Duration,
+    /// When each failed attempt started (since the probe started).
+    pub failed_at: Vec<Duration>,
 }
 
 impl Probe {
@@ -276,6 +314,11 @@ impl Probe {
             attempts: samples.len(),
             failures: samples.iter().filter(|(_, ok)| !ok).count(),
             longest_outage: longest,
+            failed_at: samples
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(t, _)| *t)
+                .collect(),
         }
     }
 }
