@@ -3,6 +3,9 @@
 #
 #   tests/bench/lb.sh            # ~4 minutes after the release build
 #
+# The rounds interleave the three targets so that load from anything else on the machine hits all of
+# them alike; each figure in the table is the median over the rounds.
+#
 # Layout (2-core machine): each load balancer runs ONE worker thread pinned to CPU 1 (keel-lb
 # `--workers 1`, HAProxy `nbthread 1`); nginx (1 worker), wrk (1 thread), iperf3 and the idle-connection
 # opener share CPU 0. Figures: requests/s with keep-alive, connections/s with `Connection: close`, p99
@@ -11,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-8}          # seconds per wrk run
+DURATION=${DURATION:-6}          # seconds per wrk run
+ROUNDS=${ROUNDS:-3}              # rounds of (direct, HAProxy, keel-lb); the table shows medians
 CONNS=${CONNS:-50}               # wrk connections
 IDLE=${IDLE:-9500}               # idle connections for the RSS figure (see the fd note below)
 LB_CPU=${LB_CPU:-1}
@@ -155,15 +159,29 @@ run_iperf() { # port -> Gbit/s
 }
 
 declare -A R
-measure() { # name port bulkport
-  echo "measuring $1..." >&2
-  read -r R[$1,ka] R[$1,ka99] R[$1,kaerr] < <(run_wrk "$2")
-  read -r R[$1,cc] R[$1,cc99] R[$1,ccerr] < <(run_wrk "$2" close)
-  R[$1,bulk]=$(run_iperf "$3")
+measure() { # name port bulkport round
+  echo "round $4: $1..." >&2
+  local ka ka99 kaerr cc cc99 ccerr
+  read -r ka ka99 kaerr < <(run_wrk "$2")
+  read -r cc cc99 ccerr < <(run_wrk "$2" close)
+  R[$1,ka]+="$ka "; R[$1,ka99]+="$ka99 "; R[$1,cc]+="$cc "; R[$1,cc99]+="$cc99 "
+  R[$1,err]=$(( ${R[$1,err]:-0} + kaerr + ccerr ))
+  R[$1,bulk]+="$(run_iperf "$3") "
 }
-measure direct "$NGINX" "$IPERF"
-start_haproxy; measure haproxy "$HA" "$HA_BULK"; stop "$HA_PID"
-start_keel;    measure keel "$KEEL_P" "$KEEL_BULK"; stop "$KEEL_PID"
+start_haproxy; start_keel
+for r in $(seq "$ROUNDS"); do
+  measure direct "$NGINX" "$IPERF" "$r"
+  measure haproxy "$HA" "$HA_BULK" "$r"
+  measure keel "$KEEL_P" "$KEEL_BULK" "$r"
+done
+stop "$HA_PID"; stop "$KEEL_PID"
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+RAW=""
+for k in "${!R[@]}"; do
+  case $k in *,err) continue;; esac
+  RAW+="$k: ${R[$k]}"$'\n'
+  R[$k]=$(median "${R[$k]}")
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
@@ -171,7 +189,7 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
 cat <<EOF
 
 keel-lb benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),
-$(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS -d${DURATION}s; each LB one thread on CPU $LB_CPU.
+$(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS -d${DURATION}s; each LB one thread on CPU $LB_CPU; load on CPU $LOAD_CPU.
 
 | | direct | HAProxy | keel-lb | keel-lb / HAProxy | keel-lb / direct |
 |---|---:|---:|---:|---:|---:|
@@ -183,6 +201,9 @@ $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2),
 | RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | - |
 | RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(ratio "$K_RSS" "$HA_RSS") | - |
 
-wrk errors (socket errors + non-2xx): direct ${R[direct,kaerr]}/${R[direct,ccerr]}, HAProxy ${R[haproxy,kaerr]}/${R[haproxy,ccerr]}, keel-lb ${R[keel,kaerr]}/${R[keel,ccerr]} (keep-alive/close).
+Medians of $ROUNDS interleaved rounds. wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
 Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED.
+
+Per-round values:
+$(sort <<<"$RAW")
 EOF
