@@ -3,23 +3,34 @@
 # failed connections during a planned handover (SIGTERM), keel-lb vs keepalived, same topology,
 # same advert interval (1 s and 0.1 s); optionally spurious transitions under data-plane load.
 #
-#   sudo tests/bench/failover.sh [--load | --load-only]      (needs root, keel-lb built: cargo build -p keel-lb)
+#   sudo tests/bench/failover.sh [--load | --load-only] [--load-secs N]
+#       (needs root, keel-lb built: cargo build -p keel-lb; KEEL=path/to/keel-lb to choose the build)
 #
 # Topology: network namespaces on one bridge: lb1 (priority 200), lb2 (priority 100), client.
 # The service on the VIP answers "ok": keel-lb proxies VIP:8080 to a socat on its own host;
 # with keepalived, socat listens on *:8080 on each LB host. The client connects every 10 ms.
+# Load run: a backend host runs nginx; the master proxies wrk's HTTP load to it for --load-secs
+# (default 60) with 50 ms adverts; VRRP transitions are counted on both LBs. For comparison the
+# same run with keepalived (VRRP) + haproxy (data plane), transitions counted from their logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEEL=${KEEL:-${CARGO_TARGET_DIR:-target}/debug/keel-lb}
 [ -x "$KEEL" ] || { echo "keel-lb not found at $KEEL (set KEEL=...)"; exit 1; }
 PROBE=tests/bench/failover_probe.py
-LOAD=0; ONLY_LOAD=0
-[ "${1:-}" = "--load" ] && LOAD=1
-[ "${1:-}" = "--load-only" ] && LOAD=1 && ONLY_LOAD=1
+LOAD=0; ONLY_LOAD=0; LOAD_SECS=60
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --load) LOAD=1 ;;
+    --load-only) LOAD=1; ONLY_LOAD=1 ;;
+    --load-secs) LOAD_SECS=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
 P="kb$$"; BR="${P}br"; VIP=198.18.1.100
 DIR=$(mktemp -d)
 cleanup() {
-  for n in ${P}lb1 ${P}lb2 ${P}cl $BR; do
+  for n in ${P}lb1 ${P}lb2 ${P}cl ${P}be $BR; do
     for p in $(ip netns pids $n 2>/dev/null); do kill -9 $p 2>/dev/null || true; done
     ip netns del $n 2>/dev/null || true
   done
@@ -28,8 +39,8 @@ cleanup() {
 trap cleanup EXIT
 ip netns add $BR; ip -n $BR link add br0 type bridge mcast_snooping 0; ip -n $BR link set br0 up
 i=10
-for h in lb1 lb2 cl; do
-  i=$((i+1))
+for h in lb1 lb2 cl be; do
+  i=$((i+1)); [ $h = be ] && i=60
   ip netns add $P$h
   ip netns exec $P$h sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
   ip -n $BR link add $h type veth peer name eth0 netns $P$h
@@ -41,14 +52,14 @@ has_vip() { NS "$1" ip -o addr show dev eth0 | grep -q " $VIP/"; }
 wait_vip() { for _ in $(seq 200); do has_vip "$1" && return 0; sleep 0.05; done; echo "timeout waiting for VIP on $1" >&2; return 1; }
 wait_no_vip() { for _ in $(seq 200); do has_vip "$1" || return 0; sleep 0.05; done; return 1; }
 
-keel_conf() { # priority interval_ms
+keel_conf() { # priority interval_ms [backend]
   cat <<Y
 admin: { listen: "127.0.0.1:9100" }
 shutdown: { drain: 1s, handover_timeout: 3s }
 frontends: [{ name: web, listen: "$VIP:8080", pool: web }]
 pools:
   web:
-    backends: [{ address: "127.0.0.1:9000" }]
+    backends: [{ address: "${3:-127.0.0.1:9000}" }]
 vrrp:
   routers:
     - { name: web, vrid: 51, interface: eth0, priority: $1, advert_interval: ${2}ms, vips: [$VIP/24] }
@@ -115,13 +126,48 @@ for ms in $INTERVALS; do
 done
 
 if [ $LOAD = 1 ]; then
-  # Spurious transitions: 50 ms adverts while lb1 (master) proxies as fast as wrk can drive it.
-  start keel lb1 200 50; start keel lb2 100 50
-  wait_vip lb1; sleep 2
-  before=$(NS lb2 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
-  NS cl timeout 70 wrk -t2 -c200 -d60s http://$VIP:8080/ > $DIR/wrk 2>&1 || true
-  after=$(NS lb2 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
-  m1=$(NS lb1 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}')
-  echo "load 60s, 50ms adverts: backup transitions during load: $((after-before)); master total transitions: $m1 (2 = INIT->BACKUP->MASTER)"
-  grep -E "Requests/sec|requests in" $DIR/wrk || true
+  # Spurious transitions: 50 ms adverts while lb1 (master) proxies as much HTTP as wrk can push.
+  BE=198.18.1.60:80
+  mkdir -p $DIR/nginx
+  cat > $DIR/nginx/nginx.conf <<N
+user root;
+worker_processes 1;
+pid $DIR/nginx/nginx.pid;
+error_log $DIR/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $DIR/nginx/b; proxy_temp_path $DIR/nginx/p; fastcgi_temp_path $DIR/nginx/f;
+  uwsgi_temp_path $DIR/nginx/u; scgi_temp_path $DIR/nginx/s;
+  server { listen $BE; location / { return 200 "ok\n"; } } }
+N
+  NS be nginx -e $DIR/nginx/error.log -c $DIR/nginx/nginx.conf -g 'daemon off;' &
+  sleep 1
+  trans() { NS $1 curl -s 127.0.0.1:9100/metrics | awk '/^keel_vrrp_transitions_total/ {s+=$2} END {print s+0}'; }
+  ka_trans() { grep -cE "Entering (MASTER|BACKUP|FAULT) STATE" $DIR/$1.log || true; }
+  for impl in keel keepalived; do
+    if [ $impl = keel ]; then
+      for h in lb1 lb2; do
+        p=200; [ $h = lb2 ] && p=100
+        keel_conf $p 50 $BE > $DIR/$h.yaml
+        NS $h "$KEEL" run -c $DIR/$h.yaml >> $DIR/$h.log 2>&1 &
+      done
+    else
+      : > $DIR/lb1.log; : > $DIR/lb2.log
+      for h in lb1 lb2; do
+        p=200; [ $h = lb2 ] && p=100
+        ka_conf $p 0.05 > $DIR/$h.conf
+        NS $h sysctl -qw net.ipv4.ip_nonlocal_bind=1
+        printf 'global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nlisten web\n  bind %s:8080\n  server n %s\n' $VIP $BE > $DIR/$h-haproxy.cfg
+        NS $h haproxy -db -f $DIR/$h-haproxy.cfg >/dev/null 2>&1 &
+        NS $h keepalived -n -l -D -f $DIR/$h.conf -p $DIR/$h-a.pid -r $DIR/$h-v.pid -c $DIR/$h-c.pid >> $DIR/$h.log 2>&1 &
+      done
+    fi
+    wait_vip lb1; sleep 2
+    if [ $impl = keel ]; then b1=$(trans lb1); b2=$(trans lb2); else b1=$(ka_trans lb1); b2=$(ka_trans lb2); fi
+    NS cl timeout $((LOAD_SECS + 30)) wrk -t2 -c64 -d${LOAD_SECS}s --timeout 2s http://$VIP:8080/ > $DIR/wrk 2>&1 || true
+    if [ $impl = keel ]; then a1=$(trans lb1); a2=$(trans lb2); else a1=$(ka_trans lb1); a2=$(ka_trans lb2); fi
+    rps=$(awk '/Requests\/sec/ {print $2}' $DIR/wrk)
+    printf "%-11s %-9s %-28s requests/s %-10s transitions lb1 %s lb2 %s\n" $impl 50ms "load ${LOAD_SECS}s (wrk -c64)" "${rps:-?}" $((a1-b1)) $((a2-b2))
+    stop_all
+  done
 fi

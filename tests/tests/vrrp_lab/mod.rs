@@ -29,6 +29,7 @@ pub fn host_addrs(host: &str) -> [String; 2] {
         "lb1" => 11,
         "lb2" => 12,
         "lb3" => 13,
+        "backend" => 60,
         _ => 50,
     };
     [format!("198.18.1.{n}/24"), format!("2001:db8:1::{n}/64")]
@@ -72,6 +73,11 @@ impl Lab {
     /// Starts keel-lb in `host` with a frontend on each VIP and this `vrrp:` section (YAML,
     /// indented as a top-level key's body).
     pub fn keel(&self, host: &str, vrrp: &str, vips: &[&str]) -> Proc {
+        self.keel_to(host, vrrp, vips, "127.0.0.1:9000")
+    }
+
+    /// As `keel`, proxying to `backend` (`ip:port`).
+    pub fn keel_to(&self, host: &str, vrrp: &str, vips: &[&str], backend: &str) -> Proc {
         let mut frontends = String::new();
         for (i, v) in vips.iter().enumerate() {
             let listen = if v.contains(':') {
@@ -84,7 +90,7 @@ impl Lab {
             ));
         }
         let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:9100\nshutdown:\n  drain: 1s\n  handover_timeout: 3s\nfrontends:\n{frontends}pools:\n  web:\n    health:\n      type: tcp\n      interval: 200ms\n      timeout: 200ms\n      rise: 1\n      fall: 2\n    backends:\n      - address: 127.0.0.1:9000\nvrrp:\n{vrrp}"
+            "admin:\n  listen: 127.0.0.1:9100\nshutdown:\n  drain: 1s\n  handover_timeout: 3s\nfrontends:\n{frontends}pools:\n  web:\n    health:\n      type: tcp\n      interval: 200ms\n      timeout: 200ms\n      rise: 1\n      fall: 2\n    backends:\n      - address: {backend}\nvrrp:\n{vrrp}"
         );
         let cfg = self.path(&format!("{host}.yaml"));
         std::fs::write(&cfg, yaml).unwrap();
@@ -359,6 +365,52 @@ pub fn sh(cmd: &str) -> Command {
 }
 
 impl Lab {
+    /// Adds a host (addresses from `host_addrs`) to the bridge.
+    pub fn add_host(&mut self, host: &str) {
+        let a = host_addrs(host);
+        self.t.host(host, &[&a[0], &a[1]]);
+    }
+
+    /// Runs nginx in `host` as a plain process (generated config, files in the lab's directory),
+    /// answering `ok` on `listen` (`ip:port`); waits until it answers.
+    pub fn nginx(&self, host: &str, listen: &str) -> Proc {
+        let d = self.dir.path().join(format!("nginx-{host}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let conf = d.join("nginx.conf");
+        let p = d.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "user root;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  keepalive_requests 1000000;\n  server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let proc = self.t.spawn(
+            host,
+            "nginx",
+            &[
+                "-e",
+                &format!("{p}/error.log"),
+                "-c",
+                conf.to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ],
+        );
+        let url = format!("http://{listen}/");
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                self.t
+                    .exec(host, &["curl", "-s", "--max-time", "1", &url])
+                    .stdout
+                    .starts_with(b"ok")
+            }),
+            "nginx did not start: {}",
+            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+        );
+        proc
+    }
+
     /// Kills the backend of the i-th LB host.
     pub fn stop_backend(&mut self, i: usize) {
         if let Some(p) = self.backends.get_mut(i) {
