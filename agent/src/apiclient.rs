@@ -107,6 +107,25 @@ impl ApiClients {
     }
 }
 
+/// A client from a kubeconfig file (an administrator's or privileged identity), with the agent's
+/// timeouts.
+pub async fn from_kubeconfig_file(path: &std::path::Path) -> Result<Client, ClientError> {
+    let err = |reason: String| ClientError::Kubeconfig {
+        path: path.display().to_string(),
+        reason,
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let mut c = Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    c.connect_timeout = Some(CONNECT_TIMEOUT);
+    c.write_timeout = Some(WRITE_TIMEOUT);
+    c.read_timeout = Some(READ_TIMEOUT);
+    c.reset_reader_on_write = true;
+    c.default_retry = false;
+    build(c)
+}
+
 /// Outcome label for the request counter: `ok`, the HTTP status code, or `error` (transport).
 pub fn result_label<T>(r: &Result<T, kube::Error>) -> String {
     match r {

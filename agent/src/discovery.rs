@@ -330,8 +330,8 @@ pub async fn discover(
     let insecure =
         apiclient::anonymous_insecure(server).map_err(|e| DiscoveryError::Client(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut backoff =
-        keel_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    // kubeadm polls every 5 s; start faster, never slower.
+    let mut backoff = keel_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     let verified = loop {
         let api: Api<ConfigMap> = Api::namespaced(insecure.clone(), "kube-public");
         let res = apiclient::observe(metrics, "get", "configmaps", api.get("cluster-info")).await;
@@ -343,14 +343,16 @@ pub async fn discover(
             },
             Err(e) => format!("GET kube-public/cluster-info: {e}"),
         };
-        let delay = backoff.next_delay();
-        if tokio::time::Instant::now() + delay > deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Err(DiscoveryError::Timeout {
                 token_id: token.id.clone(),
                 waited: timeout,
                 last: err,
             });
         }
+        // The last wait is cut to the deadline, then one final attempt.
+        let delay = backoff.next_delay().min(deadline - now);
         tracing::info!(server = %server, token_id = %token.id, error = %err, retry_in = ?delay, "waiting for signed cluster-info");
         tokio::time::sleep(delay).await;
     };

@@ -22,6 +22,8 @@ pub enum LeaveError {
     Client(#[from] ClientError),
     #[error("drain failed (the node stays cordoned; rerun leave): {0}")]
     Drain(#[from] crate::drain::DrainError),
+    #[error("the node identity may not delete Node {node} ({message}): run `keel-agent leave --kubeconfig <administrator kubeconfig>` (or delete it with kubectl delete node {node} and rerun leave); credentials are kept until then")]
+    CannotDelete { node: String, message: String },
     #[error("{what} of node {node} failed: {source}")]
     Api {
         node: String,
@@ -65,7 +67,13 @@ async fn cordon(client: &Client, node: &str, metrics: &Metrics) -> Result<bool, 
     })
 }
 
-pub async fn leave(cfg: &Config, metrics: &Metrics) -> Result<LeaveReport, LeaveError> {
+/// `delete_kubeconfig`: the credential that deletes the Node (an administrator's, from
+/// `leave --kubeconfig`); without it `health.privileged_kubeconfig`, then the node identity.
+pub async fn leave(
+    cfg: &Config,
+    metrics: &Metrics,
+    delete_kubeconfig: Option<&std::path::Path>,
+) -> Result<LeaveReport, LeaveError> {
     let state = StateDir::new(cfg.state_dir.clone());
     let node = cfg.node.name.as_str();
     let mut report = LeaveReport::default();
@@ -106,8 +114,14 @@ pub async fn leave(cfg: &Config, metrics: &Metrics) -> Result<LeaveReport, Leave
                 tracing::warn!(node, error = %e, "deleting the Lease failed (garbage collection removes it with the Node)");
             }
         }
-        let nodes: Api<Node> = Api::all(client);
-        report.node_deleted = ignore_not_found(
+        // RBAC gives nodes no `delete` on Node objects: deleting needs the privileged identity.
+        let (delete_client, privileged) =
+            match delete_kubeconfig.or(cfg.health.privileged_kubeconfig.as_deref()) {
+                Some(p) => (apiclient::from_kubeconfig_file(p).await?, true),
+                None => (client, false),
+            };
+        let nodes: Api<Node> = Api::all(delete_client);
+        report.node_deleted = match ignore_not_found(
             apiclient::observe(
                 metrics,
                 "delete",
@@ -115,12 +129,22 @@ pub async fn leave(cfg: &Config, metrics: &Metrics) -> Result<LeaveReport, Leave
                 nodes.delete(node, &DeleteParams::default().grace_period(0)),
             )
             .await,
-        )
-        .map_err(|source| LeaveError::Api {
-            node: node.to_string(),
-            what: "delete",
-            source,
-        })?;
+        ) {
+            Ok(deleted) => deleted,
+            Err(kube::Error::Api(s)) if s.code == 403 && !privileged => {
+                return Err(LeaveError::CannotDelete {
+                    node: node.to_string(),
+                    message: s.message.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(LeaveError::Api {
+                    node: node.to_string(),
+                    what: "delete",
+                    source,
+                })
+            }
+        };
         tracing::info!(node, deleted = report.node_deleted, "node deleted");
     } else {
         tracing::info!(

@@ -48,6 +48,10 @@ enum Command {
     Leave {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Credential allowed to delete the Node (nodes may not delete themselves); default
+        /// `health.privileged_kubeconfig`, then the node identity.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Print the agent's status (from the status file in the state directory).
     Status {
@@ -68,7 +72,11 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // kube's own request tracing logs every failed attempt at ERROR; our retry loops log
+        // them once, with the node and the next delay.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -103,9 +111,9 @@ fn main() -> ExitCode {
             init_logging();
             runtime().and_then(|rt| rt.block_on(run(config)))
         }
-        Command::Leave { config } => {
+        Command::Leave { config, kubeconfig } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(leave(config)))
+            runtime().and_then(|rt| rt.block_on(leave(config, kubeconfig)))
         }
         Command::HealthOnce { config } => {
             init_logging();
@@ -232,7 +240,7 @@ fn system_stopping() -> bool {
         .unwrap_or(false)
 }
 
-async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
+async fn leave(config_path: PathBuf, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = load(&config_path)?;
     let metrics = Metrics::new();
     let state = StateDir::new(cfg.state_dir.clone());
@@ -244,7 +252,7 @@ async fn leave(config_path: PathBuf) -> anyhow::Result<()> {
     let report = tokio::time::timeout(
         keel_agent::leave::LEAVE_TIMEOUT
             .max(cfg.health.drain.timeout + std::time::Duration::from_secs(60)),
-        keel_agent::leave::leave(&cfg, &metrics),
+        keel_agent::leave::leave(&cfg, &metrics, kubeconfig.as_deref()),
     )
     .await
     .context("leave timed out")??;

@@ -1,0 +1,697 @@
+//! keel-agent's join against the test API server over real TLS: discovery (JWS, CA pin), TLS
+//! bootstrap, registration and heartbeat, and the ways a join must refuse or resume.
+
+mod agent_harness;
+
+use std::time::Duration;
+
+use agent_harness::{kubectl, label, wait_until, Cluster};
+
+const DAY: Duration = Duration::from_secs(86400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_from_nothing_registers_node_with_pool_labels_taints_and_lease() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let a = c.agent(
+        "join-full",
+        &token,
+        &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    let mut p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("join-full").is_some(),
+        || p.log_text(),
+    )
+    .await;
+
+    let node = c.node_json("join-full").expect("kubectl get node");
+    assert_eq!(label(&node, "keel.io/pool"), Some("pool-a"));
+    assert_eq!(label(&node, "example.com/team"), Some("infra"));
+    assert_eq!(label(&node, "kubernetes.io/os"), Some("linux"));
+    assert_eq!(label(&node, "kubernetes.io/hostname"), Some("join-full"));
+    assert!(label(&node, "kubernetes.io/arch").is_some());
+    let taints = node["spec"]["taints"].as_array().expect("taints");
+    assert_eq!(taints.len(), 1);
+    assert_eq!(taints[0]["key"], "dedicated");
+    assert_eq!(taints[0]["value"], "infra");
+    assert_eq!(taints[0]["effect"], "NoSchedule");
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True");
+    assert!(node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["type"] == "InternalIP"));
+    assert!(node["status"]["capacity"]["cpu"].is_string());
+
+    let (ok, out, err) = c.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        "join-full",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let lease: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "join-full");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
+
+    // The node identity works for kubectl and is kept private.
+    let (ok, _, err) = kubectl(&a.node_kubeconfig(), &["get", "node", "join-full"]);
+    assert!(ok, "node identity: {err}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.node_kubeconfig())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // One CSR, signed for system:node:join-full with the kubelet client signer.
+    let csrs = c.csrs();
+    assert_eq!(csrs.len(), 1);
+    assert_eq!(
+        csrs[0]["spec"]["signerName"],
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+
+    // Progress is visible in metrics and in `keel-agent status`.
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("keel_agent_join_state{state=\"joined\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_agent_certificate_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_agent_api_requests_total{resource=\"leases\""),
+        "{metrics}"
+    );
+    let (st, out) = a.command("status", Duration::from_secs(10)).await;
+    assert!(st.success(), "{out}");
+    assert!(out.contains("\"join_state\": \"joined\""), "{out}");
+
+    // SIGTERM: a clean, prompt exit.
+    p.signal(libc::SIGTERM);
+    let st = p
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exit after SIGTERM");
+    assert!(st.success(), "exit status {st:?}\n{}", p.log_text());
+    assert!(p.log_text().contains("agent stopped"));
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+        .await
+        .expect("metrics answer")
+        .unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_secret_fails_the_jws_check_and_writes_nothing() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let id = token.split('.').next().unwrap();
+    // Right token id (so cluster-info carries its signature), wrong secret.
+    let a = c.agent("jws-wrong", &format!("{id}.0000000000000000"), "");
+    let (st, log) = a.command("run", Duration::from_secs(40)).await;
+    assert!(!st.success());
+    assert!(
+        log.contains("does not verify with the token secret"),
+        "{log}"
+    );
+    assert!(a.credentials().is_empty(), "written: {:?}", a.credentials());
+    assert!(c.csrs().is_empty());
+    assert!(c.node_json("jws-wrong").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_pin_refuses_the_join_and_writes_nothing() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent_with(
+        "pin-wrong",
+        &token,
+        &format!("sha256:{}", "ab".repeat(32)),
+        "",
+    );
+    let (st, log) = a.command("run", Duration::from_secs(40)).await;
+    assert!(!st.success());
+    assert!(
+        log.contains("no CA certificate in cluster-info matches the configured pins"),
+        "{log}"
+    );
+    assert!(a.credentials().is_empty(), "written: {:?}", a.credentials());
+    assert!(c.csrs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_csr_stops_the_join_with_a_clear_error() {
+    let c = Cluster::start().await;
+    c.server.set_approve_csrs(false);
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("csr-denied", &token, "");
+    let (st, log) = a.command("run", Duration::from_secs(40)).await;
+    assert!(!st.success());
+    assert!(log.contains("was denied"), "{log}");
+    assert!(!a.node_kubeconfig().exists());
+    assert!(c.node_json("csr-denied").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiring_mid_join_fails_clearly_and_a_new_token_resumes_the_same_csr() {
+    let c = Cluster::start().await;
+    c.server
+        .set_csr_policy(keel_test_apiserver::controllers::CsrPolicy::Ignore);
+    let token = c.server.create_bootstrap_token(Duration::from_secs(4));
+    let a = c.agent("token-expiry", &token, "");
+    let mut p = a.spawn();
+    wait_until(
+        "the CSR",
+        Duration::from_secs(20),
+        || !c.csrs().is_empty(),
+        || p.log_text(),
+    )
+    .await;
+    // The CSR stays pending; the token expires under the waiting agent.
+    let st = p
+        .wait_exit(Duration::from_secs(45))
+        .await
+        .unwrap_or_else(|| panic!("agent kept running:\n{}", p.log_text()));
+    assert!(!st.success());
+    let log = p.log_text();
+    assert!(log.contains("expired or was deleted"), "{log}");
+    assert!(!a.node_kubeconfig().exists());
+
+    // A fresh token, the approver back on (and woken on the pending CSR, as its informer would).
+    a.set_token(&c.server.create_bootstrap_token(DAY));
+    c.server
+        .set_csr_policy(keel_test_apiserver::controllers::CsrPolicy::Approve);
+    let csr = c.csrs().remove(0);
+    let name = csr["metadata"]["name"].as_str().unwrap().to_string();
+    c.server.put(
+        &format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}"),
+        csr,
+    );
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("token-expiry").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let csrs = c.csrs();
+    assert_eq!(csrs.len(), 1, "the restarted join filed another CSR");
+    assert_eq!(csrs[0]["metadata"]["name"], name.as_str());
+    assert!(
+        p.log_text()
+            .contains("found the certificate signing request filed earlier"),
+        "{}",
+        p.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_unavailable_for_a_while_then_back_the_agent_joins_with_backoff() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("api-down", &token, "");
+    c.server.clear_request_log();
+    // Every request fails for a while: 503s, then dropped connections.
+    c.server.faults().fail_next(6, 503, None);
+    c.server.faults().drop_next(2);
+    let started = std::time::Instant::now();
+    let mut p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(60),
+        || c.lease("api-down").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let failed = c
+        .server
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert_eq!(failed, 6, "every injected failure was met by a retry");
+    // Backoff, not a tight loop: 6 failures + 2 drops took jittered, growing waits (≥ 0.25+0.5+1+2+4 s / 2).
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "joined after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        c.server.request_log().len() < 60,
+        "{} requests",
+        c.server.request_log().len()
+    );
+
+    // And later: the server goes away entirely and comes back; renewals resume.
+    c.server.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        p.running(),
+        "agent died while the API was down:\n{}",
+        p.log_text()
+    );
+    c.server.restart().await.expect("restart");
+    let before = c.lease("api-down").unwrap()["spec"]["renewTime"].clone();
+    wait_until(
+        "a renewal after the restart",
+        Duration::from_secs(40),
+        || {
+            c.lease("api-down")
+                .is_some_and(|l| l["spec"]["renewTime"] != before)
+        },
+        || p.log_text(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_each_step_resumes_without_joining_again() {
+    let c = Cluster::start().await;
+    c.server
+        .set_csr_policy(keel_test_apiserver::controllers::CsrPolicy::Ignore);
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("restarts", &token, "");
+
+    // Step 1: killed (SIGKILL) while its CSR is pending.
+    let mut p = a.spawn();
+    wait_until(
+        "the CSR",
+        Duration::from_secs(20),
+        || !c.csrs().is_empty(),
+        || p.log_text(),
+    )
+    .await;
+    p.kill();
+    assert!(a.state.join("ca.crt").exists() && a.state.join("pki/pending.key").exists());
+
+    // Step 2: restarted, it reuses the CA (no discovery) and finds its CSR.
+    c.server.clear_request_log();
+    let mut p = a.spawn();
+    wait_until(
+        "the agent to wait on its CSR",
+        Duration::from_secs(20),
+        || {
+            p.log_text()
+                .contains("found the certificate signing request filed earlier")
+        },
+        || p.log_text(),
+    )
+    .await;
+    assert!(p
+        .log_text()
+        .contains("reusing the cluster CA verified by an earlier run"));
+    p.kill();
+    c.server
+        .set_csr_policy(keel_test_apiserver::controllers::CsrPolicy::Approve);
+    let csr = c.csrs().remove(0);
+    let name = csr["metadata"]["name"].as_str().unwrap().to_string();
+    c.server.put(
+        &format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}"),
+        csr,
+    );
+
+    // Step 3: restarted again: gets the certificate, registers.
+    let mut p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("restarts").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let uid = c.node_json("restarts").unwrap()["metadata"]["uid"].clone();
+    p.kill();
+
+    // Step 4: a joined node restarts: no discovery, no CSR, the same Node.
+    c.server.clear_request_log();
+    let p = a.spawn();
+    wait_until(
+        "a heartbeat after restart",
+        Duration::from_secs(20),
+        || p.log_text().contains("node joined and registered"),
+        || p.log_text(),
+    )
+    .await;
+    assert!(p.log_text().contains("already joined"), "{}", p.log_text());
+    let log = c.server.request_log();
+    assert!(
+        !log.iter().any(|r| r.path.contains("cluster-info")),
+        "discovery ran again"
+    );
+    assert!(
+        !log.iter()
+            .any(|r| r.path.contains("certificatesigningrequests")),
+        "CSR API used again"
+    );
+    assert_eq!(c.csrs().len(), 1);
+    assert_eq!(c.node_json("restarts").unwrap()["metadata"]["uid"], uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_racing_for_one_node_name_never_duplicate_it() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a1 = c.agent("contested", &token, "");
+    let a2 = c.agent("contested", &token, "");
+    let mut p1 = a1.spawn();
+    let mut p2 = a2.spawn();
+    let (log1, log2) = (p1.log.clone(), p2.log.clone());
+    let logs = || {
+        format!(
+            "{}\n----\n{}",
+            std::fs::read_to_string(&log1).unwrap_or_default(),
+            std::fs::read_to_string(&log2).unwrap_or_default()
+        )
+    };
+    wait_until(
+        "one agent to give up",
+        Duration::from_secs(60),
+        || !p1.running() || !p2.running(),
+        logs,
+    )
+    .await;
+    let (loser, winner) = if p1.running() {
+        (&mut p2, &mut p1)
+    } else {
+        (&mut p1, &mut p2)
+    };
+    assert!(
+        loser
+            .log_text()
+            .contains("already registered by another machine"),
+        "{}",
+        loser.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(winner.running(), "{}", winner.log_text());
+    let (ok, out, _) = c.kubectl(&["get", "nodes", "-o", "name"]);
+    assert!(ok);
+    assert_eq!(out.lines().filter(|l| l.contains("contested")).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_managed_mode_writes_configs_kubelet_and_kubectl_can_use() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let tmp = c.dir.path().join("kubelet");
+    let extra = format!(
+        "kubelet:\n  managed: true\n  start_service: false\n  kubeconfig: {0}/kubelet.conf\n  config: {0}/config.yaml\n  flags_file: {0}/keel-flags.env\n",
+        tmp.display()
+    );
+    let a = c.agent("managed", &token, &extra);
+    let mut p = a.spawn();
+    let kubeconfig = tmp.join("kubelet.conf");
+    wait_until(
+        "kubelet files",
+        Duration::from_secs(30),
+        || tmp.join("keel-flags.env").exists(),
+        || p.log_text(),
+    )
+    .await;
+
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(tmp.join("config.yaml")).unwrap()).unwrap();
+    assert_eq!(config["kind"], "KubeletConfiguration");
+    assert_eq!(config["registerWithTaints"][0]["key"], "dedicated");
+    assert_eq!(config["rotateCertificates"], false);
+    let flags = std::fs::read_to_string(tmp.join("keel-flags.env")).unwrap();
+    assert!(
+        flags.contains("--node-labels=example.com/team=infra,keel.io/pool=pool-a"),
+        "{flags}"
+    );
+
+    // kubelet's identity: it registers its Node (as kubelet would, taints from registerWithTaints)...
+    let node = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "managed", "labels": {"keel.io/pool": "pool-a"}},
+        "spec": {"taints": [{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]}
+    });
+    let node_file = tmp.join("node.json");
+    std::fs::write(&node_file, node.to_string()).unwrap();
+    let (ok, _, err) = kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            node_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "kubelet identity could not create its Node: {err}");
+    // ...and reads it back.
+    let (ok, out, err) = kubectl(&kubeconfig, &["get", "node", "managed", "-o", "name"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "node/managed");
+    // In managed mode kubelet heartbeats, not the agent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.lease("managed").is_none());
+    assert!(p.running(), "{}", p.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restriction_refuses_a_later_taint_change_made_with_the_node_identity() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("restricted", &token, "");
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("restricted").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let (ok, _, err) = kubectl(
+        &a.node_kubeconfig(),
+        &["taint", "node", "restricted", "extra=1:NoSchedule"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+    let (ok, _, err) = kubectl(
+        &a.node_kubeconfig(),
+        &[
+            "label",
+            "node",
+            "restricted",
+            "node-role.kubernetes.io/worker=",
+        ],
+    );
+    assert!(!ok, "node set its own role");
+    assert!(err.to_lowercase().contains("forbidden"), "{err}");
+    // Allowed: the node's own labels outside the restricted namespaces, and cordon.
+    let (ok, _, err) = kubectl(
+        &a.node_kubeconfig(),
+        &["label", "node", "restricted", "example.com/x=y"],
+    );
+    assert!(ok, "{err}");
+    let node = c.node_json("restricted").unwrap();
+    assert_eq!(node["spec"]["taints"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_cordons_deletes_the_node_and_removes_credentials() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("leaver", &token, "");
+    let mut p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("leaver").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(15)).await.expect("stopped");
+    // The node identity may cordon and drain itself, but RBAC gives it no delete on Nodes.
+    let (st, out) = a.command("leave", Duration::from_secs(60)).await;
+    assert!(!st.success(), "{out}");
+    assert!(out.contains("leave --kubeconfig"), "{out}");
+    assert!(
+        !a.credentials().is_empty(),
+        "credentials removed although the Node stays"
+    );
+    assert_eq!(
+        c.node_json("leaver").unwrap()["spec"]["unschedulable"],
+        true
+    );
+
+    // With an administrator credential for the delete, leave completes.
+    let (st, out) = a
+        .command_with(
+            "leave",
+            &["--kubeconfig", c.admin.to_str().unwrap()],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(st.success(), "{out}");
+    assert!(out.contains("left the cluster"), "{out}");
+    assert!(c.node_json("leaver").is_none(), "node still there");
+    assert!(
+        a.credentials().is_empty(),
+        "left behind: {:?}",
+        a.credentials()
+    );
+    let (st, out) = a.command("status", Duration::from_secs(10)).await;
+    assert!(st.success() && out.contains("\"left\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
+    let c = Cluster::start().await;
+    c.server.set_cert_backdate(Duration::ZERO);
+    c.server.set_cert_duration(Duration::from_secs(20));
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("renewer", &token, "");
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("renewer").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let first = std::fs::read_to_string(a.node_kubeconfig()).unwrap();
+    // Renewal at 70-90 % of 20 s.
+    wait_until(
+        "a second CSR",
+        Duration::from_secs(30),
+        || c.csrs().len() >= 2,
+        || p.log_text(),
+    )
+    .await;
+    wait_until(
+        "the renewed kubeconfig",
+        Duration::from_secs(15),
+        || std::fs::read_to_string(a.node_kubeconfig()).unwrap() != first,
+        || p.log_text(),
+    )
+    .await;
+    let renewal = c
+        .csrs()
+        .into_iter()
+        .find(|c| c["spec"]["username"] == "system:node:renewer")
+        .expect("a CSR filed by the node identity (selfnodeclient)");
+    assert_eq!(
+        renewal["spec"]["signerName"],
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    // The heartbeat continues on the new certificate after the old one expired.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = c.lease("renewer").unwrap()["spec"]["renewTime"].clone();
+    wait_until(
+        "a renewal with the new certificate",
+        Duration::from_secs(20),
+        || {
+            c.lease("renewer")
+                .is_some_and(|l| l["spec"]["renewTime"] != before)
+        },
+        || p.log_text(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_labels() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut a = c.agent(
+        "reloader",
+        &token,
+        &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("reloader").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let good = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(&a.config, format!("{good}bogus: 1\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_until(
+        "the failed reload to be counted",
+        Duration::from_secs(10),
+        || {
+            futures_lite_block(http_get(port, "/metrics"))
+                .contains("keel_agent_config_reloads_total{result=\"error\"} 1")
+        },
+        || p.log_text(),
+    )
+    .await;
+    wait_until(
+        "the refusal in the log",
+        Duration::from_secs(5),
+        || p.log_text().contains("keeping the running config"),
+        || p.log_text(),
+    )
+    .await;
+    assert!(p.log_text().contains("unknown field `bogus`"), "{}", p.log_text());
+
+    a.extra = format!("metrics:\n  listen: 127.0.0.1:{port}\n");
+    a.write_config();
+    let text = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("example.com/team: infra", "example.com/team: platform");
+    std::fs::write(&a.config, text).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_until(
+        "the new label",
+        Duration::from_secs(10),
+        || {
+            c.node_json("reloader")
+                .is_some_and(|n| label(&n, "example.com/team") == Some("platform"))
+        },
+        || p.log_text(),
+    )
+    .await;
+}
+
+/// Runs a future to completion from a sync closure (the waits poll synchronously).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
