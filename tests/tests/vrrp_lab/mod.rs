@@ -78,22 +78,7 @@ impl Lab {
 
     /// As `keel`, proxying to `backend` (`ip:port`).
     pub fn keel_to(&self, host: &str, vrrp: &str, vips: &[&str], backend: &str) -> Proc {
-        let mut frontends = String::new();
-        for (i, v) in vips.iter().enumerate() {
-            let listen = if v.contains(':') {
-                format!("\"[{v}]:{PORT}\"")
-            } else {
-                format!("\"{v}:{PORT}\"")
-            };
-            frontends.push_str(&format!(
-                "  - name: f{i}\n    listen: {listen}\n    pool: web\n"
-            ));
-        }
-        let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:9100\nshutdown:\n  drain: 1s\n  handover_timeout: 3s\nfrontends:\n{frontends}pools:\n  web:\n    health:\n      type: tcp\n      interval: 200ms\n      timeout: 200ms\n      rise: 1\n      fall: 2\n    backends:\n      - address: {backend}\nvrrp:\n{vrrp}"
-        );
-        let cfg = self.path(&format!("{host}.yaml"));
-        std::fs::write(&cfg, yaml).unwrap();
+        let cfg = self.write_keel_config(host, vrrp, vips, backend);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,6 +95,36 @@ impl Lab {
             .spawn()
             .unwrap();
         Proc::from_child(child, format!("keel-lb in {host}"))
+    }
+
+    /// Writes (or rewrites, for a reload) the config file of keel-lb in `host`.
+    pub fn write_keel_config(
+        &self,
+        host: &str,
+        vrrp: &str,
+        vips: &[&str],
+        backend: &str,
+    ) -> PathBuf {
+        let mut frontends = String::new();
+        for (i, v) in vips.iter().enumerate() {
+            let listen = if v.contains(':') {
+                format!("\"[{v}]:{PORT}\"")
+            } else {
+                format!("\"{v}:{PORT}\"")
+            };
+            frontends.push_str(&format!(
+                "  - name: f{i}\n    listen: {listen}\n    pool: web\n"
+            ));
+        }
+        let yaml = format!(
+            "admin:\n  listen: 127.0.0.1:9100\nshutdown:\n  drain: 1s\n  handover_timeout: 3s\nfrontends:\n{frontends}pools:\n  web:\n    health:\n      type: tcp\n      interval: 200ms\n      timeout: 200ms\n      rise: 1\n      fall: 2\n    backends:\n      - address: {backend}\nvrrp:\n{vrrp}"
+        );
+        let cfg = self.path(&format!("{host}.yaml"));
+        // Write then rename, so a reload never reads half a file.
+        let tmp = self.path(&format!("{host}.yaml.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &cfg).unwrap();
+        cfg
     }
 
     pub fn log(&self, host: &str) -> String {
