@@ -263,3 +263,38 @@ fn a_tracked_interface_going_down_lowers_priority_and_hands_the_vip_over_and_bac
     );
     assert_eq!(lab.metric_sum("lb1", "keel_vrrp_priority", &[]), 200.0);
 }
+
+#[test]
+fn a_new_master_announces_again_after_garp_delay_and_then_every_garp_refresh() {
+    require_root!();
+    let lab = Lab::new("vrrp-garp", &["lb1"]);
+    // The client listens before lb1 starts; bounded by count and time.
+    let mut cmd = lab.t.command("client", "timeout");
+    cmd.args(["8", "tcpdump", "-l", "-nn", "-tt", "-i", "eth0", "-c", "5"])
+        .args(["arp and src host 198.18.1.100"]);
+    let capture = std::thread::spawn(move || cmd.output());
+    std::thread::sleep(Duration::from_millis(500));
+    let extra = "    garp_repeat: 2\n    garp_delay: 1s\n    garp_refresh: 2s\n";
+    let _lb1 = lab.keel(
+        "lb1",
+        &routers(&[router("web", 51, 200, VIP4_CIDR, extra)]),
+        &[VIP4],
+    );
+    let out = capture.join().unwrap().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        times.len(),
+        5,
+        "{times:?} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.log("lb1")
+    );
+    let rel: Vec<f64> = times.iter().map(|t| t - times[0]).collect();
+    // First burst (2), second burst after 1 s (2), refresh 2 s after becoming master (1).
+    for (got, want) in rel.iter().zip([0.0, 0.01, 1.0, 1.01, 2.0]) {
+        assert!((got - want).abs() < 0.3, "announcements at {rel:?}");
+    }
+}

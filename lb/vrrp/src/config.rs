@@ -53,6 +53,12 @@ pub struct RouterFile {
     pub unicast_peers: Vec<String>,
     pub garp_repeat: Option<i64>,
     pub garp_interval: Option<Dur>,
+    /// Second burst of `garp_repeat` announcements this long after becoming master (keepalived's
+    /// `garp_master_delay`, default 5s; `0s` = none): catches switches and hosts that missed the
+    /// first burst while their port was still converging.
+    pub garp_delay: Option<Dur>,
+    /// Periodic GARP/NA while master (keepalived's `garp_master_refresh`; default 60s, `0s` = off):
+    /// switches and hosts that keep an old entry for hours (keepalived #20, MetalLB #584).
     pub garp_refresh: Option<Dur>,
     /// Set the router flag in IPv6 neighbour advertisements (off by default: keepalived #200, #375).
     pub na_router_flag: Option<bool>,
@@ -142,6 +148,8 @@ pub struct RouterConfig {
     pub unicast_peers: Vec<IpAddr>,
     pub garp_repeat: u32,
     pub garp_interval: Duration,
+    /// Second announcement burst after becoming master; `None` = off.
+    pub garp_delay: Option<Duration>,
     /// Periodic GARP/NA while master; `None` = off.
     pub garp_refresh: Option<Duration>,
     pub na_router_flag: bool,
@@ -192,6 +200,7 @@ impl VrrpConfig {
 const DEFAULT_ADVERT_CS: u16 = 100;
 const DEFAULT_GARP_REPEAT: u32 = 5;
 const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(10);
+const DEFAULT_GARP_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
 const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -451,6 +460,19 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
             DEFAULT_GARP_INTERVAL
         }
     };
+    let garp_delay = match r.garp_delay {
+        None => Some(DEFAULT_GARP_DELAY),
+        Some(d) if d.0.is_zero() => None,
+        Some(d) if d.0 <= Duration::from_secs(3600) => Some(d.0),
+        Some(d) => {
+            fail(
+                diag,
+                "garp_delay",
+                format!("{d} is longer than 1h (0s turns the second burst off)"),
+            );
+            None
+        }
+    };
     let garp_refresh = match r.garp_refresh {
         None => Some(DEFAULT_GARP_REFRESH),
         Some(d) if d.0.is_zero() => None,
@@ -513,6 +535,7 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
         unicast_peers,
         garp_repeat,
         garp_interval,
+        garp_delay,
         garp_refresh,
         na_router_flag: r.na_router_flag.unwrap_or(false),
         track_pools,
@@ -632,6 +655,7 @@ mod tests {
       unicast_src: 198.18.1.11
       unicast_peers: [198.18.1.12]
       garp_repeat: 3
+      garp_delay: 0s
       garp_refresh: 0s
       track:
         pools: [{ name: web, weight: 60 }]
@@ -652,6 +676,7 @@ mod tests {
         assert_eq!(r.preempt_delay, Duration::from_secs(5));
         assert_eq!(r.vips[1].prefix, 32);
         assert_eq!(r.garp_refresh, None);
+        assert_eq!(r.garp_delay, None);
         assert_eq!(r.track_pools[0].weight, 60);
         assert_eq!(cfg.tracked_pools(), vec!["web".to_string()]);
         let r6 = &cfg.routers[1];
@@ -660,6 +685,7 @@ mod tests {
         assert_eq!(r6.advert_interval_cs, 100);
         assert!(r6.preempt);
         assert_eq!(r6.garp_refresh, Some(Duration::from_secs(60)));
+        assert_eq!(r6.garp_delay, Some(Duration::from_secs(5)));
         assert!(cfg.realtime);
     }
 

@@ -116,6 +116,8 @@ pub struct Router {
     preempt_after: Option<Instant>,
     announce_next: Option<Instant>,
     announce_left: u32,
+    /// The second burst (`garp_delay` after becoming master).
+    second_burst: Option<Instant>,
     refresh_timer: Option<Instant>,
     failed_pools: BTreeSet<String>,
     failed_interfaces: BTreeSet<String>,
@@ -136,6 +138,7 @@ impl Router {
             preempt_after: None,
             announce_next: None,
             announce_left: 0,
+            second_burst: None,
             refresh_timer: None,
             failed_pools: BTreeSet::new(),
             failed_interfaces: BTreeSet::new(),
@@ -209,6 +212,7 @@ impl Router {
             self.adver_timer,
             self.master_down_timer,
             self.announce_next,
+            self.second_burst,
             self.refresh_timer,
             handover,
         ]
@@ -327,6 +331,12 @@ impl Router {
                 if self.announce_left > 0 {
                     self.announce_next = Some(now + self.cfg.garp_interval);
                 }
+            }
+        }
+        if self.second_burst.is_some_and(|t| now >= t) {
+            self.second_burst = None;
+            if self.state == State::Master {
+                self.start_announcing(now, &mut out);
             }
         }
         if self.refresh_timer.is_some_and(|t| now >= t) {
@@ -508,6 +518,7 @@ impl Router {
         self.transition(State::Master, reason, out);
         self.start_announcing(now, out);
         self.send_advert(now, out);
+        self.second_burst = self.cfg.garp_delay.map(|d| now + d);
         self.refresh_timer = self.cfg.garp_refresh.map(|d| now + d);
     }
 
@@ -556,6 +567,7 @@ impl Router {
         self.adver_timer = None;
         self.announce_next = None;
         self.announce_left = 0;
+        self.second_burst = None;
         self.refresh_timer = None;
     }
 
@@ -599,6 +611,7 @@ mod tests {
             unicast_peers: vec![],
             garp_repeat: 1,
             garp_interval: Duration::from_millis(10),
+            garp_delay: None,
             garp_refresh: None,
             na_router_flag: false,
             track_pools: vec![],
@@ -1120,6 +1133,68 @@ mod tests {
                 Duration::from_secs(120)
             ]
         );
+    }
+
+    /// Announcement instants (since `t`) up to `until`, driving the router by its own timers.
+    fn announce_times(r: &mut Router, t: Instant, until: Duration) -> Vec<Duration> {
+        let mut times = Vec::new();
+        for _ in 0..100 {
+            let Some(next) = r.poll_timeout() else { break };
+            if next > t + until {
+                break;
+            }
+            if r.handle_timeout(next)
+                .iter()
+                .any(|a| matches!(a, Action::Announce(_)))
+            {
+                times.push(next - t);
+            }
+        }
+        times
+    }
+
+    #[test]
+    fn a_second_burst_follows_garp_delay_after_becoming_master_then_the_refresh() {
+        let mut c = cfg(255);
+        c.garp_repeat = 2;
+        c.garp_delay = Some(Duration::from_secs(5));
+        c.garp_refresh = Some(Duration::from_secs(60));
+        c.advert_interval_cs = 4095;
+        let mut r = Router::new(c, ip(1));
+        let t = Instant::now();
+        r.start(t); // first burst, first announcement at t
+        let ms = Duration::from_millis;
+        assert_eq!(
+            announce_times(&mut r, t, Duration::from_secs(61)),
+            vec![ms(10), ms(5000), ms(5010), ms(60_000)]
+        );
+    }
+
+    #[test]
+    fn the_second_burst_is_cancelled_when_mastership_is_lost_first() {
+        let mut c = cfg(100);
+        c.garp_delay = Some(Duration::from_secs(5));
+        let mut r = Router::new(c, ip(1));
+        let t = Instant::now();
+        r.start(t);
+        let t1 = t + r.master_down_interval();
+        r.handle_timeout(t1);
+        assert_eq!(r.state(), State::Master);
+        let acts = r
+            .handle_advert(t1 + Duration::from_secs(1), ip(2), &advert(&r, 200))
+            .unwrap();
+        assert!(acts.contains(&Action::RemoveVips(r.cfg.vips.clone())));
+        // The higher-priority master keeps advertising; at t1 + 5s nothing is announced.
+        for k in 2..=7 {
+            let now = t1 + Duration::from_secs(k);
+            let mut acts = r.handle_advert(now, ip(2), &advert(&r, 200)).unwrap();
+            acts.extend(r.handle_timeout(now));
+            assert!(
+                !acts.iter().any(|a| matches!(a, Action::Announce(_))),
+                "{acts:?}"
+            );
+        }
+        assert_eq!(r.state(), State::Backup);
     }
 
     #[test]
