@@ -42,3 +42,21 @@ pub fn udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     s.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(s.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 198.18.0.0/15 is reserved for benchmarking and never assigned to this host's interfaces in
+    /// tests; binding sends nothing.
+    #[tokio::test]
+    async fn listeners_bind_an_address_the_host_does_not_hold_yet() {
+        let vip: SocketAddr = "198.18.255.254:0".parse().unwrap();
+        let plain = std::net::TcpListener::bind(vip);
+        assert!(plain.is_err(), "test assumes the host does not own {vip}");
+        let l = tcp(vip).unwrap();
+        assert_eq!(l.local_addr().unwrap().ip(), vip.ip());
+        let u = udp(vip).unwrap();
+        assert_eq!(u.local_addr().unwrap().ip(), vip.ip());
+    }
+}

@@ -1055,3 +1055,35 @@ fn reload_adds_and_removes_listeners_without_dropping_established_connections() 
         Some(2.0)
     );
 }
+
+#[test]
+fn a_reload_whose_listener_cannot_bind_changes_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (port, admin) = (free_port(), free_port());
+    let lb = Lb::start(&config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "",
+    ));
+    // Another process holds the port the new config wants; the pool change must not apply either.
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let yaml = config(port, admin, "round_robin", SLOW_TCP, &[(&b, 1)], "").replace(
+        "pools:",
+        &format!("  - name: second\n    listen: 127.0.0.1:{taken}\n    pool: p\npools:"),
+    );
+    lb.rewrite(&yaml);
+    let (code, body) = lb.reload();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains(&format!("127.0.0.1:{taken}")), "{body}");
+    for _ in 0..5 {
+        assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    }
+    assert_eq!(
+        metric(&lb.metrics(), "keel_lb_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+}
