@@ -144,35 +144,42 @@ start_keel;    read -r K_RSS0 K_RSS K_IDLE_OK K_IDLE_PROXIED < <(idle_rss "$KEEL
 to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
 }
-run_wrk() { # port [close] -> "rps p99ms errors"
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+run_wrk() { # port close|keep pid-to-account -> "rps p99ms errors cpu_us_per_request"
   local extra=() out
-  [ "${2:-}" = close ] && extra=(-H "Connection: close")
+  [ "$2" = close ] && extra=(-H "Connection: close")
+  local t0; t0=$(cpu_ticks "$3")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" "http://127.0.0.1:$1/")
-  local rps p99 err
+  local t1; t1=$(cpu_ticks "$3")
+  local rps p99 err n cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   err=$(awk '/Socket errors|Non-2xx/ {gsub(/[^0-9 ]/," "); s=0; for(i=1;i<=NF;i++) s+=$i; t+=s} END {print t+0}' <<<"$out")
-  echo "$rps $p99 $err"
+  cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TCK" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print 0 }')
+  echo "$rps $p99 $err $cpu"
 }
 run_iperf() { # port -> Gbit/s
   taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$1" -t 5 -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
 
 declare -A R
-measure() { # name port bulkport round
+measure() { # name port bulkport round pid
   echo "round $4: $1..." >&2
-  local ka ka99 kaerr cc cc99 ccerr
-  read -r ka ka99 kaerr < <(run_wrk "$2")
-  read -r cc cc99 ccerr < <(run_wrk "$2" close)
+  local ka ka99 kaerr kacpu cc cc99 ccerr cccpu
+  read -r ka ka99 kaerr kacpu < <(run_wrk "$2" keep "${5:-}")
+  read -r cc cc99 ccerr cccpu < <(run_wrk "$2" close "${5:-}")
   R[$1,ka]+="$ka "; R[$1,ka99]+="$ka99 "; R[$1,cc]+="$cc "; R[$1,cc99]+="$cc99 "
+  R[$1,kacpu]+="$kacpu "; R[$1,cccpu]+="$cccpu "
   R[$1,err]=$(( ${R[$1,err]:-0} + kaerr + ccerr ))
   R[$1,bulk]+="$(run_iperf "$3") "
 }
 start_haproxy; start_keel
 for r in $(seq "$ROUNDS"); do
-  measure direct "$NGINX" "$IPERF" "$r"
-  measure haproxy "$HA" "$HA_BULK" "$r"
-  measure keel "$KEEL_P" "$KEEL_BULK" "$r"
+  measure direct "$NGINX" "$IPERF" "$r" ""
+  measure haproxy "$HA" "$HA_BULK" "$r" "$HA_PID"
+  measure keel "$KEEL_P" "$KEEL_BULK" "$r" "$KEEL_PID"
 done
 stop "$HA_PID"; stop "$KEEL_PID"
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -197,11 +204,15 @@ $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2),
 | p99 latency, keep-alive (ms) | ${R[direct,ka99]} | ${R[haproxy,ka99]} | ${R[keel,ka99]} | $(ratio "${R[keel,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keel,ka99]}" "${R[direct,ka99]}") |
 | connections/s, Connection: close | ${R[direct,cc]} | ${R[haproxy,cc]} | ${R[keel,cc]} | $(ratio "${R[keel,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keel,cc]}" "${R[direct,cc]}") |
 | p99 latency, Connection: close (ms) | ${R[direct,cc99]} | ${R[haproxy,cc99]} | ${R[keel,cc99]} | $(ratio "${R[keel,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keel,cc99]}" "${R[direct,cc99]}") |
+| LB CPU per request, keep-alive (us) | - | ${R[haproxy,kacpu]} | ${R[keel,kacpu]} | $(ratio "${R[keel,kacpu]}" "${R[haproxy,kacpu]}") | - |
+| LB CPU per connection, close (us) | - | ${R[haproxy,cccpu]} | ${R[keel,cccpu]} | $(ratio "${R[keel,cccpu]}" "${R[haproxy,cccpu]}") | - |
 | bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") |
 | RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | - |
 | RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(ratio "$K_RSS" "$HA_RSS") | - |
 
-Medians of $ROUNDS interleaved rounds. wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
+Medians of $ROUNDS interleaved rounds. On a 2-CPU machine the load CPU (wrk + nginx) saturates before
+the LB's CPU does, so requests/s mostly measures the latency each LB adds; "LB CPU per request" (the
+LB's utime+stime over the run / requests) is the efficiency figure. wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
 Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED.
 
 Per-round values:
