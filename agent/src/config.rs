@@ -208,6 +208,19 @@ pub fn default_state_dir(os: Os) -> PathBuf {
     }
 }
 
+/// Absolute on this host, or a Windows absolute path (`C:\...`, `\\server\...`), so a Windows
+/// node's config is checked the same on a Linux build host.
+fn is_absolute(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    let b = s.as_bytes();
+    p.is_absolute()
+        || s.starts_with(r"\\")
+        || (b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && (b[2] == b'\\' || b[2] == b'/'))
+}
+
 fn detected_os() -> Os {
     if cfg!(windows) {
         Os::Windows
@@ -233,7 +246,7 @@ pub fn from_source(src: &Source, hostname: Option<&str>) -> Result<Config, Confi
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(os));
-    if raw.state_dir.is_some() && !state_dir.is_absolute() {
+    if raw.state_dir.is_some() && !is_absolute(&state_dir) {
         d.error("state_dir", "must be an absolute path");
     }
     let kubelet = validate_kubelet(&raw.kubelet, os);
@@ -299,7 +312,7 @@ fn validate_cluster(raw: &ClusterFile, d: &mut Diagnostics) -> Option<Cluster> {
                 None
             }
         },
-        (None, Some(p)) if !p.is_absolute() => {
+        (None, Some(p)) if !is_absolute(p) => {
             d.error("cluster.token_file", "must be an absolute path");
             None
         }

@@ -66,8 +66,31 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Windows: run under (or install into) the service control manager.
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Started by the SCM: STOP stops the agent, PRESHUTDOWN drains first.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Create the `keel-agent` service with recovery actions and a preshutdown timeout.
+    Install {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value = "5m", value_parser = keel_common::duration::parse)]
+        preshutdown_timeout: std::time::Duration,
+    },
 }
 
 fn init_logging() {
@@ -115,6 +138,8 @@ fn main() -> ExitCode {
             init_logging();
             runtime().and_then(|rt| rt.block_on(leave(config, kubeconfig)))
         }
+        #[cfg(windows)]
+        Command::Service { action } => service(action),
         Command::HealthOnce { config } => {
             init_logging();
             runtime().and_then(|rt| rt.block_on(health_once(config)))
@@ -153,24 +178,77 @@ fn print_status(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Resul
 }
 
 async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let cfg = load(&config_path)?;
-    tracing::info!(node = %cfg.node.name, server = %cfg.cluster.server, config = %config_path.display(), "keel-agent starting");
     let cancel = CancellationToken::new();
     let node_shutdown = CancellationToken::new();
+    run_with(config_path, cancel, node_shutdown, true).await
+}
+
+/// The agent until `cancel`; `signals` installs the unix signal handlers (the Windows service
+/// passes its own tokens instead).
+async fn run_with(
+    config_path: PathBuf,
+    cancel: CancellationToken,
+    node_shutdown: CancellationToken,
+    signals: bool,
+) -> anyhow::Result<()> {
+    let cfg = load(&config_path)?;
+    tracing::info!(node = %cfg.node.name, server = %cfg.cluster.server, config = %config_path.display(), "keel-agent starting");
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let agent = Agent::new(cfg);
     let metrics = agent.metrics.clone();
     let status = agent.status.clone();
-    spawn_signals(
-        config_path,
-        cancel.clone(),
-        node_shutdown.clone(),
-        reload_tx,
-        metrics,
-        status,
-    )?;
-    agent.run(cancel, node_shutdown, reload_rx).await?;
+    if signals {
+        spawn_signals(
+            config_path,
+            cancel.clone(),
+            node_shutdown.clone(),
+            reload_tx,
+            metrics,
+            status,
+        )?;
+    } else {
+        drop(reload_tx);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Type=notify: ready once the config is valid and the agent is working (a join may wait
+        // for approval far longer than any start timeout); the watchdog pings from the runtime.
+        use keel_agent::platform::linux as sd;
+        if let Err(e) = sd::sd_notify("READY=1") {
+            tracing::warn!(error = %e, "sd_notify READY=1 failed");
+        }
+        tokio::spawn(sd::watchdog(cancel.clone()));
+    }
+    let result = agent.run(cancel, node_shutdown, reload_rx).await;
+    #[cfg(target_os = "linux")]
+    let _ = keel_agent::platform::linux::sd_notify("STOPPING=1");
+    result?;
     Ok(())
+}
+
+#[cfg(windows)]
+fn service(action: ServiceAction) -> anyhow::Result<()> {
+    use keel_agent::platform::windows_service as svc;
+    match action {
+        ServiceAction::Install {
+            config,
+            preshutdown_timeout,
+        } => {
+            let exe = std::env::current_exe().context("path of keel-agent.exe")?;
+            svc::install(exe, config, preshutdown_timeout)
+        }
+        ServiceAction::Run { config } => {
+            init_logging();
+            svc::run(Box::new(move |tokens: svc::Tokens| {
+                runtime()?.block_on(run_with(
+                    config.clone(),
+                    tokens.cancel,
+                    tokens.node_shutdown,
+                    false,
+                ))
+            }))
+        }
+    }
 }
 
 /// SIGTERM/SIGINT (ctrl-c on Windows) cancel; SIGHUP validates the file and hands the new config
@@ -183,7 +261,7 @@ fn spawn_signals(
     metrics: std::sync::Arc<Metrics>,
     status: status::StatusHandle,
 ) -> anyhow::Result<()> {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -193,7 +271,7 @@ fn spawn_signals(
             loop {
                 tokio::select! {
                     _ = term.recv() => {
-                        if system_stopping() {
+                        if keel_agent::platform::linux::system_is_stopping().await {
                             tracing::info!("SIGTERM while the system shuts down: draining first");
                             node_shutdown.cancel();
                         } else {
@@ -217,7 +295,7 @@ fn spawn_signals(
             }
         });
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     {
         let _ = (config_path, reloads, metrics, status, node_shutdown);
         tokio::spawn(async move {
@@ -228,16 +306,6 @@ fn spawn_signals(
         });
     }
     Ok(())
-}
-
-/// Whether systemd is taking the whole system down (then a SIGTERM means "node shutdown").
-#[cfg(unix)]
-fn system_stopping() -> bool {
-    std::process::Command::new("systemctl")
-        .arg("is-system-running")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "stopping")
-        .unwrap_or(false)
 }
 
 async fn leave(config_path: PathBuf, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
