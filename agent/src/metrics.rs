@@ -114,6 +114,29 @@ impl Metrics {
         total
     }
 
+    /// Every (verb, resource, result) counter with its value (benchmarks sum these across agents).
+    pub fn api_requests_by(&self) -> Vec<(String, String, String, u64)> {
+        let mut out = Vec::new();
+        for mf in prometheus::core::Collector::collect(&self.api_requests) {
+            for m in mf.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                out.push((
+                    label("verb"),
+                    label("resource"),
+                    label("result"),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        out
+    }
+
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
@@ -241,5 +264,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.api_requests_total(), 2);
+        let by = m.api_requests_by();
+        assert!(
+            by.contains(&("get".into(), "configmaps".into(), "403".into(), 1)),
+            "{by:?}"
+        );
     }
 }
