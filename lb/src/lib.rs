@@ -23,7 +23,7 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let metrics = Arc::new(metrics::Metrics::new());
     let admin_cfg = cfg.admin.clone();
-    let server = server::Server::start(cfg, metrics.clone())?;
+    let server = server::Server::start(cfg, metrics.clone()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     if let Some(a) = admin_cfg {
         let l = admin::bind(a.listen)

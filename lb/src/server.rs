@@ -59,13 +59,15 @@ pub struct Server {
     pools: HashMap<String, RunningPool>,
     listeners: HashMap<(Protocol, SocketAddr), RunningListener>,
     pool_up: HashMap<String, bool>,
-    vrrp: Option<keel_vrrp::Vrrp>,
+    /// Shared with blocking tasks: keel-vrrp's start/reload/shutdown wait on its thread, which must
+    /// never stall the data plane (it may share one thread with it).
+    vrrp: Option<Arc<keel_vrrp::Vrrp>>,
 }
 
 impl Server {
     /// Binds every listener of `cfg` and starts serving; then starts VRRP (listeners first, so a VIP
     /// this node wins is served at once).
-    pub fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
+    pub async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
         let mut s = Server {
             cfg: None,
             metrics,
@@ -76,7 +78,7 @@ impl Server {
             pool_up: HashMap::new(),
             vrrp: None,
         };
-        s.apply(cfg)?;
+        s.apply(cfg).await?;
         Ok(s)
     }
 
@@ -86,7 +88,7 @@ impl Server {
 
     /// Applies a validated config as a difference against the running one. Listeners are bound
     /// before anything changes, so a failure leaves the running config untouched.
-    pub fn apply(&mut self, new: Config) -> Result<(), ApplyError> {
+    pub async fn apply(&mut self, new: Config) -> Result<(), ApplyError> {
         let mut fresh: HashMap<(Protocol, SocketAddr), Bound> = HashMap::new();
         for f in &new.frontends {
             let key = (f.protocol, f.listen);
@@ -224,44 +226,54 @@ impl Server {
         self.apply_vrrp(
             old_cfg.as_ref().and_then(|c| c.vrrp.clone()),
             new.vrrp.clone(),
-        );
+        )
+        .await;
         self.cfg = Some(new);
         self.publish_pool_health(true);
         Ok(())
     }
 
-    fn apply_vrrp(
+    async fn apply_vrrp(
         &mut self,
         old: Option<keel_vrrp::VrrpConfig>,
         new: Option<keel_vrrp::VrrpConfig>,
     ) {
-        match (self.vrrp.as_ref(), new) {
+        match (self.vrrp.clone(), new) {
             (Some(v), Some(n)) => {
                 if old.as_ref() != Some(&n) {
-                    match v.reload(n) {
-                        Ok(()) => tracing::info!("vrrp reloaded"),
-                        Err(e) => {
+                    match tokio::task::spawn_blocking(move || v.reload(n)).await {
+                        Ok(Ok(())) => tracing::info!("vrrp reloaded"),
+                        Ok(Err(e)) => {
                             tracing::error!(error = %e, "vrrp reload failed; routers keep their previous config")
                         }
+                        Err(e) => tracing::error!(error = %e, "vrrp reload task failed"),
                     }
                 }
             }
             (Some(_), None) => {
                 if let Some(v) = self.vrrp.take() {
                     tracing::info!("vrrp section removed; stopping virtual routers");
-                    v.shutdown();
+                    stop_vrrp(v).await;
                 }
             }
-            (None, Some(n)) => match keel_vrrp::Vrrp::start(n, &self.metrics.registry) {
-                Ok(v) => {
-                    tracing::info!("vrrp started");
-                    self.vrrp = Some(v);
-                    self.pool_up.clear(); // re-announce every pool's health to the new routers
+            (None, Some(n)) => {
+                let registry = self.metrics.registry.clone();
+                match tokio::task::spawn_blocking(move || keel_vrrp::Vrrp::start(n, &registry))
+                    .await
+                {
+                    Ok(Ok(v)) => {
+                        tracing::info!("vrrp started");
+                        self.vrrp = Some(Arc::new(v));
+                        self.pool_up.clear(); // re-announce every pool's health to the new routers
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "VRRP failed to start; serving WITHOUT virtual-IP failover")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "VRRP start task failed; serving WITHOUT virtual-IP failover")
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "VRRP failed to start; serving WITHOUT virtual-IP failover")
-                }
-            },
+            }
             (None, None) => {}
         }
     }
@@ -290,13 +302,14 @@ impl Server {
     }
 
     /// Reads the config file again; a bad file leaves everything running as it was.
-    pub fn reload(&mut self) -> Result<(), String> {
+    pub async fn reload(&mut self) -> Result<(), String> {
         let Some(path) = self.cfg.as_ref().map(|c| c.path.clone()) else {
             return Err("no running config".into());
         };
-        let result = config::load(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|c| self.apply(c).map_err(|e| e.to_string()));
+        let result = match config::load(&path) {
+            Ok(c) => self.apply(c).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match &result {
             Ok(()) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
@@ -334,11 +347,11 @@ impl Server {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    let _ = self.reload();
+                    let _ = self.reload().await;
                 }
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload(reply) => {
-                        let r = self.reload();
+                        let r = self.reload().await;
                         let _ = reply.send(r);
                     }
                     Command::Handover(reply) => {
@@ -365,7 +378,7 @@ impl Server {
         if let Some(v) = self.vrrp.take() {
             let outcome = v.handover(handover).await;
             tracing::info!(?outcome, "vrrp handover before shutdown");
-            v.shutdown();
+            stop_vrrp(v).await;
         }
         for l in self.listeners.values() {
             l.stop.cancel();
@@ -383,5 +396,18 @@ impl Server {
                 "drain time over; closing the remaining connections"
             ),
         }
+    }
+}
+
+/// Stops the routers on a blocking thread (keel-vrrp joins its own thread).
+async fn stop_vrrp(v: Arc<keel_vrrp::Vrrp>) {
+    match Arc::try_unwrap(v) {
+        Ok(v) => {
+            if let Err(e) = tokio::task::spawn_blocking(move || v.shutdown()).await {
+                tracing::error!(error = %e, "vrrp shutdown task failed");
+            }
+        }
+        // A reload or handover still holds it; its Drop stops the routers when that finishes.
+        Err(_) => tracing::warn!("vrrp still in use; it stops when released"),
     }
 }
