@@ -2,12 +2,15 @@
 //! timeouts that notice a dead connection quickly, and the API request counter around every call.
 //!
 //! kube's client speaks HTTP/1.1 (hyper-rustls with only `http/1.1` enabled), so there is no HTTP/2
-//! connection whose death hides behind a healthy-looking stream: each request is bounded by
-//! `READ_TIMEOUT`, counted from when the request was written (`reset_reader_on_write`), and a
-//! connection that timed out is dropped from the pool. After a VIP failover that leaves the pooled
-//! connection pointing at a dead peer, the next Lease renewal fails within `READ_TIMEOUT` and the
-//! retry (200 ms later) dials a fresh connection: recovery takes ~20 s, well inside the 50 s
-//! `node-monitor-grace-period` (REFERENCE.md), where HTTP/2's read-idle 30 s + ping 15 s takes 45 s.
+//! connection whose death hides behind a healthy-looking stream: every request is bounded by
+//! `READ_TIMEOUT`, counted from when it was written (`reset_reader_on_write`), heartbeat requests
+//! by 10 s (`heartbeat::Timing::request_timeout`, as kubelet's heartbeat client), and an abandoned
+//! request takes its connection with it. After a VIP failover leaves the pooled connection
+//! pointing at a dead flow, the next Lease renewal is abandoned after 10 s and the retry (200 ms
+//! later) dials a fresh connection: ~20 s worst case from the failover (next renewal ≤ 11 s + 10 s),
+//! measured 20.4 s by `dead_connection_after_vip_failover_is_replaced_well_inside_the_node_grace_period`,
+//! well inside the 50 s `node-monitor-grace-period`, where HTTP/2's read-idle 30 s + ping 15 s
+//! alone takes 45 s (REFERENCE.md).
 
 use std::time::Duration;
 

@@ -30,6 +30,9 @@ pub struct Timing {
     pub status_report: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Bound of one heartbeat request (kubelet's heartbeat client has the same 10 s): a request
+    /// stuck on a dead connection is abandoned, its connection dropped, and the retry dials anew.
+    pub request_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -41,6 +44,7 @@ impl Default for Timing {
             status_report: Duration::from_secs(300),
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(7),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -242,7 +246,19 @@ pub async fn run(mut clients: watch::Receiver<Client>, hb: Heartbeat, cancel: Ca
         for action in core.due(now) {
             match action {
                 Action::RenewLease => {
-                    let r = renew_lease(&client, &name, &node, &mut lease_cache, &metrics).await;
+                    let r = match tokio::time::timeout(
+                        timing.request_timeout,
+                        renew_lease(&client, &name, &node, &mut lease_cache, &metrics),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => {
+                            lease_cache = None;
+                            metrics.api_request("update", "leases", "timeout");
+                            Err(format!("no answer within {:?}", timing.request_timeout))
+                        }
+                    };
                     let jitter = rand::rng().random_range(0.9..=1.1);
                     let after = tokio::time::Instant::now().into_std();
                     match r {
@@ -260,16 +276,21 @@ pub async fn run(mut clients: watch::Receiver<Client>, hb: Heartbeat, cancel: Ca
                 Action::CheckStatus => {
                     let digest = digest_of(&facts, &observed);
                     if core.status_check(now, &digest) {
-                        match register::write_status(
+                        let write = register::write_status(
                             &client,
                             &name,
                             Some(node.clone()),
                             &facts,
                             &observed,
                             &metrics,
-                        )
-                        .await
-                        {
+                        );
+                        // A status write may re-read on conflict: allow it a few request bounds.
+                        let bound = timing.request_timeout * 3;
+                        let result = match tokio::time::timeout(bound, write).await {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(_) => Err(format!("no answer within {bound:?}")),
+                        };
+                        match result {
                             Ok(n) => {
                                 node = n;
                                 core.status_written(tokio::time::Instant::now().into_std(), digest);

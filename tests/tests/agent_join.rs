@@ -670,7 +670,11 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_
         || p.log_text(),
     )
     .await;
-    assert!(p.log_text().contains("unknown field `bogus`"), "{}", p.log_text());
+    assert!(
+        p.log_text().contains("unknown field `bogus`"),
+        "{}",
+        p.log_text()
+    );
 
     a.extra = format!("metrics:\n  listen: 127.0.0.1:{port}\n");
     a.write_config();
@@ -694,4 +698,125 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_
 /// Runs a future to completion from a sync closure (the waits poll synchronously).
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// A TCP proxy standing in for the load balancer's VIP: `failover()` turns every connection open
+/// at that moment into a black hole (bytes stop flowing, nothing is closed — what a client sees
+/// when the VIP moves to another LB that has no state for its flow); new connections work.
+struct VipProxy {
+    port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl VipProxy {
+    async fn start(upstream: std::net::SocketAddr) -> VipProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let g = generation.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let born = g.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut r, mut w) in [(cr, sw), (sr, cw)].map(|(r, w)| {
+                    (
+                        Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(w) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    )
+                }) {
+                    let g = g.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if g.load(Ordering::SeqCst) != born {
+                                // Black hole: hold both sockets open, forward nothing, ever.
+                                std::future::pending::<()>().await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        VipProxy {
+            port,
+            generation,
+            task,
+        }
+    }
+
+    fn failover(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for VipProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connection_after_vip_failover_is_replaced_well_inside_the_node_grace_period() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let proxy = VipProxy::start(c.server.addr()).await;
+    let mut a = c.agent("failover", &token, "");
+    a.server_url = format!("https://127.0.0.1:{}", proxy.port);
+    a.write_config();
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("failover").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    // Let a renewal go through the pooled connection, then move the "VIP".
+    let first = c.lease("failover").unwrap()["spec"]["renewTime"].clone();
+    wait_until(
+        "a renewal",
+        Duration::from_secs(20),
+        || {
+            c.lease("failover")
+                .is_some_and(|l| l["spec"]["renewTime"] != first)
+        },
+        || p.log_text(),
+    )
+    .await;
+    let stuck = c.lease("failover").unwrap()["spec"]["renewTime"].clone();
+    let at = std::time::Instant::now();
+    proxy.failover();
+    wait_until(
+        "a renewal on a fresh connection",
+        Duration::from_secs(50),
+        || {
+            c.lease("failover")
+                .is_some_and(|l| l["spec"]["renewTime"] != stuck)
+        },
+        || p.log_text(),
+    )
+    .await;
+    let took = at.elapsed();
+    // node-monitor-grace-period is 50 s; HTTP/2 keepalive alone would take ~45 s.
+    assert!(
+        took < Duration::from_secs(35),
+        "recovered after {took:?}\n{}",
+        p.log_text()
+    );
+    eprintln!("lease renewed {took:?} after the failover");
 }
