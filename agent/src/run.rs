@@ -202,12 +202,34 @@ impl Agent {
             cancel.clone(),
         ));
         // Health gets its own token: on a node shutdown it must outlive the others to drain.
-        let health_cancel = CancellationToken::new();
-        let mut health = start_health(&self, &joined, &tasks, &health_cancel, &node_shutdown);
+        let mut health_cancel = CancellationToken::new();
+        let mut health = start_health(
+            &self,
+            joined.client.clone(),
+            &tasks,
+            &health_cancel,
+            &node_shutdown,
+        );
+        let mut renewed = client_rx.clone();
         tracing::info!(node = %self.cfg.node.name, "node joined and registered; heartbeat running");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                changed = renewed.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    // HealthContext takes a fixed client: restart health on the renewed
+                    // certificate before the old one expires (its checks re-run at once).
+                    let client = renewed.borrow_and_update().clone();
+                    health_cancel.cancel();
+                    if tokio::time::timeout(Duration::from_secs(10), &mut health).await.is_err() {
+                        tracing::warn!("node health did not stop within 10s for the restart");
+                    }
+                    health_cancel = CancellationToken::new();
+                    health = start_health(&self, client, &tasks, &health_cancel, &node_shutdown);
+                    tracing::info!(node = %self.cfg.node.name, "node health restarted with the renewed certificate");
+                }
                 _ = node_shutdown.cancelled() => {
                     // Health cordons and drains (when `health.drain.on_shutdown`), then returns.
                     let bound = self.cfg.health.drain.timeout + Duration::from_secs(30);
@@ -306,7 +328,7 @@ impl Agent {
 /// task so a node shutdown can wait for its drain.
 fn start_health(
     agent: &Agent,
-    joined: &Joined,
+    client: Client,
     tasks: &tokio_util::task::TaskTracker,
     cancel: &CancellationToken,
     node_shutdown: &CancellationToken,
@@ -316,7 +338,7 @@ fn start_health(
     let ctx = crate::health::HealthContext {
         config: agent.cfg.health.clone(),
         node_name: agent.cfg.node.name.clone(),
-        client: Some(joined.client.clone()),
+        client: Some(client),
         privileged: None,
         registry: agent.metrics.registry.clone(),
         join_status: Arc::new(move || serde_json::to_value(status.snapshot()).unwrap_or_default()),

@@ -614,6 +614,13 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
         renewal["spec"]["signerName"],
         "kubernetes.io/kube-apiserver-client-kubelet"
     );
+    wait_until(
+        "node health to move to the renewed certificate",
+        Duration::from_secs(10),
+        || p.log_text().contains("node health restarted with the renewed certificate"),
+        || p.log_text(),
+    )
+    .await;
     // The heartbeat continues on the new certificate after the old one expired.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let before = c.lease("renewer").unwrap()["spec"]["renewTime"].clone();
