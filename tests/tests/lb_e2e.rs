@@ -1087,3 +1087,21 @@ fn a_reload_whose_listener_cannot_bind_changes_nothing() {
         Some(1.0)
     );
 }
+
+#[test]
+fn maglev_maps_clients_alike_on_every_instance() {
+    // After a VRRP failover the backup keel-lb must send each client where the old master did.
+    let bs: Vec<Backend> = ["a", "b", "c"].iter().map(|n| Backend::start(n)).collect();
+    let all: Vec<(&Backend, u32)> = bs.iter().map(|b| (b, 1)).collect();
+    let (p1, p2) = (free_port(), free_port());
+    let _lb1 = Lb::start(&config(p1, free_port(), "maglev", SLOW_TCP, &all, ""));
+    let _lb2 = Lb::start(&config(p2, free_port(), "maglev", SLOW_TCP, &all, ""));
+    for i in 1..=60u8 {
+        let client = Some(IpAddr::from([127, 0, 2, i]));
+        assert_eq!(
+            ask_from(client, lb_addr(p1)).unwrap(),
+            ask_from(client, lb_addr(p2)).unwrap(),
+            "client 127.0.2.{i}"
+        );
+    }
+}
