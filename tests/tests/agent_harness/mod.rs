@@ -144,7 +144,10 @@ impl AgentSetup {
         let child = Command::new(keel_e2e::bin("keel-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("KEEL_LOG", "info,keel_agent=debug,kube_client::client::builder=off")
+            .env(
+                "KEEL_LOG",
+                "info,keel_agent=debug,kube_client::client::builder=off",
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(file)
