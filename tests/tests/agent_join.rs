@@ -617,7 +617,10 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
     wait_until(
         "node health to move to the renewed certificate",
         Duration::from_secs(10),
-        || p.log_text().contains("node health restarted with the renewed certificate"),
+        || {
+            p.log_text()
+                .contains("node health restarted with the renewed certificate")
+        },
         || p.log_text(),
     )
     .await;
