@@ -8,7 +8,7 @@
 //! crosses into user space.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -117,7 +117,9 @@ async fn pump(
             }
             continue;
         }
-        src.readable().await?;
+        // EPOLLRDHUP already seen: the peer's FIN is queued behind the data, so a short read below
+        // is the last data of this direction and its end-of-stream follows at once.
+        let eof_follows = src.ready(Interest::READABLE).await?.is_read_closed();
         let r = COPY_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let mut got = 0;
@@ -141,10 +143,18 @@ async fn pump(
             let n = got;
             let mut off = 0;
             let out = socket2::SockRef::from(dst);
+            // Last data before the half-close: MSG_MORE holds it back for the shutdown (or close)
+            // that follows right after, so data and FIN leave in one segment instead of two. The
+            // end of stream is certain here, so nothing waits on a cork.
+            let flags = if eof_follows && n < buf.len() {
+                libc::MSG_MORE
+            } else {
+                0
+            };
             while off < n {
                 // Straight to the socket: it is almost always writable, and tokio's `try_write`
                 // would refuse until it has seen a writable event.
-                match (&*out).write(&buf[off..n]) {
+                match out.send_with_flags(&buf[off..n], flags) {
                     Ok(w) => off += w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -248,5 +258,81 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A relay between two loopback pairs: returns (test's client end, test's backend end) and the
+    /// relay task, which closes both of its sockets when it returns (as `frontend::handle` does).
+    async fn relayed() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+    ) {
+        let fl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(fl.local_addr().unwrap()).await.unwrap();
+        let (lb_client, _) = fl.accept().await.unwrap();
+        let lb_backend = TcpStream::connect(bl.local_addr().unwrap()).await.unwrap();
+        let (backend, _) = bl.accept().await.unwrap();
+        let task = tokio::spawn(async move {
+            let c = IntCounter::new("c", "c").unwrap();
+            relay(
+                &lb_client,
+                &lb_backend,
+                Duration::from_secs(30),
+                Counters { from_src: [&c, &c] },
+                Counters { from_src: [&c, &c] },
+            )
+            .await
+        });
+        (client, backend, task)
+    }
+
+    async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("end of stream within 5s")
+            .unwrap();
+        got
+    }
+
+    /// The backend answers and closes while the client still sends: the last data (held with
+    /// MSG_MORE for the half-close) reaches the client with its end of stream, and the client can
+    /// still send afterwards.
+    #[tokio::test]
+    async fn last_data_and_half_close_reach_the_client_while_it_still_sends() {
+        let (mut client, mut backend, task) = relayed().await;
+        client.write_all(b"request").await.unwrap();
+        let mut req = [0u8; 7];
+        backend.read_exact(&mut req).await.unwrap();
+        backend.write_all(b"response").await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"response");
+        client.write_all(b"more").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut backend).await, b"more");
+        let (up, down) = task.await.unwrap().unwrap();
+        assert_eq!((up, down), (11, 8));
+    }
+
+    /// The client finished first; the backend's last data then ends the relay without a
+    /// half-close: closing the sockets must still deliver it, with the end of stream.
+    #[tokio::test]
+    async fn last_data_reaches_the_client_when_the_relay_ends_on_it() {
+        let (mut client, mut backend, task) = relayed().await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut backend).await, b"request");
+        backend.write_all(b"response").await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"response");
+        assert_eq!(task.await.unwrap().unwrap(), (7, 8));
     }
 }
