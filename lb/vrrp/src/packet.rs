@@ -1,14 +1,19 @@
-//! VRRPv3 advertisements (RFC 9568 §5) and the announcements that follow a takeover (gratuitous
+//! VRRPv3 advertisements (RFC 9568 §5), VRRPv2 advertisements (RFC 3768 §5, IPv4 only, with
+//! keepalived's simple text password) and the announcements that follow a takeover (gratuitous
 //! ARP, unsolicited neighbour advertisement): decode from `&[u8]`, encode into a buffer, typed
 //! errors. No I/O.
 //!
 //! ```text
+//!  VRRPv3                                                   VRRPv2
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
-//! |Version| Type  | Virtual Rtr ID|   Priority    |Count IPvX Addr|
-//! |(rsvd) |     Max Adver Int     |          Checksum             |
-//! |                       IPvX Address(es)                        |
+//! |Version| Type  | Virtual Rtr ID|   Priority    |Count IPvX Addr|   (same)
+//! |(rsvd) |     Max Adver Int     |          Checksum             |   |Auth Type|Adver Int (s)|Checksum|
+//! |                       IPvX Address(es)                        |   IPv4 Address(es)
+//!                                                                      Authentication Data (8 bytes)
 //! ```
+//!
+//! The v3 checksum covers a pseudo-header; the v2 checksum covers the VRRP message only.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -21,8 +26,66 @@ pub const MCAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// TTL / hop limit every VRRP packet is sent with and must arrive with (RFC 9568 §5.1.1.3).
 pub const TTL: u8 = 255;
 const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const TYPE_ADVERT: u8 = 1;
 const HEADER_LEN: usize = 8;
+/// Length of the v2 authentication data that ends every v2 advertisement.
+pub const AUTH_LEN: usize = 8;
+const AUTH_NONE: u8 = 0;
+const AUTH_PASS: u8 = 1;
+
+/// VRRP protocol version of a virtual router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Version {
+    /// RFC 3768: IPv4 only, interval in seconds, optional simple text password.
+    V2,
+    /// RFC 9568: IPv4 and IPv6, interval in centiseconds, pseudo-header checksum.
+    V3,
+}
+
+impl Version {
+    pub fn number(self) -> u8 {
+        match self {
+            Version::V2 => 2,
+            Version::V3 => 3,
+        }
+    }
+}
+
+/// VRRPv2 authentication as keepalived does it (RFC 2338 §5.3.6; RFC 3768 keeps the field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Type 0, authentication data all zero.
+    None,
+    /// Type 1, the password NUL-padded to 8 bytes (keepalived's `auth_type PASS`).
+    Pass([u8; AUTH_LEN]),
+}
+
+impl Auth {
+    /// `password` must be 1-8 bytes (the config checks); longer is cut at 8, as keepalived does.
+    pub fn pass(password: &[u8]) -> Auth {
+        let mut data = [0u8; AUTH_LEN];
+        let n = password.len().min(AUTH_LEN);
+        data[..n].copy_from_slice(&password[..n]);
+        Auth::Pass(data)
+    }
+
+    fn wire(&self) -> (u8, [u8; AUTH_LEN]) {
+        match self {
+            Auth::None => (AUTH_NONE, [0; AUTH_LEN]),
+            Auth::Pass(d) => (AUTH_PASS, *d),
+        }
+    }
+}
+
+/// Why a v2 advertisement failed our authentication (metric kind `auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("auth type {got}, expected {want}")]
+    TypeMismatch { got: u8, want: u8 },
+    #[error("wrong password")]
+    BadPassword,
+}
 
 /// One VRRPv3 advertisement. Every address has the family of the packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +116,8 @@ pub enum DecodeError {
     FamilyMismatch,
     #[error("not an IPv4 packet carrying VRRP")]
     BadIpHeader,
+    #[error("VRRPv2 over IPv6 is not spoken (RFC 3768 is IPv4 only)")]
+    V2OverIpv6,
 }
 
 impl DecodeError {
@@ -66,6 +131,7 @@ impl DecodeError {
             DecodeError::ZeroInterval => "zero_interval",
             DecodeError::FamilyMismatch => "family_mismatch",
             DecodeError::BadIpHeader => "bad_ip_header",
+            DecodeError::V2OverIpv6 => "bad_version",
         }
     }
 }
@@ -168,6 +234,190 @@ impl Advert {
         let sum = checksum(src, dst, &out[start..]);
         out[start + 6..start + 8].copy_from_slice(&sum.to_be_bytes());
     }
+}
+
+/// One VRRPv2 advertisement (RFC 3768 §5.1), exactly as on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertV2 {
+    pub vrid: u8,
+    pub priority: u8,
+    /// Advertisement interval in whole seconds (8 bits on the wire).
+    pub adver_int: u8,
+    /// Authentication type on the wire (0 none, 1 simple text password, 2 IPsec AH).
+    pub auth_type: u8,
+    pub auth_data: [u8; AUTH_LEN],
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+impl AdvertV2 {
+    /// Decodes the VRRP part of an IPv4 packet. The checksum covers the VRRP message only.
+    pub fn decode(buf: &[u8]) -> Result<AdvertV2, DecodeError> {
+        if buf.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated {
+                len: buf.len(),
+                need: HEADER_LEN,
+            });
+        }
+        let version = buf[0] >> 4;
+        if version != VERSION_2 {
+            return Err(DecodeError::BadVersion(version));
+        }
+        let kind = buf[0] & 0x0f;
+        if kind != TYPE_ADVERT {
+            return Err(DecodeError::BadType(kind));
+        }
+        let count = buf[3];
+        let need = HEADER_LEN + usize::from(count) * 4 + AUTH_LEN;
+        if buf.len() != need {
+            let body = buf.len() - HEADER_LEN;
+            // Whole addresses plus the auth data but another count: the count lies; anything
+            // else is a cut (or padded) packet.
+            if body >= AUTH_LEN && (body - AUTH_LEN).is_multiple_of(4) {
+                return Err(DecodeError::AddressCount {
+                    count,
+                    len: body - AUTH_LEN,
+                });
+            }
+            return Err(DecodeError::Truncated {
+                len: buf.len(),
+                need,
+            });
+        }
+        if checksum_v2(buf) != 0 {
+            let mut zeroed = buf.to_vec();
+            zeroed[6] = 0;
+            zeroed[7] = 0;
+            return Err(DecodeError::BadChecksum {
+                got: u16::from_be_bytes([buf[6], buf[7]]),
+                want: checksum_v2(&zeroed),
+            });
+        }
+        if buf[5] == 0 {
+            return Err(DecodeError::ZeroInterval);
+        }
+        let end = HEADER_LEN + usize::from(count) * 4;
+        let mut auth_data = [0u8; AUTH_LEN];
+        auth_data.copy_from_slice(&buf[end..]);
+        Ok(AdvertV2 {
+            vrid: buf[1],
+            priority: buf[2],
+            auth_type: buf[4],
+            adver_int: buf[5],
+            auth_data,
+            addrs: buf[HEADER_LEN..end]
+                .chunks_exact(4)
+                .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                .collect(),
+        })
+    }
+
+    /// Appends the encoded advertisement.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let addrs = &self.addrs[..self.addrs.len().min(255)];
+        out.push((VERSION_2 << 4) | TYPE_ADVERT);
+        out.push(self.vrid);
+        out.push(self.priority);
+        out.push(addrs.len() as u8);
+        out.push(self.auth_type);
+        out.push(self.adver_int);
+        out.extend_from_slice(&[0, 0]);
+        for a in addrs {
+            out.extend_from_slice(&a.octets());
+        }
+        out.extend_from_slice(&self.auth_data);
+        let sum = checksum_v2(&out[start..]);
+        out[start + 6..start + 8].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// A v2 advertisement carrying `auth` (what a v2 router sends).
+    pub fn new(vrid: u8, priority: u8, adver_int: u8, auth: Auth, addrs: Vec<Ipv4Addr>) -> Self {
+        let (auth_type, auth_data) = auth.wire();
+        AdvertV2 {
+            vrid,
+            priority,
+            adver_int,
+            auth_type,
+            auth_data,
+            addrs,
+        }
+    }
+
+    /// Keepalived's check (vrrp.c `vrrp_in_chk`): the auth type must be ours, and with a
+    /// password all 8 bytes must match; with type 0 the data is not looked at.
+    pub fn check_auth(&self, ours: &Auth) -> Result<(), AuthError> {
+        let (want, data) = ours.wire();
+        if self.auth_type != want {
+            return Err(AuthError::TypeMismatch {
+                got: self.auth_type,
+                want,
+            });
+        }
+        if want == AUTH_PASS && self.auth_data != data {
+            return Err(AuthError::BadPassword);
+        }
+        Ok(())
+    }
+
+    /// The advert in the state machine's terms (interval in centiseconds).
+    pub fn to_advert(&self) -> Advert {
+        Advert {
+            vrid: self.vrid,
+            priority: self.priority,
+            max_adver_int: u16::from(self.adver_int) * 100,
+            addrs: self.addrs.iter().map(|a| IpAddr::V4(*a)).collect(),
+        }
+    }
+}
+
+/// A decoded advertisement of either version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyAdvert {
+    V2(AdvertV2),
+    V3(Advert),
+}
+
+impl AnyAdvert {
+    /// Decodes by the version nibble: v2 (IPv4 only) or v3.
+    pub fn decode(buf: &[u8], src: IpAddr, dst: IpAddr) -> Result<AnyAdvert, DecodeError> {
+        match buf.first().map(|b| b >> 4) {
+            Some(VERSION_2) if src.is_ipv4() && dst.is_ipv4() => {
+                AdvertV2::decode(buf).map(AnyAdvert::V2)
+            }
+            Some(VERSION_2) => Err(DecodeError::V2OverIpv6),
+            _ => Advert::decode(buf, src, dst).map(AnyAdvert::V3),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match self {
+            AnyAdvert::V2(_) => Version::V2,
+            AnyAdvert::V3(_) => Version::V3,
+        }
+    }
+
+    pub fn vrid(&self) -> u8 {
+        match self {
+            AnyAdvert::V2(a) => a.vrid,
+            AnyAdvert::V3(a) => a.vrid,
+        }
+    }
+}
+
+/// The Internet checksum of a VRRPv2 message (RFC 3768 §5.3.8: no pseudo-header).
+pub fn checksum_v2(vrrp: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = vrrp.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// The Internet checksum of `vrrp` with the IPv4 or IPv6 pseudo-header (RFC 9568 §5.2.8). Over a
@@ -437,6 +687,145 @@ mod tests {
         b[6..8].copy_from_slice(&sum.to_be_bytes());
         let d = Advert::decode(&b, v4("198.18.1.1"), IpAddr::V4(MCAST_V4)).unwrap();
         assert_eq!(d.max_adver_int, 4095);
+    }
+
+    // VRRPv2 frames captured from keepalived 2.2.7 (`vrrp_version 2`, the default) with tcpdump
+    // in a netns; tshark reports each checksum as [correct] and shows the password.
+    // VRID 51, priority 150, advert_int 1, auth PASS "42secret", two VIPs.
+    const KA2_PASS: &str = "01005e000012dabfc8fef268080045c0002c00010000ff701371c612010be00000122133960201014a5cc6120064c61200653432736563726574";
+    // The same instance stopping: priority 0.
+    const KA2_PASS_PRIO0: &str = "01005e000012dabfc8fef268080045c0002c00070000ff70136bc612010be0000012213300020101e05cc6120064c61200653432736563726574";
+    // VRID 53, priority 254, auth PASS "k8s" (shorter than 8: NUL-padded).
+    const KA2_SHORT_PASS: &str = "01005e000012dabfc8fef268080045c0002800010000ff701375c612010be00000122135fe0101013b15c61200676b38730000000000";
+    // VRID 52, priority 100, advert_int 2, no authentication.
+    const KA2_NONE: &str = "01005e000012dabfc8fef268080045c0002800010000ff701375c612010be0000012213464010002b44fc61200660000000000000000";
+
+    fn v2_payload(frame_hex: &str) -> Vec<u8> {
+        let frame = hex(frame_hex);
+        let ip = parse_ipv4(&frame[14..]).unwrap();
+        assert_eq!(ip.ttl, 255);
+        assert_eq!(ip.dst, MCAST_V4);
+        ip.payload.to_vec()
+    }
+
+    #[test]
+    fn decodes_keepalived_v2_advert_with_password_and_reencodes_it_byte_for_byte() {
+        let p = v2_payload(KA2_PASS);
+        let adv = AdvertV2::decode(&p).unwrap();
+        assert_eq!(
+            adv,
+            AdvertV2 {
+                vrid: 51,
+                priority: 150,
+                adver_int: 1,
+                auth_type: 1,
+                auth_data: *b"42secret",
+                addrs: vec![
+                    "198.18.0.100".parse().unwrap(),
+                    "198.18.0.101".parse().unwrap()
+                ],
+            }
+        );
+        let mut out = Vec::new();
+        adv.encode(&mut out);
+        assert_eq!(out, p);
+        // What keel builds from its own config is the same packet.
+        let ours = AdvertV2::new(51, 150, 1, Auth::pass(b"42secret"), adv.addrs.clone());
+        assert_eq!(ours, adv);
+        assert_eq!(adv.check_auth(&Auth::pass(b"42secret")), Ok(()));
+        assert_eq!(
+            adv.to_advert().max_adver_int,
+            100,
+            "one second is 100 centiseconds for the state machine"
+        );
+        let any = AnyAdvert::decode(&p, v4("198.18.1.11"), IpAddr::V4(MCAST_V4)).unwrap();
+        assert_eq!(any, AnyAdvert::V2(adv));
+        assert_eq!(any.version(), Version::V2);
+    }
+
+    #[test]
+    fn decodes_keepalived_v2_priority_zero_short_password_and_no_auth() {
+        let p0 = AdvertV2::decode(&v2_payload(KA2_PASS_PRIO0)).unwrap();
+        assert_eq!(p0.priority, 0);
+        let short = v2_payload(KA2_SHORT_PASS);
+        let s = AdvertV2::decode(&short).unwrap();
+        assert_eq!((s.vrid, s.priority, s.adver_int), (53, 254, 1));
+        assert_eq!(&s.auth_data, b"k8s\0\0\0\0\0");
+        assert_eq!(s.check_auth(&Auth::pass(b"k8s")), Ok(()));
+        let mut out = Vec::new();
+        AdvertV2::new(53, 254, 1, Auth::pass(b"k8s"), s.addrs.clone()).encode(&mut out);
+        assert_eq!(out, short);
+        let none = v2_payload(KA2_NONE);
+        let n = AdvertV2::decode(&none).unwrap();
+        assert_eq!(
+            (n.vrid, n.priority, n.adver_int, n.auth_type),
+            (52, 100, 2, 0)
+        );
+        assert_eq!(n.addrs, vec!["198.18.0.102".parse::<Ipv4Addr>().unwrap()]);
+        let mut out = Vec::new();
+        AdvertV2::new(52, 100, 2, Auth::None, n.addrs.clone()).encode(&mut out);
+        assert_eq!(out, none);
+    }
+
+    #[test]
+    fn v2_auth_is_checked_as_keepalived_does() {
+        let adv = AdvertV2::decode(&v2_payload(KA2_PASS)).unwrap();
+        assert_eq!(
+            adv.check_auth(&Auth::pass(b"42secreX")),
+            Err(AuthError::BadPassword)
+        );
+        // A prefix of the password is another password: all 8 bytes count.
+        assert_eq!(
+            adv.check_auth(&Auth::pass(b"42")),
+            Err(AuthError::BadPassword)
+        );
+        assert_eq!(
+            adv.check_auth(&Auth::None),
+            Err(AuthError::TypeMismatch { got: 1, want: 0 })
+        );
+        let none = AdvertV2::decode(&v2_payload(KA2_NONE)).unwrap();
+        assert_eq!(
+            none.check_auth(&Auth::pass(b"42secret")),
+            Err(AuthError::TypeMismatch { got: 0, want: 1 })
+        );
+        assert_eq!(none.check_auth(&Auth::None), Ok(()));
+    }
+
+    #[test]
+    fn every_v2_malformation_has_its_own_error() {
+        let good = v2_payload(KA2_PASS);
+        let dec = |b: &[u8]| AdvertV2::decode(b).unwrap_err();
+        assert_eq!(dec(&good[..5]), DecodeError::Truncated { len: 5, need: 8 });
+        assert_eq!(
+            dec(&good[..good.len() - 3]).kind(),
+            "truncated",
+            "auth data cut short"
+        );
+        let mut b = good.clone();
+        b[3] = 3;
+        assert_eq!(dec(&b), DecodeError::AddressCount { count: 3, len: 8 });
+        let mut b = good.clone();
+        b[2] = 200;
+        assert_eq!(dec(&b).kind(), "bad_checksum");
+        let mut b = good.clone();
+        b[0] = 0x22;
+        assert_eq!(dec(&b), DecodeError::BadType(2));
+        let mut b = Vec::new();
+        AdvertV2::new(1, 100, 0, Auth::None, vec!["198.18.0.1".parse().unwrap()]).encode(&mut b);
+        assert_eq!(dec(&b), DecodeError::ZeroInterval);
+        // The v3 decoder refuses v2 and the other way round; v2 over IPv6 does not exist.
+        assert_eq!(
+            Advert::decode(&good, v4("198.18.1.11"), IpAddr::V4(MCAST_V4)).unwrap_err(),
+            DecodeError::BadVersion(2)
+        );
+        let v3 = hex(KA_V4);
+        assert_eq!(dec(&v3[14 + 20..]), DecodeError::BadVersion(3));
+        assert_eq!(
+            AnyAdvert::decode(&good, v6("fe80::1"), IpAddr::V6(MCAST_V6)).unwrap_err(),
+            DecodeError::V2OverIpv6
+        );
+        // The v2 checksum has no pseudo-header: the same bytes check from any address.
+        assert!(AnyAdvert::decode(&good, v4("198.18.9.9"), v4("198.18.1.12")).is_ok());
     }
 
     #[test]
