@@ -401,8 +401,31 @@ async fn renewal_loop(
                     }
                 }
                 if cfg.kubelet.managed {
-                    if let Err(e) = kubelet::write_kubeconfig(&cfg, &new) {
-                        tracing::error!(error = %e, "cannot rewrite kubelet's kubeconfig after renewal");
+                    match kubelet::write_kubeconfig(&cfg, &new) {
+                        // kubelet reads the embedded certificate once: restart it onto the new
+                        // one (pods keep running across a kubelet restart).
+                        Ok(()) if cfg.kubelet.start_service => {
+                            let service = cfg.kubelet.service.clone();
+                            match tokio::task::spawn_blocking(move || {
+                                kubelet::start_service(&service)
+                            })
+                            .await
+                            {
+                                Ok(Ok(())) => {
+                                    tracing::info!(node = %cfg.node.name, "kubelet restarted on the renewed certificate")
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::error!(node = %cfg.node.name, error = %e, "cannot restart kubelet after renewal")
+                                }
+                                Err(e) => {
+                                    tracing::error!(node = %cfg.node.name, error = %e, "kubelet restart task failed")
+                                }
+                            }
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot rewrite kubelet's kubeconfig after renewal")
+                        }
                     }
                 }
                 metrics.set_cert_expiry(new.cert.not_after);
