@@ -2,6 +2,20 @@
 //! real TLS, authentication (anonymous, bearer, bootstrap tokens, client certificates), RBAC-like
 //! authorization with the Node authorizer and NodeRestriction, cluster-info with JWS signatures,
 //! CSR approval and signing, watches with bookmarks, evictions with PDBs, and fault injection.
+//!
+//! Where it deviates from upstream (know these before relying on the server in a test):
+//! - authorization is fixed rules in code (kubeadm's bindings + the Node authorizer), no RBAC objects;
+//!   nodes may read all nodes, pods, services and endpointslices (no `AuthorizeNodeWithSelectors`)
+//!   and never secrets or configmaps (no node-to-object graph); bootstrappers may list all CSRs;
+//! - pods are deleted at once (no graceful deletion); a PDB's expected count is its matching pods;
+//! - core/v1 and events.k8s.io/v1 events are stored apart;
+//! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
+//! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
+//!   history window of 50,000 events;
+//! - server-side apply is a strategic merge with a required fieldManager (no managedFields, no
+//!   conflicts); no `/openapi` (kubectl create/apply need `--validate=false`);
+//! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
+//! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
 pub mod auth;
 pub mod clock;
