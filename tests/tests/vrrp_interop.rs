@@ -178,6 +178,24 @@ fn advert(
     p
 }
 
+/// A well-formed VRRPv2 advert (1s interval, no auth): checksum over the VRRP message only.
+fn advert_v2(vrid: u8, priority: u8, addrs: &[Ipv4Addr]) -> Vec<u8> {
+    let mut p = vec![0x21, vrid, priority, addrs.len() as u8, 0, 1, 0, 0];
+    for a in addrs {
+        p.extend_from_slice(&a.octets());
+    }
+    p.extend_from_slice(&[0; 8]);
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[6..8].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
 /// Sends `payload` as IP protocol 112 to 224.0.0.18 from the current namespace with this TTL.
 fn send_raw(payload: &[u8], ttl: i32) {
     // SAFETY: plain socket calls on a socket we own, with valid pointers and lengths.
@@ -235,7 +253,8 @@ fn malformed_packets_change_nothing_and_are_counted_by_kind() {
     let cases: Vec<(&str, Vec<u8>, i32)> = vec![
         ("bad_ttl", advert(3, 51, 255, 1, &[vip], true), 254),
         ("bad_checksum", advert(3, 51, 255, 1, &[vip], false), 255),
-        ("bad_version", advert(2, 51, 255, 1, &[vip], true), 255),
+        // A well-formed VRRPv2 advert (keepalived's default) at a v3 router.
+        ("bad_version", advert_v2(51, 255, &[vip]), 255),
         (
             "truncated",
             advert(3, 51, 255, 1, &[vip], true)[..6].to_vec(),

@@ -12,6 +12,13 @@
 //!       vips: [198.18.0.100/24]
 //!       track:
 //!         pools: [{ name: web, weight: 60 }]
+//!     - name: api               # keepalived's default: VRRPv2 with `auth_type PASS`
+//!       version: 2
+//!       auth_pass: "42secret"
+//!       vrid: 52
+//!       interface: eth0
+//!       advert_interval: 1s     # whole seconds in v2
+//!       vips: [198.18.0.101/24]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +27,8 @@ use std::time::Duration;
 
 use keel_common::{Diagnostics, Dur};
 use serde::Deserialize;
+
+pub use crate::packet::{Auth, Version};
 
 /// Raw `vrrp:` section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -38,6 +47,10 @@ pub struct VrrpFile {
 #[serde(deny_unknown_fields)]
 pub struct RouterFile {
     pub name: Option<String>,
+    /// VRRP version, 2 (RFC 3768, keepalived's default) or 3 (RFC 9568, the default here).
+    pub version: Option<i64>,
+    /// VRRPv2 simple text password (keepalived's `auth_type PASS` + `auth_pass`), 1-8 characters.
+    pub auth_pass: Option<String>,
     pub vrid: Option<i64>,
     pub interface: Option<String>,
     /// `ipv4` or `ipv6`; inferred from the VIPs when absent.
@@ -134,12 +147,16 @@ pub struct Track {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
     pub name: String,
+    pub version: Version,
+    /// v2 only (always `Auth::None` in v3).
+    pub auth: Auth,
     pub vrid: u8,
     pub interface: String,
     pub family: Family,
     /// 1-255; 255 means address owner (always master).
     pub priority: u8,
-    /// Advertisement interval in centiseconds (1-4095), the unit on the wire.
+    /// Advertisement interval in centiseconds (1-4095), the unit on the v3 wire; in v2 a whole
+    /// number of seconds (100-25500).
     pub advert_interval_cs: u16,
     pub preempt: bool,
     pub preempt_delay: Duration,
@@ -279,6 +296,41 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
             String::new()
         }
     };
+    let version = match r.version {
+        None | Some(3) => Version::V3,
+        Some(2) => Version::V2,
+        Some(v) => {
+            fail(
+                diag,
+                "version",
+                format!("{v} is not a VRRP version (2 or 3)"),
+            );
+            Version::V3
+        }
+    };
+    let auth = match (&r.auth_pass, version) {
+        (None, _) => Auth::None,
+        (Some(_), Version::V3) => {
+            fail(
+                diag,
+                "auth_pass",
+                "VRRPv3 has no authentication (RFC 9568 removed it); remove auth_pass or set version: 2".into(),
+            );
+            Auth::None
+        }
+        (Some(p), Version::V2) if (1..=8).contains(&p.len()) => Auth::pass(p.as_bytes()),
+        (Some(p), Version::V2) => {
+            fail(
+                diag,
+                "auth_pass",
+                format!(
+                    "is {} bytes; a VRRPv2 password is 1-8 (keepalived would silently cut it to 8)",
+                    p.len()
+                ),
+            );
+            Auth::None
+        }
+    };
     let vrid = match r.vrid {
         Some(v) if (1..=255).contains(&v) => v as u8,
         Some(v) => {
@@ -319,6 +371,19 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
     };
     let advert_interval_cs = match r.advert_interval {
         None => DEFAULT_ADVERT_CS,
+        Some(d) if version == Version::V2 => {
+            let us = d.0.as_micros();
+            if !(1_000_000..=255_000_000).contains(&us) || us % 1_000_000 != 0 {
+                fail(
+                    diag,
+                    "advert_interval",
+                    format!("{d} must be whole seconds between 1s and 255s in VRRPv2 (the wire carries seconds)"),
+                );
+                DEFAULT_ADVERT_CS
+            } else {
+                (us / 10_000) as u16
+            }
+        }
         Some(d) => {
             let ms = d.0.as_micros();
             if !(10_000..=40_950_000).contains(&ms) || ms % 10_000 != 0 {
@@ -378,7 +443,25 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
     let family = declared
         .or_else(|| vips.first().map(|v| Family::of(&v.addr)))
         .unwrap_or(Family::V4);
+    if version == Version::V2 && declared == Some(Family::V6) {
+        fail(
+            diag,
+            "family",
+            "VRRPv2 (RFC 3768) is IPv4 only; use version: 3 for IPv6".into(),
+        );
+    }
     for (j, v) in vips.iter().enumerate() {
+        if version == Version::V2 && v.addr.is_ipv6() {
+            fail(
+                diag,
+                &format!("vips[{j}]"),
+                format!(
+                    "{} is IPv6: VRRPv2 (RFC 3768) carries IPv4 addresses only; use version: 3",
+                    v.addr
+                ),
+            );
+            continue;
+        }
         if Family::of(&v.addr) != family {
             fail(
                 diag,
@@ -523,6 +606,8 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
 
     ok.then(|| RouterConfig {
         name,
+        version,
+        auth,
         vrid,
         interface,
         family,
@@ -754,11 +839,11 @@ mod tests {
         let errs = check(
             "vrrp:
   routers:
-    - { name: a, vrid: 9, interface: eth0, vips: [198.18.0.1/24], auth_pass: x }
+    - { name: a, vrid: 9, interface: eth0, vips: [198.18.0.1/24], auth_type: PASS }
 ",
         )
         .unwrap_err();
-        assert!(errs.to_string().contains("auth_pass"), "{errs}");
+        assert!(errs.to_string().contains("auth_type"), "{errs}");
     }
 
     #[test]
@@ -767,5 +852,77 @@ mod tests {
         assert_eq!(ok.routers[0].advert_interval_cs, 4095);
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 41s }\n").is_err());
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 0s }\n").is_err());
+    }
+
+    #[test]
+    fn a_v2_router_with_a_password_validates_like_kubeadms_keepalived_conf() {
+        let cfg = check(
+            "vrrp:
+  routers:
+    - name: api
+      version: 2
+      auth_pass: \"42\"
+      vrid: 51
+      interface: eth0
+      priority: 101
+      advert_interval: 3s
+      vips: [198.18.0.100/24]
+    - { name: plain, version: 2, vrid: 52, interface: eth0, vips: [198.18.0.101/24] }
+    - { name: v3, vrid: 53, interface: eth0, vips: [198.18.0.102/24] }
+",
+        )
+        .unwrap();
+        let r = &cfg.routers[0];
+        assert_eq!(r.version, Version::V2);
+        assert_eq!(r.auth, Auth::Pass(*b"42\0\0\0\0\0\0"));
+        assert_eq!(r.advert_interval_cs, 300);
+        assert_eq!(r.family, Family::V4);
+        assert_eq!(cfg.routers[1].auth, Auth::None);
+        assert_eq!(cfg.routers[1].advert_interval_cs, 100, "default 1s");
+        assert_eq!(cfg.routers[2].version, Version::V3);
+    }
+
+    #[test]
+    fn v2_and_auth_errors_name_file_line_and_field() {
+        let errs = check(
+            "vrrp:
+  routers:
+    - name: a
+      vrid: 1
+      interface: eth0
+      auth_pass: secret
+      vips: [198.18.0.1/24]
+    - name: b
+      version: 2
+      vrid: 2
+      interface: eth0
+      auth_pass: far-too-long
+      advert_interval: 1500ms
+      vips: [2001:db8::1/64]
+    - name: c
+      version: 2
+      vrid: 3
+      interface: eth0
+      advert_interval: 256s
+      vips: [198.18.0.3/24]
+    - { name: d, version: 4, vrid: 4, interface: eth0, vips: [198.18.0.4/24] }
+    - { name: e, version: 2, vrid: 5, interface: eth0, auth_pass: \"\", vips: [198.18.0.5/24] }
+    - { name: f, version: 2, vrid: 6, interface: eth0, family: ipv6, vips: [198.18.0.6/24] }
+",
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            "lb.yaml:6: vrrp.routers[0].auth_pass: VRRPv3 has no authentication",
+            "lb.yaml:12: vrrp.routers[1].auth_pass: is 12 bytes; a VRRPv2 password is 1-8",
+            "lb.yaml:13: vrrp.routers[1].advert_interval: 1500ms must be whole seconds",
+            "vrrp.routers[1].vips[0]: 2001:db8::1 is IPv6: VRRPv2 (RFC 3768) carries IPv4 addresses only",
+            "lb.yaml:19: vrrp.routers[2].advert_interval: 256s must be whole seconds between 1s and 255s",
+            "lb.yaml:21: vrrp.routers[3].version: 4 is not a VRRP version (2 or 3)",
+            "lb.yaml:22: vrrp.routers[4].auth_pass: is 0 bytes",
+            "lb.yaml:23: vrrp.routers[5].family: VRRPv2 (RFC 3768) is IPv4 only",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 }

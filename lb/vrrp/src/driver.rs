@@ -17,7 +17,7 @@ use crate::fsm::{Action, HandoverState, Router, State};
 use crate::metrics::Metrics;
 use crate::net::{self, Announcer, LinkInfo, Received, VrrpSocket};
 use crate::notify::{Job, Notifier};
-use crate::packet::{Advert, MCAST_V4, MCAST_V6};
+use crate::packet::{Advert, AdvertV2, AnyAdvert, Version, MCAST_V4, MCAST_V6};
 use crate::{HandoverOutcome, RouterStatus};
 
 /// How often links (carrier, addresses) are re-read: bounds the time to notice a cut link.
@@ -400,7 +400,7 @@ impl Driver {
                 .with_label_values(&[iface, family.as_str(), kind])
                 .inc();
         };
-        let adv = match rx.advert {
+        let any = match rx.advert {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(interface = %iface, src = %rx.src, kind = e.kind(), "vrrp packet dropped");
@@ -408,11 +408,29 @@ impl Driver {
                 return;
             }
         };
+        let vrid = any.vrid();
         let Some(i) = self.slots.iter().position(|s| {
-            s.cfg.interface == *iface && s.cfg.family == family && s.cfg.vrid == adv.vrid
+            s.cfg.interface == *iface && s.cfg.family == family && s.cfg.vrid == vrid
         }) else {
             err(self, "wrong_vrid");
             return;
+        };
+        // A v2 and a v3 router never share a VRID (keepalived drops the other version too).
+        if any.version() != self.slots[i].cfg.version {
+            tracing::debug!(router = %self.slots[i].cfg.name, vrid, src = %rx.src, version = any.version().number(), "vrrp advert of the other version dropped");
+            err(self, "bad_version");
+            return;
+        }
+        let adv = match any {
+            AnyAdvert::V3(a) => a,
+            AnyAdvert::V2(a) => {
+                if let Err(e) = a.check_auth(&self.slots[i].cfg.auth) {
+                    tracing::debug!(router = %self.slots[i].cfg.name, vrid, src = %rx.src, error = %e, "vrrp advert failed authentication");
+                    err(self, "auth");
+                    return;
+                }
+                a.to_advert()
+            }
         };
         if !self.slots[i].cfg.unicast_peers.is_empty()
             && !self.slots[i].cfg.unicast_peers.contains(&rx.src)
@@ -499,11 +517,28 @@ impl Driver {
         else {
             return;
         };
-        let adv = Advert {
-            vrid: slot.cfg.vrid,
-            priority,
-            max_adver_int: slot.cfg.advert_interval_cs,
-            addrs: slot.cfg.vips.iter().map(|v| v.addr).collect(),
+        let adv = match slot.cfg.version {
+            Version::V3 => AnyAdvert::V3(Advert {
+                vrid: slot.cfg.vrid,
+                priority,
+                max_adver_int: slot.cfg.advert_interval_cs,
+                addrs: slot.cfg.vips.iter().map(|v| v.addr).collect(),
+            }),
+            // Config guarantees IPv4 VIPs and whole seconds in 1-255 for v2.
+            Version::V2 => AnyAdvert::V2(AdvertV2::new(
+                slot.cfg.vrid,
+                priority,
+                (slot.cfg.advert_interval_cs / 100).clamp(1, 255) as u8,
+                slot.cfg.auth,
+                slot.cfg
+                    .vips
+                    .iter()
+                    .filter_map(|v| match v.addr {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+            )),
         };
         let src = router.primary();
         let dsts: Vec<IpAddr> = if slot.cfg.unicast_peers.is_empty() {
@@ -517,7 +552,10 @@ impl Driver {
         let mut buf = Vec::with_capacity(64);
         for dst in dsts {
             buf.clear();
-            adv.encode(src, dst, &mut buf);
+            match &adv {
+                AnyAdvert::V3(a) => a.encode(src, dst, &mut buf),
+                AnyAdvert::V2(a) => a.encode(&mut buf),
+            }
             match sock.get_ref().send(src, dst, &buf) {
                 Ok(()) => self
                     .metrics

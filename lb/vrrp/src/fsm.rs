@@ -1,4 +1,5 @@
-//! The VRRPv3 state machine of one virtual router (RFC 9568 §6), without I/O and without a clock:
+//! The VRRP state machine of one virtual router (RFC 9568 §6; RFC 3768 §6 for VRRPv2), without
+//! I/O and without a clock:
 //! every input comes with `now`, every output is an [`Action`] for the driver, and
 //! [`Router::poll_timeout`] says when to call [`Router::handle_timeout`] next.
 //!
@@ -8,13 +9,17 @@
 //! - `preempt_delay` after start, tracking that lowers the priority, periodic GARP/NA refresh;
 //! - a make-before-break handover: priority 0 adverts while keeping the VIPs until the new master
 //!   is heard.
+//!
+//! VRRPv2 differs only in timing: no interval learning (an advert with another interval is dropped,
+//! RFC 3768 §7.1, as keepalived does) and Skew_Time = (256 - Priority) / 256 seconds whatever the
+//! interval. Intervals stay in centiseconds here; v2 intervals are whole seconds.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{RouterConfig, Vip};
-use crate::packet::Advert;
+use crate::packet::{Advert, Version};
 
 /// RFC 9568 states, plus Fault (our interface is down, as keepalived).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +80,8 @@ pub enum Ignored {
     OwnAdvert,
     /// The router is stopped (after shutdown or handover).
     Stopped,
+    /// VRRPv2: the advert's interval is not ours (RFC 3768 §7.1 says discard; keepalived drops).
+    IntervalMismatch,
 }
 
 impl Ignored {
@@ -84,6 +91,7 @@ impl Ignored {
             Ignored::AddressMismatch => "address_mismatch",
             Ignored::OwnAdvert => "own_advert",
             Ignored::Stopped => "stopped",
+            Ignored::IntervalMismatch => "interval_mismatch",
         }
     }
 }
@@ -191,9 +199,13 @@ impl Router {
     }
 
     /// Skew_Time = ((256 - priority) * Master_Adver_Interval) / 256, in microseconds so that
-    /// routers whose priorities differ by one do not tie at short intervals.
+    /// routers whose priorities differ by one do not tie at short intervals. VRRPv2 (RFC 3768
+    /// §6.1, keepalived's VRRP_TIMER_SKEW): (256 - priority) / 256 seconds, whatever the interval.
     pub fn skew_time(&self) -> Duration {
-        let mai_us = u64::from(self.master_adver_int) * 10_000;
+        let mai_us = match self.cfg.version {
+            Version::V2 => 1_000_000,
+            Version::V3 => u64::from(self.master_adver_int) * 10_000,
+        };
         Duration::from_micros((256 - u64::from(self.priority())) * mai_us / 256)
     }
 
@@ -253,6 +265,9 @@ impl Router {
         if src == self.primary {
             return Err(Ignored::OwnAdvert);
         }
+        if self.cfg.version == Version::V2 && adv.max_adver_int != self.cfg.advert_interval_cs {
+            return Err(Ignored::IntervalMismatch);
+        }
         if adv.priority != 255 && !self.same_addresses(&adv.addrs) {
             return Err(Ignored::AddressMismatch);
         }
@@ -264,7 +279,7 @@ impl Router {
                     // The master is leaving: take over after Skew_Time only.
                     self.master_down_timer = Some(now + self.skew_time());
                 } else if !self.may_preempt(now) || adv.priority >= self.priority() {
-                    self.master_adver_int = adv.max_adver_int;
+                    self.learn_interval(adv.max_adver_int);
                     self.master_down_timer = Some(now + self.master_down_interval());
                 }
                 // else: a lower-priority master and we preempt: let the timer run out.
@@ -281,7 +296,7 @@ impl Router {
                 if adv.priority == 0 {
                     self.send_advert(now, &mut out);
                 } else if adv.priority > mine || (adv.priority == mine && src > self.primary) {
-                    self.master_adver_int = adv.max_adver_int;
+                    self.learn_interval(adv.max_adver_int);
                     out.push(Action::RemoveVips(self.cfg.vips.clone()));
                     self.stop_master_timers();
                     self.master_down_timer = Some(now + self.master_down_interval());
@@ -448,6 +463,10 @@ impl Router {
         let mut out = Vec::new();
         let before = self.priority();
         let old = std::mem::replace(&mut self.cfg, cfg);
+        if self.cfg.version == Version::V2 {
+            // Nothing is learned in v2: the configured interval is the master's.
+            self.master_adver_int = self.cfg.advert_interval_cs;
+        }
         self.failed_pools
             .retain(|p| self.cfg.track_pools.iter().any(|t| &t.name == p));
         self.failed_interfaces
@@ -498,6 +517,14 @@ impl Router {
             _ => {}
         }
         out
+    }
+
+    /// Master_Adver_Interval follows the master in v3 (RFC 9568 §6.4.2); v2 has no such thing
+    /// (and a different interval never gets here).
+    fn learn_interval(&mut self, cs: u16) {
+        if self.cfg.version == Version::V3 {
+            self.master_adver_int = cs;
+        }
     }
 
     fn may_preempt(&self, now: Instant) -> bool {
@@ -596,6 +623,8 @@ mod tests {
     fn cfg(priority: u8) -> RouterConfig {
         RouterConfig {
             name: "web".into(),
+            version: Version::V3,
+            auth: crate::packet::Auth::None,
             vrid: 51,
             interface: "eth0".into(),
             family: Family::V4,
@@ -1234,5 +1263,99 @@ mod tests {
                 Action::SendAdvert { priority: 255 },
             ]
         );
+    }
+
+    fn cfg_v2(priority: u8, secs: u16) -> RouterConfig {
+        RouterConfig {
+            version: Version::V2,
+            auth: crate::packet::Auth::pass(b"42"),
+            advert_interval_cs: secs * 100,
+            ..cfg(priority)
+        }
+    }
+
+    #[test]
+    fn v2_skew_time_is_a_fraction_of_one_second_whatever_the_interval() {
+        // RFC 3768 §6.1: Skew_Time = (256 - Priority) / 256 seconds.
+        let r = Router::new(cfg_v2(100, 3), ip(1));
+        assert_eq!(r.skew_time(), Duration::from_micros(609_375));
+        assert_eq!(r.master_down_interval(), Duration::from_micros(9_609_375));
+        let r = Router::new(cfg_v2(254, 1), ip(1));
+        assert_eq!(r.skew_time(), Duration::from_micros(7_812));
+        // v3 at 3s scales the skew with the interval; v2 does not.
+        let mut c = cfg(100);
+        c.advert_interval_cs = 300;
+        assert_eq!(
+            Router::new(c, ip(1)).skew_time(),
+            Duration::from_micros(1_828_125)
+        );
+    }
+
+    #[test]
+    fn a_v2_backup_takes_over_at_three_intervals_plus_skew() {
+        let mut r = Router::new(cfg_v2(150, 1), ip(1));
+        let t0 = Instant::now();
+        r.start(t0);
+        // 3 * 1s + (256 - 150) / 256 s
+        let mdi = Duration::from_micros(3_000_000 + 414_062);
+        assert_eq!(r.poll_timeout(), Some(t0 + mdi));
+        let acts = r.handle_timeout(t0 + mdi);
+        assert_eq!(states(&acts), vec![State::Master]);
+        assert_eq!(r.poll_timeout(), Some(t0 + mdi + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_v2_router_does_not_learn_and_drops_another_interval() {
+        let mut r = Router::new(cfg_v2(100, 1), ip(1));
+        let t = Instant::now();
+        r.start(t);
+        let before = (r.state(), r.poll_timeout(), r.master_adver_interval());
+        let mut other = Router::new(cfg_v2(200, 2), ip(2));
+        other.cfg.vips = r.cfg.vips.clone();
+        assert_eq!(
+            r.handle_advert(t, ip(2), &advert(&other, 200)),
+            Err(Ignored::IntervalMismatch)
+        );
+        // Even priority 0 with the wrong interval is not acted on (keepalived drops it first).
+        assert_eq!(
+            r.handle_advert(t, ip(2), &advert(&other, 0)),
+            Err(Ignored::IntervalMismatch)
+        );
+        assert_eq!(
+            (r.state(), r.poll_timeout(), r.master_adver_interval()),
+            before
+        );
+        // Same interval: accepted; the master down timer restarts from the configured interval.
+        let same = Router::new(cfg_v2(200, 1), ip(2));
+        let t1 = t + Duration::from_secs(2);
+        assert!(r.handle_advert(t1, ip(2), &advert(&same, 200)).is_ok());
+        assert_eq!(r.master_adver_interval(), Duration::from_secs(1));
+        assert_eq!(r.poll_timeout(), Some(t1 + r.master_down_interval()));
+    }
+
+    #[test]
+    fn v2_routers_elect_preempt_and_hand_over_like_v3() {
+        let mut lan = Lan::new(vec![
+            Router::new(cfg_v2(100, 1), ip(1)),
+            Router::new(cfg_v2(200, 1), ip(2)),
+        ]);
+        let t0 = lan.now;
+        lan.start_at(0, t0);
+        lan.run_for(Duration::from_secs(10));
+        assert_eq!(lan.states()[0], State::Master);
+        let t1 = lan.now;
+        lan.start_at(1, t1);
+        lan.run_for(Duration::from_secs(10));
+        assert_eq!(lan.states(), vec![State::Backup, State::Master]);
+        let (at, _) = lan.transitions_of(1)[1];
+        assert_eq!(at - t1, Duration::from_micros(3_000_000 + 218_750));
+        // Priority 0 from the leaving master: the backup takes over after Skew_Time.
+        let t = lan.now;
+        let acts = lan.routers[1].shutdown(t);
+        lan.deliver(1, acts);
+        lan.run_for(Duration::from_secs(5));
+        let (at, st) = *lan.transitions_of(0).last().unwrap();
+        assert_eq!(st, State::Master);
+        assert_eq!(at - t, Duration::from_micros(609_375));
     }
 }

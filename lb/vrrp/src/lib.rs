@@ -1,4 +1,4 @@
-//! keel-vrrp: VRRPv3 (RFC 9568) for keel-lb.
+//! keel-vrrp: VRRPv3 (RFC 9568) and VRRPv2 (RFC 3768, with keepalived's PASS auth) for keel-lb.
 //!
 //! CONTRACT with keel-lb (do not change signatures without updating `lb/`):
 //! - `config::VrrpFile` is the raw `vrrp:` section of keel-lb's YAML (serde, deny_unknown_fields);

@@ -48,7 +48,7 @@ impl Metrics {
             packet_errors: IntCounterVec::new(
                 Opts::new(
                     "keel_vrrp_packet_errors_total",
-                    "Received VRRP packets dropped, by reason (bad_ttl, bad_checksum, truncated, bad_version, wrong_vrid, address_mismatch, ...).",
+                    "Received VRRP packets dropped, by reason (bad_ttl, bad_checksum, truncated, bad_version, wrong_vrid, address_mismatch, auth, interval_mismatch, ...).",
                 ),
                 &["interface", "family", "kind"],
             )?,

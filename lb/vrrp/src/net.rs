@@ -57,7 +57,7 @@ pub fn links() -> io::Result<std::collections::BTreeMap<String, LinkInfo>> {
 pub struct Received {
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub advert: Result<packet::Advert, RxError>,
+    pub advert: Result<packet::AnyAdvert, RxError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl VrrpSocket {
                 let advert = if ip.ttl != TTL {
                     Err(RxError::BadTtl(ip.ttl))
                 } else {
-                    packet::Advert::decode(ip.payload, src, dst).map_err(RxError::Decode)
+                    packet::AnyAdvert::decode(ip.payload, src, dst).map_err(RxError::Decode)
                 };
                 Ok(Some(Received { src, dst, advert }))
             }
@@ -182,7 +182,7 @@ impl VrrpSocket {
                 }
                 let advert = match hops {
                     Some(h) if h == i32::from(TTL) => {
-                        packet::Advert::decode(&buf[..n], src, dst).map_err(RxError::Decode)
+                        packet::AnyAdvert::decode(&buf[..n], src, dst).map_err(RxError::Decode)
                     }
                     Some(h) => Err(RxError::BadTtl(h.clamp(0, 255) as u8)),
                     None => Err(RxError::BadTtl(0)),

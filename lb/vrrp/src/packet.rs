@@ -53,12 +53,22 @@ impl Version {
 }
 
 /// VRRPv2 authentication as keepalived does it (RFC 2338 §5.3.6; RFC 3768 keeps the field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Debug` never shows the password (configs are logged).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
     /// Type 0, authentication data all zero.
     None,
     /// Type 1, the password NUL-padded to 8 bytes (keepalived's `auth_type PASS`).
     Pass([u8; AUTH_LEN]),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Pass(_) => f.write_str("Pass(<redacted>)"),
+        }
+    }
 }
 
 impl Auth {

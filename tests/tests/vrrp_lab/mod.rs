@@ -372,6 +372,29 @@ pub fn keepalived_conf(vrid: u8, priority: u8, vip: &str, advert: &str) -> Strin
     )
 }
 
+/// A `vrrp:` router speaking VRRPv2 (1s adverts, whole seconds on the wire) with an optional
+/// `auth_pass`, on eth0.
+pub fn router_v2(name: &str, vrid: u8, priority: u8, vip: &str, auth_pass: Option<&str>) -> String {
+    let auth = auth_pass.map_or(String::new(), |p| format!("    auth_pass: \"{p}\"\n"));
+    format!(
+        "  - name: {name}\n    version: 2\n{auth}    vrid: {vrid}\n    interface: eth0\n    priority: {priority}\n    advert_interval: 1s\n    vips: [{vip}]\n"
+    )
+}
+
+/// A keepalived config as kubeadm's HA guide writes it (docs/ha-considerations.md): no
+/// `vrrp_version` (so VRRPv2, keepalived's default), no `advert_int` (1s), `auth_type PASS`.
+pub fn keepalived_conf_v2(
+    vrid: u8,
+    state: &str,
+    priority: u8,
+    vip: &str,
+    auth_pass: &str,
+) -> String {
+    format!(
+        "global_defs {{\n  router_id LVS_DEVEL\n}}\nvrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id {vrid}\n  priority {priority}\n  authentication {{\n    auth_type PASS\n    auth_pass {auth_pass}\n  }}\n  virtual_ipaddress {{\n    {vip}\n  }}\n}}\n"
+    )
+}
+
 /// `Command` is re-exported for tests that build their own.
 pub fn sh(cmd: &str) -> Command {
     let mut c = Command::new("sh");
