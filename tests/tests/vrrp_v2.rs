@@ -294,3 +294,32 @@ fn tshark_decodes_keel_v2_adverts_with_good_checksums_and_the_password() {
     );
     assert!(text.contains("Priority: 150") && text.contains("Time to Live: 255"));
 }
+
+#[test]
+fn keel_lb_check_refuses_auth_pass_on_v3_and_ipv6_on_v2_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.yaml");
+    std::fs::write(
+        &path,
+        "frontends: []\npools: {}\nvrrp:\n  routers:\n    - name: a\n      vrid: 51\n      interface: eth0\n      auth_pass: \"42\"\n      vips: [198.18.0.100/32]\n    - name: b\n      version: 2\n      vrid: 52\n      interface: eth0\n      advert_interval: 100ms\n      vips: [2001:db8::100/64]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(keel_e2e::bin("keel-lb"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "lb.yaml:8: vrrp.routers[0].auth_pass: VRRPv3 has no authentication",
+        "lb.yaml:14: vrrp.routers[1].advert_interval: 100ms must be whole seconds",
+        "lb.yaml:15: vrrp.routers[1].vips[0]: 2001:db8::100 is IPv6",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
