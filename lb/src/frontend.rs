@@ -91,20 +91,33 @@ pub async fn serve_tcp(
 ) {
     let mut fe = version.borrow_and_update().clone();
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    // Registered with the token once, not once per accepted connection.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
+        // Checked here too: under a steady flood `accept` is always ready and, polled first below,
+        // would never let the cancellation branch run.
+        if stop.is_cancelled() {
+            break;
+        }
         if version.has_changed().unwrap_or(false) {
             fe = version.borrow_and_update().clone();
         }
-        let permit = tokio::select! {
-            p = fe.limit.clone().acquire_owned() => p,
-            _ = stop.cancelled() => break,
-            // A reload may raise the limit while we wait at the old one.
-            r = version.changed() => if r.is_err() { break } else { continue },
+        // Below the limit (the usual case) the permit is taken without setting up the wait.
+        let permit = match fe.limit.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(_) => tokio::select! {
+                p = fe.limit.clone().acquire_owned() => p,
+                _ = &mut cancelled => break,
+                // A reload may raise the limit while we wait at the old one.
+                r = version.changed() => if r.is_err() { break } else { continue },
+            },
         };
         let Ok(permit) = permit else { continue };
         let accepted = tokio::select! {
+            biased;
             r = listener.accept() => r,
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
         };
         match accepted {
             Ok((sock, peer)) => {
@@ -127,7 +140,7 @@ pub async fn serve_tcp(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => break,
+                    _ = &mut cancelled => break,
                 }
             }
         }
