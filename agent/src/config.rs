@@ -208,17 +208,39 @@ pub fn default_state_dir(os: Os) -> PathBuf {
     }
 }
 
-/// Absolute on this host, or a Windows absolute path (`C:\...`, `\\server\...`), so a Windows
-/// node's config is checked the same on a Linux build host.
-fn is_absolute(p: &Path) -> bool {
+/// Whether `p` is absolute on a node running `os`, judged from the text alone (not by the host
+/// doing the check): image pipelines validate Windows nodes' configs on Linux build hosts. On
+/// Windows a drive letter with a separator (`C:\x`, `C:/x`) or a UNC/device path (`\\server\share`,
+/// `\\?\C:\x`) is absolute; `\x` and `C:x` are relative to the current drive/directory.
+pub fn is_absolute_for(os: Os, p: &Path) -> bool {
     let s = p.to_string_lossy();
     let b = s.as_bytes();
-    p.is_absolute()
-        || s.starts_with(r"\\")
-        || (b.len() >= 3
-            && b[0].is_ascii_alphabetic()
-            && b[1] == b':'
-            && (b[2] == b'\\' || b[2] == b'/'))
+    match os {
+        Os::Linux => b.first() == Some(&b'/'),
+        Os::Windows => {
+            let sep = |c: u8| c == b'\\' || c == b'/';
+            (b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && sep(b[2]))
+                || (b.len() >= 3 && sep(b[0]) && sep(b[1]) && !sep(b[2]))
+        }
+    }
+}
+
+/// Records an error at `field` unless `p` is absolute for `os`.
+pub fn require_absolute(d: &mut Diagnostics, field: &str, os: Os, p: &Path) {
+    if !is_absolute_for(os, p) {
+        let example = match os {
+            Os::Linux => "/var/lib/keel",
+            Os::Windows => r"C:\ProgramData\keel or \\server\share",
+        };
+        d.error(
+            field,
+            format!(
+                "`{}` must be an absolute path on a {} node (like {example})",
+                p.display(),
+                os.as_str()
+            ),
+        );
+    }
 }
 
 fn detected_os() -> Os {
@@ -246,16 +268,19 @@ pub fn from_source(src: &Source, hostname: Option<&str>) -> Result<Config, Confi
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(os));
-    if raw.state_dir.is_some() && !is_absolute(&state_dir) {
-        d.error("state_dir", "must be an absolute path");
+    if raw.state_dir.is_some() {
+        require_absolute(&mut d, "state_dir", os, &state_dir);
     }
-    let kubelet = validate_kubelet(&raw.kubelet, os);
+    if let Some(p) = &raw.cluster.token_file {
+        require_absolute(&mut d, "cluster.token_file", os, p);
+    }
+    let kubelet = validate_kubelet(&raw.kubelet, os, &mut d);
     let metrics_listen = raw.metrics.listen.as_deref().and_then(|l| {
         l.parse::<SocketAddr>()
             .map_err(|e| d.error("metrics.listen", format!("{l:?} is not ip:port: {e}")))
             .ok()
     });
-    let health = health::validate(&raw.health, "health", &mut d);
+    let health = health::validate(&raw.health, "health", os, &mut d);
     match (cluster, node) {
         (Some(cluster), Some(node)) => d.finish(Config {
             path: src.path.clone(),
@@ -312,10 +337,6 @@ fn validate_cluster(raw: &ClusterFile, d: &mut Diagnostics) -> Option<Cluster> {
                 None
             }
         },
-        (None, Some(p)) if !is_absolute(p) => {
-            d.error("cluster.token_file", "must be an absolute path");
-            None
-        }
         (None, Some(p)) => Some(TokenSource::File(p.clone())),
     };
     if raw.ca_pins.is_empty() {
@@ -511,7 +532,17 @@ fn validate_node(raw: &NodeFile, hostname: Option<&str>, d: &mut Diagnostics) ->
     })
 }
 
-fn validate_kubelet(raw: &KubeletFile, os: Os) -> Kubelet {
+fn validate_kubelet(raw: &KubeletFile, os: Os, d: &mut Diagnostics) -> Kubelet {
+    for (field, p) in [
+        ("kubelet.kubeconfig", &raw.kubeconfig),
+        ("kubelet.config", &raw.config),
+        ("kubelet.flags_file", &raw.flags_file),
+        ("kubelet.base_config", &raw.base_config),
+    ] {
+        if let Some(p) = p {
+            require_absolute(d, field, os, p);
+        }
+    }
     let (kubeconfig, config, flags_file) = match os {
         Os::Linux => (
             PathBuf::from("/etc/kubernetes/kubelet.conf"),
@@ -646,6 +677,62 @@ metrics:
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `nodes`"), "{e}");
+    }
+
+    #[test]
+    fn windows_node_paths_are_judged_absolute_for_windows_on_any_build_host() {
+        let win = format!(
+            "{}node:\n  os: windows\nstate_dir: 'C:\\ProgramData\\keel'\nkubelet:\n  kubeconfig: '\\\\fs1\\k\\kubelet.conf'\n  config: 'D:/k/config.yaml'\nhealth:\n  privileged_kubeconfig: 'C:\\k\\taints.kubeconfig'\n  checks:\n    - {{name: disk, kind: disk, path: 'C:\\', min_free: 10%}}\n",
+            minimal()
+        );
+        let c = load_text(&win).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(r"C:\ProgramData\keel"));
+        // Relative, drive-relative and rooted-without-drive paths are refused on a Windows node.
+        for bad in [r"keel", r"C:keel", r"\keel", "/var/lib/keel"] {
+            let text = format!("{}node:\n  os: windows\nstate_dir: '{bad}'\n", minimal());
+            let e = load_text(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("agent.yaml:7: state_dir:")
+                    && e.contains("must be an absolute path on a windows node"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn linux_node_refuses_relative_and_windows_paths_in_every_path_field() {
+        let text = format!(
+            "{}node:\n  os: linux\nstate_dir: keel\nkubelet:\n  base_config: 'C:\\k\\base.yaml'\nhealth:\n  privileged_kubeconfig: taints.kubeconfig\n  checks:\n    - {{name: d, kind: disk, path: data, min_free: 10%}}\n    - {{name: r, kind: readonly, paths: [/, var]}}\n    - {{name: p, kind: plugin, command: ./check.sh}}\n    - {{name: k, kind: kernel_log, source: kmsg, patterns: [{{reason: X, regex: x}}]}}\n    - {{name: s, kind: service, services: [{{name: a, pidfile: a.pid}}]}}\n    - {{name: c, kind: pids, cgroup: kubepods}}\n",
+            minimal()
+        );
+        let e = load_text(&text).unwrap_err().to_string();
+        for field in [
+            "state_dir",
+            "kubelet.base_config",
+            "health.privileged_kubeconfig",
+            "health.checks[0].path",
+            "health.checks[1].paths[1]",
+            "health.checks[2].command",
+            "health.checks[3].source",
+            "health.checks[4].services[0].pidfile",
+            "health.checks[5].cgroup",
+        ] {
+            assert!(
+                e.contains(&format!("{field}: `")) && e.contains("on a linux node"),
+                "missing {field} in:\n{e}"
+            );
+        }
+        assert!(!e.contains("paths[0]"), "{e}");
+        let e = load_text(&format!(
+            "{}  token_file: token\n",
+            minimal().replace("  token: abcdef.0123456789abcdef\n", "")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cluster.token_file: `token` must be an absolute path"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Env {
         let src = Source::from_text(self.dir.path().join("agent.yaml"), yaml);
         let raw: HealthFile = keel_common::config::parse(&src).unwrap();
         let mut d = Diagnostics::new(&src);
-        let cfg = validate(&raw, "health", &mut d);
+        let cfg = validate(&raw, "health", crate::config::Os::Linux, &mut d);
         d.finish(cfg).unwrap()
     }
 
@@ -351,6 +351,7 @@ async fn drain_skips_mirror_and_daemonset_pods_and_retries_pdb_refusals_until_al
                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}}),
     );
     let client = env.node_client().await;
+    env.server.clear_request_log();
     let cfg = super::config::DrainConfig {
         retry_interval: Duration::from_millis(300),
         timeout: Duration::from_secs(20),
@@ -376,6 +377,18 @@ async fn drain_skips_mirror_and_daemonset_pods_and_retries_pdb_refusals_until_al
         "{p:?}"
     );
     assert!(p.refusals >= 2, "PDB refusals were retried: {p:?}");
+    // Every 429 the server sent reached our loop and was counted: the client retries nothing on
+    // its own (kube's default layer would retry 429s itself, hiding them and stretching deadlines).
+    let server_429s = env
+        .server
+        .request_log()
+        .iter()
+        .filter(|r| r.path.ends_with("/pods/db/eviction") && r.status == 429)
+        .count() as u64;
+    assert_eq!(
+        p.refusals as u64, server_429s,
+        "refusals counted by drain vs 429s sent by the server: {p:?}"
+    );
     let pods = env.kubectl(&["get", "pods", "-n", "default"]);
     let mut left: Vec<&str> = pods["items"]
         .as_array()

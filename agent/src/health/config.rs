@@ -6,10 +6,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keel_common::{Diagnostics, Dur};
+
+use crate::config::{require_absolute, Os};
 use serde::Deserialize;
 
 use super::npd;
@@ -390,7 +392,7 @@ fn default_condition(kind: &str) -> &'static str {
 }
 
 /// Validates the `health:` section; problems are recorded under `field` (e.g. `health`).
-pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> HealthConfig {
+pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -> HealthConfig {
     let mut cfg = HealthConfig::default();
     if let Some(r) = raw.refresh {
         if r.0 < Duration::from_secs(10) {
@@ -414,7 +416,7 @@ pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> Health
                 format!("check {:?} is defined twice", c.name),
             );
         }
-        if let Some(spec) = validate_check(c, &f, diag) {
+        if let Some(spec) = validate_check(c, &f, os, diag) {
             if spec.report == Report::Condition && !conditions.insert(spec.condition.clone()) {
                 diag.error(
                     format!("{f}.condition"),
@@ -492,6 +494,9 @@ pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> Health
         });
     }
     cfg.privileged_kubeconfig = raw.privileged_kubeconfig.as_ref().map(PathBuf::from);
+    if let Some(p) = &cfg.privileged_kubeconfig {
+        require_absolute(diag, &format!("{field}.privileged_kubeconfig"), os, p);
+    }
     if let Some(d) = &raw.drain {
         let f = format!("{field}.drain");
         let dc = &mut cfg.drain;
@@ -519,6 +524,13 @@ pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> Health
         let f = format!("{field}.api");
         match a.listen.parse::<SocketAddr>() {
             Ok(listen) => {
+                for (name, p) in [
+                    ("cert", &a.cert),
+                    ("key", &a.key),
+                    ("client_ca", &a.client_ca),
+                ] {
+                    require_absolute(diag, &format!("{f}.{name}"), os, Path::new(p));
+                }
                 cfg.api = Some(ApiConfig {
                     listen,
                     cert: PathBuf::from(&a.cert),
@@ -578,7 +590,7 @@ fn present_fields(c: &CheckFile) -> Vec<&'static str> {
     v
 }
 
-fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<CheckSpec> {
+fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Option<CheckSpec> {
     if !KINDS.contains(&c.kind.as_str()) {
         diag.error(
             format!("{f}.kind"),
@@ -652,6 +664,7 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
             if c.min_free.is_none() && c.min_free_inodes.is_none() {
                 missing(diag, "min_free");
             }
+            require_absolute(diag, &format!("{f}.path"), os, Path::new(path));
             CheckKind::Disk {
                 path: PathBuf::from(path),
                 min_free,
@@ -671,6 +684,9 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
                 None if c.max_used.is_none() => 90.0,
                 None => return None,
             };
+            if let Some(cg) = &c.cgroup {
+                require_absolute(diag, &format!("{f}.cgroup"), os, Path::new(cg));
+            }
             CheckKind::Pids {
                 max_used_percent: pct,
                 cgroup: c.cgroup.as_ref().map(PathBuf::from),
@@ -686,6 +702,9 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
                 .collect();
             if paths.is_empty() {
                 diag.error(format!("{f}.paths"), "must name at least one mount point");
+            }
+            for (j, p) in paths.iter().enumerate() {
+                require_absolute(diag, &format!("{f}.paths[{j}]"), os, p);
             }
             CheckKind::Readonly { paths }
         }
@@ -717,6 +736,11 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
                 missing(diag, "services");
                 return None;
             }
+            for (j, s) in services.iter().enumerate() {
+                if let Some(p) = &s.pidfile {
+                    require_absolute(diag, &format!("{f}.services[{j}].pidfile"), os, p);
+                }
+            }
             CheckKind::Service { services }
         }
         "kernel_log" => {
@@ -734,6 +758,9 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
             if c.patterns.as_ref().is_none_or(|p| p.is_empty()) {
                 missing(diag, "patterns");
             }
+            if let Some(src) = &c.source {
+                require_absolute(diag, &format!("{f}.source"), os, Path::new(src));
+            }
             CheckKind::KernelLog {
                 source: PathBuf::from(c.source.clone().unwrap_or_else(|| "/dev/kmsg".into())),
                 window: c.window.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
@@ -746,6 +773,8 @@ fn validate_check(c: &CheckFile, f: &str, diag: &mut Diagnostics) -> Option<Chec
                 missing(diag, "command");
                 return None;
             };
+            // Absolute, so what runs does not depend on the agent's working directory or PATH.
+            require_absolute(diag, &format!("{f}.command"), os, Path::new(cmd));
             CheckKind::Plugin {
                 command: PathBuf::from(cmd),
                 args: c.args.clone().unwrap_or_default(),
@@ -793,7 +822,7 @@ mod tests {
         }
         let top: Top = keel_common::config::parse(&src)?;
         let mut d = Diagnostics::new(&src);
-        let cfg = validate(&top.health, "health", &mut d);
+        let cfg = validate(&top.health, "health", Os::Linux, &mut d);
         d.finish(cfg)
     }
 

@@ -31,7 +31,7 @@ fn config(yaml: &str, dir: &Path) -> HealthConfig {
     let src = Source::from_text(dir.join("agent.yaml"), yaml);
     let raw: HealthFile = keel_common::config::parse(&src).unwrap();
     let mut d = Diagnostics::new(&src);
-    let cfg = validate(&raw, "health", &mut d);
+    let cfg = validate(&raw, "health", crate::config::Os::Linux, &mut d);
     d.finish(cfg).unwrap()
 }
 

@@ -34,8 +34,14 @@ use keel_common::Diagnostics;
 use tokio_util::sync::CancellationToken;
 
 /// Validates the raw `health:` section; errors are recorded under `field` (e.g. `"health"`).
-pub fn validate(raw: &HealthFile, field: &str, diag: &mut Diagnostics) -> HealthConfig {
-    config::validate(raw, field, diag)
+/// Paths are judged absolute for the node's `os`.
+pub fn validate(
+    raw: &HealthFile,
+    field: &str,
+    os: crate::config::Os,
+    diag: &mut Diagnostics,
+) -> HealthConfig {
+    config::validate(raw, field, os, diag)
 }
 
 /// Re-reads the agent's config file and returns its validated `health:` section, or every error
