@@ -37,13 +37,20 @@ pub enum ClientError {
 
 fn base_config(server: &http::Uri) -> Config {
     let mut c = Config::new(server.clone());
+    apply_timeouts_and_no_retry(&mut c);
+    c
+}
+
+/// Every agent client: the timeouts above, and kube's default retry layer OFF. That layer retries
+/// 429/503/504 on its own (up to 15 times, backing off towards minutes), which would hide PDB
+/// refusals from drain, stretch every deadline and leave attempts uncounted; the agent's loops
+/// retry with `keel_common::Backoff` and count each attempt instead.
+fn apply_timeouts_and_no_retry(c: &mut Config) {
     c.connect_timeout = Some(CONNECT_TIMEOUT);
     c.write_timeout = Some(WRITE_TIMEOUT);
     c.read_timeout = Some(READ_TIMEOUT);
     c.reset_reader_on_write = true;
-    // Our own loops retry with jittered backoff and count every attempt; no hidden retries.
     c.default_retry = false;
-    c
 }
 
 fn build(config: Config) -> Result<Client, ClientError> {
@@ -121,11 +128,7 @@ pub async fn from_kubeconfig_file(path: &std::path::Path) -> Result<Client, Clie
     let mut c = Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| err(e.to_string()))?;
-    c.connect_timeout = Some(CONNECT_TIMEOUT);
-    c.write_timeout = Some(WRITE_TIMEOUT);
-    c.read_timeout = Some(READ_TIMEOUT);
-    c.reset_reader_on_write = true;
-    c.default_retry = false;
+    apply_timeouts_and_no_retry(&mut c);
     build(c)
 }
 

@@ -42,17 +42,11 @@ pub enum CommandError {
     Failed(String),
 }
 
-/// Builds a client from a kubeconfig file (the privileged identity for taints).
+/// Builds a client from a kubeconfig file (the privileged identity for taints): the agent's one
+/// kubeconfig client (`apiclient::from_kubeconfig_file`), with its timeouts and without kube's
+/// hidden 429/503/504 retries.
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .with_context(|| format!("using kubeconfig {}", path.display()))?;
-    // kube's default layer retries 429/503 on its own (up to 15 times, backing off towards minutes):
-    // that would hide PDB refusals from drain and stretch every deadline. Keel retries itself.
-    cfg.default_retry = false;
-    kube::Client::try_from(cfg).context("building the privileged client")
+    Ok(crate::apiclient::from_kubeconfig_file(path).await?)
 }
 
 fn check_views(specs: &[CheckSpec]) -> Vec<CheckView> {
