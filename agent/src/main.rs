@@ -61,10 +61,15 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Run every configured health check once (no cluster), print the outcomes and the metrics.
+    /// Run every configured health check once (no cluster), print the outcomes and the metrics,
+    /// then (with `--serve-for`) serve them on `metrics.listen` for that long.
     HealthOnce {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Serve /metrics and /healthz on `metrics.listen` for this long after the pass (e.g. `5s`),
+        /// so a scraper (or promtool) can read what the pass recorded; bounded so it always exits.
+        #[arg(long, value_parser = keel_common::duration::parse)]
+        serve_for: Option<std::time::Duration>,
     },
     /// Windows: run under (or install into) the service control manager.
     #[cfg(windows)]
@@ -140,9 +145,9 @@ fn main() -> ExitCode {
         }
         #[cfg(windows)]
         Command::Service { action } => service(action),
-        Command::HealthOnce { config } => {
+        Command::HealthOnce { config, serve_for } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(health_once(config)))
+            runtime().and_then(|rt| rt.block_on(health_once(config, serve_for)))
         }
     };
     match result {
@@ -332,13 +337,46 @@ async fn leave(config_path: PathBuf, kubeconfig: Option<PathBuf>) -> anyhow::Res
     Ok(())
 }
 
-async fn health_once(config_path: PathBuf) -> anyhow::Result<()> {
+async fn health_once(
+    config_path: PathBuf,
+    serve_for: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let cfg = load(&config_path)?;
+    // Bind before the pass, so a port in use fails at once rather than after the checks ran.
+    let listener = match (serve_for, cfg.metrics_listen) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!(
+            "--serve-for needs metrics.listen in {}",
+            config_path.display()
+        ),
+        (Some(d), Some(addr)) => Some((
+            d,
+            addr,
+            keel_agent::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?,
+        )),
+    };
     let metrics = Metrics::new();
     let outcomes = keel_agent::health::run_once(&cfg.health, &metrics.registry).await?;
     for (name, o) in &outcomes {
         println!("{name}: {:?} {} {}", o.status, o.reason, o.message);
     }
     print!("{}", metrics.render());
+    std::io::stdout().flush().ok();
+    if let Some((d, addr, listener)) = listener {
+        let st = status::StatusHandle::new(status::Status::default(), None);
+        let cancel = CancellationToken::new();
+        tracing::info!(%addr, seconds = d.as_secs_f64(), "serving /metrics after the health pass");
+        let server = tokio::spawn(keel_agent::metrics::serve(
+            listener,
+            metrics.clone(),
+            st,
+            cancel.clone(),
+        ));
+        tokio::time::sleep(d).await;
+        cancel.cancel();
+        server.await.ok();
+    }
     Ok(())
 }

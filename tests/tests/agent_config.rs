@@ -48,3 +48,62 @@ fn shipped_agent_configs_pass_check() {
         assert!(ok, "{name}: {out}");
     }
 }
+
+#[test]
+fn health_once_serves_the_pass_metrics_for_the_bounded_time_then_exits() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "cluster:\n  server: https://198.18.0.10:6443\n  token: abcdef.0123456789abcdef\n  ca_pins: [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\nnode:\n  name: once\nmetrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  checks:\n    - {{name: memory, kind: memory, min_available: 1%}}\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = Command::new(keel_e2e::bin("keel-agent"))
+        .args(["health-once", "--serve-for", "3s", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        body.contains("keel_agent_check_status{check=\"memory\",status=\"ok\"} 1"),
+        "{body}"
+    );
+    // Bounded: exits by itself after --serve-for (generous margin for a loaded machine).
+    let mut status = None;
+    for _ in 0..300 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        child.kill().ok();
+        panic!("health-once still serving 30 s after --serve-for 3s");
+    };
+    assert!(status.success());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

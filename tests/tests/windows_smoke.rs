@@ -1,11 +1,12 @@
 //! The Windows agent under Wine: cross-built for x86_64-pc-windows-gnu, `version`, `check` and one
-//! health pass whose metrics pass promtool (tests/windows-smoke.sh). Skips when wine64 or MinGW is
+//! health pass with its metrics served (`health-once --serve-for`), fetched with curl and checked
+//! by promtool (tests/windows-smoke.sh). Skips when wine64 or MinGW is
 //! missing.
 
 use std::process::Command;
 
 #[test]
-fn windows_agent_runs_version_check_and_a_health_pass_under_wine() {
+fn windows_agent_runs_version_check_and_a_health_pass_with_metrics_served_under_wine() {
     let wine = std::path::Path::new("/usr/lib/wine/wine64").exists() || keel_e2e::have("wine64");
     if !wine || !keel_e2e::have("x86_64-w64-mingw32-gcc") {
         eprintln!("skipped: wine64 or MinGW not installed");
@@ -22,5 +23,5 @@ fn windows_agent_runs_version_check_and_a_health_pass_under_wine() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "windows smoke failed:\n{text}");
-    assert!(text.contains("windows smoke: ok"), "{text}");
+    assert!(text.contains("windows smoke: ok (metrics served"), "{text}");
 }
