@@ -9,7 +9,8 @@
 # Layout (2-core machine): each load balancer runs ONE worker thread pinned to CPU 1 (keel-lb
 # `--workers 1`, HAProxy `nbthread 1`); nginx (1 worker), wrk (1 thread), iperf3 and the idle-connection
 # opener share CPU 0. Figures: requests/s with keep-alive, connections/s with `Connection: close`, p99
-# latency (wrk --latency), bulk throughput (iperf3), RSS with IDLE idle connections held open.
+# latency (wrk --latency), bulk throughput (iperf3), RSS with IDLE idle connections held open, LB CPU
+# per request/connection (utime+stime), and syscalls per connection/request (strace -c, if present).
 # Not part of the default test suite. Needs: nginx, haproxy, wrk, iperf3, python3, taskset, ss.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -189,6 +190,25 @@ for r in $(seq "$ROUNDS"); do
   measure haproxy "$HA" "$HA_BULK" "$r" "$HA_PID"
   measure keel "$KEEL_P" "$KEEL_BULK" "$r" "$KEEL_PID"
 done
+# --- syscalls per request/connection (strace -c; steadier than any timing) ---------------------
+syscalls() { # port close|keep pid -> syscalls per request, with the top calls
+  command -v strace >/dev/null || { echo "- (no strace)"; return; }
+  local extra=() out n st
+  [ "$2" = close ] && extra=(-H "Connection: close")
+  strace -c -f -p "$3" -o "$WORK/strace.$3.$2" 2>/dev/null & st=$!
+  sleep 0.5
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c10 -d2s "${extra[@]}" "http://127.0.0.1:$1/")
+  sleep 0.3; kill -INT "$st" 2>/dev/null; wait "$st" 2>/dev/null || true
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  local f="$WORK/strace.$3.$2" total top
+  total=$(awk -v n="$n" '$NF == "total" { printf "%.2f", $4 / n }' "$f")
+  top=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" && $4 / n >= 0.05 { printf "%.2f %s\n", $4 / n, $NF }' "$f" |
+    sort -gr | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
+  echo "$total ($top)"
+}
+echo "counting syscalls..." >&2
+SC_HA_CC=$(syscalls "$HA" close "$HA_PID"); SC_K_CC=$(syscalls "$KEEL_P" close "$KEEL_PID")
+SC_HA_KA=$(syscalls "$HA" keep "$HA_PID"); SC_K_KA=$(syscalls "$KEEL_P" keep "$KEEL_PID")
 stop "$HA_PID"; stop "$KEEL_PID"
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 RAW=""
@@ -217,6 +237,13 @@ $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2),
 | bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") |
 | RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | - |
 | RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(ratio "$K_RSS" "$HA_RSS") | - |
+
+Syscalls per connection (Connection: close), strace -c -f, wrk -c10 2s:
+  HAProxy ${SC_HA_CC}
+  keel-lb ${SC_K_CC}
+Syscalls per request (keep-alive):
+  HAProxy ${SC_HA_KA}
+  keel-lb ${SC_K_KA}
 
 Medians of $ROUNDS interleaved rounds. On a 2-CPU machine the load CPU (wrk + nginx) saturates before
 the LB's CPU does, so requests/s mostly measures the latency each LB adds; "LB CPU per request" (the
