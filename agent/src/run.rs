@@ -202,34 +202,19 @@ impl Agent {
             cancel.clone(),
         ));
         // Health gets its own token: on a node shutdown it must outlive the others to drain.
-        let mut health_cancel = CancellationToken::new();
+        // It follows certificate renewals through `client_rx` without restarting.
+        let health_cancel = CancellationToken::new();
         let mut health = start_health(
             &self,
-            joined.client.clone(),
+            client_rx.clone(),
             &tasks,
             &health_cancel,
             &node_shutdown,
         );
-        let mut renewed = client_rx.clone();
         tracing::info!(node = %self.cfg.node.name, "node joined and registered; heartbeat running");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                changed = renewed.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    // HealthContext takes a fixed client: restart health on the renewed
-                    // certificate before the old one expires (its checks re-run at once).
-                    let client = renewed.borrow_and_update().clone();
-                    health_cancel.cancel();
-                    if tokio::time::timeout(Duration::from_secs(10), &mut health).await.is_err() {
-                        tracing::warn!("node health did not stop within 10s for the restart");
-                    }
-                    health_cancel = CancellationToken::new();
-                    health = start_health(&self, client, &tasks, &health_cancel, &node_shutdown);
-                    tracing::info!(node = %self.cfg.node.name, "node health restarted with the renewed certificate");
-                }
                 _ = node_shutdown.cancelled() => {
                     // Health cordons and drains (when `health.drain.on_shutdown`), then returns.
                     let bound = self.cfg.health.drain.timeout + Duration::from_secs(30);
@@ -328,7 +313,7 @@ impl Agent {
 /// task so a node shutdown can wait for its drain.
 fn start_health(
     agent: &Agent,
-    client: Client,
+    client: watch::Receiver<Client>,
     tasks: &tokio_util::task::TaskTracker,
     cancel: &CancellationToken,
     node_shutdown: &CancellationToken,
@@ -363,7 +348,7 @@ fn unix_now() -> i64 {
 }
 
 /// Renews the certificate at a jittered 70-90 % of its life, hands the new client to the
-/// heartbeat, and rewrites kubelet's kubeconfig when kubelet is managed.
+/// heartbeat and node health (both read it from the channel on their next request), and rewrites kubelet's kubeconfig when kubelet is managed.
 #[allow(clippy::too_many_arguments)]
 async fn renewal_loop(
     cfg: Config,

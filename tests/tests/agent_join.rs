@@ -580,8 +580,64 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
     c.server.set_cert_backdate(Duration::ZERO);
     c.server.set_cert_duration(Duration::from_secs(20));
     let token = c.server.create_bootstrap_token(DAY);
-    let a = c.agent("renewer", &token, "");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // A check that reports a problem: one condition True, one Event for its transition.
+    let plugin = c.dir.path().join("renewer-problem.sh");
+    std::fs::write(&plugin, "#!/bin/sh\necho marker problem\nexit 1\n").unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let a = c.agent(
+        "renewer",
+        &token,
+        &format!(
+            "metrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  refresh: 10s\n  checks:\n    - {{name: marker, kind: plugin, command: {}, interval: 1s, timeout: 1s, condition: MarkerProblem}}\n",
+            plugin.display()
+        ),
+    );
     let p = a.spawn();
+    let marker = || {
+        c.node_json("renewer").and_then(|n| {
+            n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "MarkerProblem")
+                .cloned()
+        })
+    };
+    let marker_events = || {
+        let (ok, out, _) = c.kubectl(&["get", "events", "-A", "-o", "json"]);
+        assert!(ok);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["involvedObject"]["name"] == "renewer"
+                    && e["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("MarkerProblem")
+            })
+            .count()
+    };
+    wait_until(
+        "the MarkerProblem condition",
+        Duration::from_secs(30),
+        || marker().is_some_and(|m| m["status"] == "True"),
+        || p.log_text(),
+    )
+    .await;
+    let transition = marker().unwrap()["lastTransitionTime"].clone();
+    wait_until(
+        "the transition's Event",
+        Duration::from_secs(15),
+        || marker_events() == 1,
+        || p.log_text(),
+    )
+    .await;
     wait_until(
         "the Lease",
         Duration::from_secs(30),
@@ -619,11 +675,18 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
         Duration::from_secs(10),
         || {
             p.log_text()
-                .contains("node health restarted with the renewed certificate")
+                .contains("node health uses the renewed certificate (no restart)")
         },
         || p.log_text(),
     )
     .await;
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("keel_agent_health_client_renewals_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
     // The heartbeat continues on the new certificate after the old one expired.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let before = c.lease("renewer").unwrap()["spec"]["renewTime"].clone();
@@ -637,6 +700,22 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
         || p.log_text(),
     )
     .await;
+    // Node health kept writing with the new certificate after the old one expired (a periodic
+    // refresh), and was never restarted: started once, the transition neither re-sent as an Event
+    // nor given a new transition time.
+    let heartbeat = marker().unwrap()["lastHeartbeatTime"].clone();
+    wait_until(
+        "a condition refresh with the new certificate",
+        Duration::from_secs(25),
+        || marker().is_some_and(|m| m["lastHeartbeatTime"] != heartbeat),
+        || p.log_text(),
+    )
+    .await;
+    let log = p.log_text();
+    assert_eq!(log.matches("node health started").count(), 1, "{log}");
+    assert!(!log.contains("node health stopp"), "{log}");
+    assert_eq!(marker().unwrap()["lastTransitionTime"], transition);
+    assert_eq!(marker_events(), 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ fn ctx(
         HealthContext {
             config,
             node_name: env.node.clone(),
-            client: Some(client),
+            client: Some(super::fixed_client(client)),
             privileged: None,
             registry: registry.clone(),
             join_status: Arc::new(|| json!({"state": "joined"})),
@@ -386,7 +386,7 @@ async fn drain_skips_mirror_and_daemonset_pods_and_retries_pdb_refusals_until_al
         .filter(|r| r.path.ends_with("/pods/db/eviction") && r.status == 429)
         .count() as u64;
     assert_eq!(
-        p.refusals as u64, server_429s,
+        p.refusals, server_429s,
         "refusals counted by drain vs 429s sent by the server: {p:?}"
     );
     let pods = env.kubectl(&["get", "pods", "-n", "default"]);

@@ -1,7 +1,8 @@
 //! Health metrics, registered into the agent's one prometheus Registry.
 
 use prometheus::{
-    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry,
 };
 
 use super::check::Status;
@@ -20,6 +21,7 @@ pub struct HealthMetrics {
     pub evictions: IntCounterVec,
     pub kernel_lines_dropped: CounterVec,
     pub orchestrator_requests: IntCounterVec,
+    pub client_swaps: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -85,6 +87,10 @@ impl HealthMetrics {
             orchestrator_requests: reg(r, IntCounterVec::new(
                 Opts::new("keel_agent_orchestrator_requests_total", "Orchestrator API requests by path and status code"),
                 &["path", "code"],
+            )?)?,
+            client_swaps: reg(r, IntCounter::new(
+                "keel_agent_health_client_renewals_total",
+                "Renewed node certificates node health switched to in place (without restarting)",
             )?)?,
         })
     }

@@ -52,13 +52,24 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<HealthConfig, String> + Send + Sync>;
 /// A JSON snapshot of the join state (the join code's status), shown under `join` in `/v1/status`.
 pub type JoinStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// The node identity's client, as the latest value of a channel: certificate renewal sends the
+/// client built on the new certificate and every writer uses it from its next request on, so
+/// health never restarts (no re-seeding, no conditions re-sent as transitions).
+pub type NodeClient = tokio::sync::watch::Receiver<kube::Client>;
+
+/// A [`NodeClient`] that never changes (tests, `health-once`, a privileged kubeconfig).
+pub fn fixed_client(client: kube::Client) -> NodeClient {
+    tokio::sync::watch::channel(client).1
+}
+
 /// Everything `run` needs from the rest of the agent.
 pub struct HealthContext {
     pub config: HealthConfig,
     pub node_name: String,
-    /// Client with the node's own identity (conditions, events, cordon, eviction). `None` runs the
-    /// checks, metrics and the orchestrator API without a cluster.
-    pub client: Option<kube::Client>,
+    /// Client with the node's own identity (conditions, events, cordon, eviction), swapped in place
+    /// on certificate renewal. `None` runs the checks, metrics and the orchestrator API without a
+    /// cluster.
+    pub client: Option<NodeClient>,
     /// Client allowed to change the Node's taints. When `None`, `run` builds one from
     /// `config.privileged_kubeconfig` if set; otherwise taint changes are tried with the node
     /// identity, refused by NodeRestriction, and reported.

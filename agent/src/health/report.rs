@@ -127,7 +127,7 @@ pub fn event_for(node: &str, uid: Option<&str>, tr: &Transition, now: SystemTime
 /// Sends the latest condition set until it is accepted, retrying with backoff; a newer set replaces
 /// the one being retried.
 pub async fn status_writer(
-    client: kube::Client,
+    client: super::NodeClient,
     node: String,
     mut rx: watch::Receiver<Vec<ConditionView>>,
     metrics: HealthMetrics,
@@ -142,7 +142,9 @@ pub async fn status_writer(
         }
         loop {
             let conds = rx.borrow_and_update().clone();
-            match patch_conditions(&client, &node, &conds).await {
+            // The current client: a renewed certificate is used from the next write on.
+            let c = client.borrow().clone();
+            match patch_conditions(&c, &node, &conds).await {
                 Ok(()) => {
                     backoff.reset();
                     metrics
@@ -175,21 +177,22 @@ pub async fn status_writer(
 
 /// Creates one Event per transition; a full queue drops events (counted) rather than stall checks.
 pub async fn event_writer(
-    client: kube::Client,
+    client: super::NodeClient,
     node: String,
     mut rx: mpsc::Receiver<Transition>,
     metrics: HealthMetrics,
     cancel: CancellationToken,
 ) {
-    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), "default");
-    let nodes: kube::Api<Node> = kube::Api::all(client);
     let mut uid: Option<String> = None;
     loop {
         let tr = tokio::select! {
             _ = cancel.cancelled() => return,
             t = rx.recv() => match t { Some(t) => t, None => return },
         };
+        let c = client.borrow().clone();
+        let api: kube::Api<Event> = kube::Api::namespaced(c.clone(), "default");
         if uid.is_none() {
+            let nodes: kube::Api<Node> = kube::Api::all(c);
             uid = nodes.get(&node).await.ok().and_then(|n| n.metadata.uid);
         }
         let ev = event_for(&node, uid.as_deref(), &tr, SystemTime::now());
@@ -218,7 +221,7 @@ pub async fn event_writer(
 /// desired set changes or after `refresh`.
 #[allow(clippy::too_many_arguments)] // a task entry: each argument is one thing it owns
 pub async fn taint_writer(
-    client: kube::Client,
+    client: super::NodeClient,
     privileged: bool,
     node: String,
     mut rx: watch::Receiver<Vec<DesiredTaint>>,
@@ -240,7 +243,8 @@ pub async fn taint_writer(
         loop {
             let desired = rx.borrow_and_update().clone();
             let ids: Vec<String> = desired.iter().map(DesiredTaint::id).collect();
-            match taints::apply(&client, &node, &desired).await {
+            let c = client.borrow().clone();
+            match taints::apply(&c, &node, &desired).await {
                 Ok(owned) => {
                     backoff.reset();
                     if !applied_ok || !ids.is_empty() {

@@ -191,7 +191,8 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
     let (taints_tx, taints_rx) = watch::channel(Vec::new());
     let mut events_tx = None;
 
-    if let Some(client) = &client {
+    if let Some(node_client) = &client {
+        let client = node_client.borrow().clone();
         // Seed from the Node: keep transition times across restarts and remember our taints.
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
         match nodes.get(&node).await {
@@ -218,7 +219,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
             }
         }
         tokio::spawn(report::status_writer(
-            client.clone(),
+            node_client.clone(),
             node.clone(),
             conditions_rx,
             metrics.clone(),
@@ -228,7 +229,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
         let (etx, erx) = mpsc::channel(64);
         events_tx = Some(etx);
         tokio::spawn(report::event_writer(
-            client.clone(),
+            node_client.clone(),
             node.clone(),
             erx,
             metrics.clone(),
@@ -236,19 +237,19 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
         ));
         if !config.taints.is_empty() {
             let (taint_client, is_privileged) = match (&privileged, &config.privileged_kubeconfig) {
-                (Some(p), _) => (p.clone(), true),
+                (Some(p), _) => (super::fixed_client(p.clone()), true),
                 (None, Some(path)) => match client_from_kubeconfig(path).await {
-                    Ok(p) => (p, true),
+                    Ok(p) => (super::fixed_client(p), true),
                     Err(e) => {
                         tracing::error!(node = %node, error = %format!("{e:#}"),
                             "privileged credential unusable; taints will be tried with the node identity");
-                        (client.clone(), false)
+                        (node_client.clone(), false)
                     }
                 },
                 (None, None) => {
                     tracing::warn!(node = %node,
                         "no health.privileged_kubeconfig: NodeRestriction will refuse taint changes by the node identity; conditions are still reported");
-                    (client.clone(), false)
+                    (node_client.clone(), false)
                 }
             };
             tokio::spawn(report::taint_writer(
@@ -304,6 +305,8 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
         policy_wake: None,
     };
     let mut drain_task: Option<tokio::task::JoinHandle<()>> = None;
+    // Watches renewals only to count and log them: the writers read the channel themselves.
+    let mut swaps = client.clone();
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("SIGHUP handler")?;
@@ -318,10 +321,19 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
                 tracing::info!(node = %node, "node health stopping");
                 return Ok(());
             }
+            changed = renewed(&mut swaps) => {
+                if changed {
+                    metrics.client_swaps.inc();
+                    tracing::info!(node = %node, "node health uses the renewed certificate (no restart)");
+                } else {
+                    // The renewal side has stopped: nothing more will be swapped in.
+                    swaps = None;
+                }
+            }
             _ = node_shutdown.cancelled() => {
                 checks_cancel.cancel();
                 if lp.config.drain.on_shutdown {
-                    if let Some(client) = &client {
+                    if let Some(client) = &current(&client) {
                         tracing::info!(node = %node, "node is shutting down: draining");
                         let st = status.clone();
                         let m = metrics.clone();
@@ -348,10 +360,10 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
                     Command::Cordon(reply) | Command::Uncordon(reply) if client.is_none() => {
                         let _ = reply.send(Err(CommandError::Unavailable("no cluster connection".into())));
                     }
-                    Command::Cordon(reply) => spawn_cordon(client.clone(), node.clone(), true, status.clone(), reply),
-                    Command::Uncordon(reply) => spawn_cordon(client.clone(), node.clone(), false, status.clone(), reply),
+                    Command::Cordon(reply) => spawn_cordon(current(&client), node.clone(), true, status.clone(), reply),
+                    Command::Uncordon(reply) => spawn_cordon(current(&client), node.clone(), false, status.clone(), reply),
                     Command::Drain(reply) => {
-                        let Some(c) = client.clone() else {
+                        let Some(c) = current(&client) else {
                             let _ = reply.send(Err(CommandError::Unavailable("no cluster connection".into())));
                             continue;
                         };
@@ -384,6 +396,20 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = tokio::time::sleep_until(lp.next_wake().into()) => lp.settle(Instant::now()),
         }
+    }
+}
+
+/// The node client as of now (a command runs with the certificate current when it starts).
+fn current(client: &Option<super::NodeClient>) -> Option<kube::Client> {
+    client.as_ref().map(|rx| rx.borrow().clone())
+}
+
+/// Resolves `true` when a renewed client was sent, `false` when the sender is gone; never when
+/// there is no channel.
+async fn renewed(rx: &mut Option<super::NodeClient>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
