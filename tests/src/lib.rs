@@ -3,7 +3,9 @@
 
 pub mod netns;
 
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Path of a workspace binary (`keel-lb`, `keel-agent`, `keel-test-apiserver`) built next to this test
 /// executable. The test runner (`tests/run`) builds every binary before any test starts.
@@ -47,4 +49,32 @@ pub fn have(program: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// A loopback port free for both TCP and UDP that this process has not handed out before.
+///
+/// Binding port 0 and dropping the socket is not enough: the kernel may give the same ephemeral port
+/// to the next `bind(0)`, so two "free" ports picked in a row can collide (a frontend on the admin
+/// port). Ports come from 20000-31999, below Linux's ephemeral range, so sockets bound to port 0
+/// elsewhere in a test never take them; the start depends on the pid so concurrent test processes
+/// walk different stretches.
+pub fn free_port() -> u16 {
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (BASE + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {BASE}-{}", BASE + SPAN - 1);
 }

@@ -15,13 +15,7 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(5);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use keel_e2e::free_port;
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
