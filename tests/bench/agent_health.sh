@@ -10,6 +10,7 @@
 #
 #   tests/bench/agent_health.sh            # builds release binaries into $CARGO_TARGET_DIR
 #   IDLE_SECS=60 TRIALS=3 tests/bench/agent_health.sh
+#   AGENT_BIN=/path/to/other/keel-agent tests/bench/agent_health.sh   # e.g. an opt-level="s" build
 # Needs root (tmpfs mount). Only loopback is used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,7 @@ INTERVAL=${INTERVAL:-5}        # disk and plugin check interval (s)
 TAINT_AFTER=${TAINT_AFTER:-5}  # taint policy delay (s)
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build -q --release -p keel-agent --bin keel-agent -p keel-test-apiserver --bin keel-test-apiserver
-AGENT=$target_dir/release/keel-agent
+AGENT=${AGENT_BIN:-$target_dir/release/keel-agent}  # AGENT_BIN: compare another build
 API=$target_dir/release/keel-test-apiserver
 
 W=$(mktemp -d /tmp/keel-bench-health.XXXXXX)
@@ -195,6 +196,8 @@ for i in range(trials):
     wait("MarkerProblem=False", lambda n: cond(n, "MarkerProblem") == "False", 60)
 
 def row(name, vals, minus, target):
+    if not vals:
+        return
     worst = max(vals) - minus
     ok = "yes" if worst <= target else "NO"
     print(f"| {name} | {' / '.join(f'{v:.2f}' for v in vals)} s | {worst:+.2f} s | ≤ {target:+.0f} s | {ok} |")
@@ -211,3 +214,4 @@ row(f"flipped plugin exit → MarkerProblem=True (interval {interval:g} s)", plu
 row(f"condition True on the Node → taint (policy delay {after:g} s)", disk_taint, after, 1)
 EOF
 echo "agent log: $(grep -c . "$W/agent.log") lines, $(grep -ci warn "$W/agent.log") warnings"
+grep -i warn "$W/agent.log" | head -5 || true
