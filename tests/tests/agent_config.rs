@@ -53,11 +53,7 @@ fn shipped_agent_configs_pass_check() {
 fn health_once_serves_the_pass_metrics_for_the_bounded_time_then_exits() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = keel_e2e::free_port();
     let path = dir.path().join("agent.yaml");
     std::fs::write(
         &path,

@@ -13,10 +13,7 @@ const DAY: Duration = Duration::from_secs(86400);
 async fn join_from_nothing_registers_node_with_pool_labels_taints_and_lease() {
     let c = Cluster::start().await;
     let token = c.server.create_bootstrap_token(DAY);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = keel_e2e::free_port();
     let a = c.agent(
         "join-full",
         &token,
@@ -580,10 +577,7 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
     c.server.set_cert_backdate(Duration::ZERO);
     c.server.set_cert_duration(Duration::from_secs(20));
     let token = c.server.create_bootstrap_token(DAY);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = keel_e2e::free_port();
     // A check that reports a problem: one condition True, one Event for its transition.
     let plugin = c.dir.path().join("renewer-problem.sh");
     std::fs::write(&plugin, "#!/bin/sh\necho marker problem\nexit 1\n").unwrap();
@@ -722,10 +716,7 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
 async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_labels() {
     let c = Cluster::start().await;
     let token = c.server.create_bootstrap_token(DAY);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = keel_e2e::free_port();
     let mut a = c.agent(
         "reloader",
         &token,
