@@ -1,19 +1,42 @@
 #!/bin/sh
-# Installs Keel on a Linux VM image. Agent part: the binary, its unit, and the config directory.
-# Usage: install.sh <dir with keel-agent binary> [agent.yaml]
+# Installs Keel on a Linux VM image: whichever of keel-agent and keel-lb is in <dir>, with its unit and
+# config directory. Build them first as the images ship them:
+#   cargo build --profile agent -p keel-agent     # -> target/agent/keel-agent (built for size)
+#   cargo build --release -p keel-lb              # -> target/release/keel-lb
+# Usage: install.sh <dir with binaries> [agent.yaml | lb.yaml]
 set -eu
-src=${1:?usage: install.sh <dir with binaries> [agent.yaml]}
+src=${1:?usage: install.sh <dir with binaries> [agent.yaml | lb.yaml]}
 here=$(cd "$(dirname "$0")" && pwd)
-
-install -m 0755 "$src/keel-agent" /usr/local/bin/keel-agent
+[ -x "$src/keel-agent" ] || [ -x "$src/keel-lb" ] || { echo "no keel-agent or keel-lb in $src" >&2; exit 1; }
 install -d -m 0755 /etc/keel
-install -d -m 0700 /var/lib/keel
-if [ $# -ge 2 ]; then
-    # The bootstrap token lives in its own file (token_file), readable by root only.
-    install -m 0600 "$2" /etc/keel/agent.yaml
-    /usr/local/bin/keel-agent check --config /etc/keel/agent.yaml
+
+if [ -x "$src/keel-agent" ]; then
+    install -m 0755 "$src/keel-agent" /usr/local/bin/keel-agent
+    install -d -m 0700 /var/lib/keel
+    case "${2:-}" in
+    *agent*.yaml)
+        # The bootstrap token lives in its own file (token_file), readable by root only.
+        install -m 0600 "$2" /etc/keel/agent.yaml
+        /usr/local/bin/keel-agent check --config /etc/keel/agent.yaml
+        ;;
+    esac
+    install -m 0644 "$here/keel-agent.service" /etc/systemd/system/keel-agent.service
 fi
-install -m 0644 "$here/keel-agent.service" /etc/systemd/system/keel-agent.service
-systemctl daemon-reload
-systemctl enable keel-agent.service
-echo "keel-agent installed; put the bootstrap token in /etc/keel/bootstrap-token and start keel-agent"
+
+if [ -x "$src/keel-lb" ]; then
+    install -m 0755 "$src/keel-lb" /usr/local/bin/keel-lb
+    case "${2:-}" in
+    *lb*.yaml)
+        install -m 0644 "$2" /etc/keel/lb.yaml
+        /usr/local/bin/keel-lb check --config /etc/keel/lb.yaml
+        ;;
+    esac
+    install -m 0644 "$here/keel-lb.service" /etc/systemd/system/keel-lb.service
+fi
+
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    [ -x "$src/keel-agent" ] && systemctl enable keel-agent.service
+    [ -x "$src/keel-lb" ] && systemctl enable keel-lb.service
+fi
+echo "installed; agent: put the bootstrap token in /etc/keel/bootstrap-token; lb: write /etc/keel/lb.yaml; then start the units"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# keel-agent health benchmark (issue 5 targets): a joined agent (release build) with EVERY check on,
+# keel-agent health benchmark (issue 5 targets): a joined agent (profile `agent`) with EVERY check on,
 # against keel-test-apiserver running as a separate process:
 #   memory, disk + inodes (a small tmpfs), PIDs, read-only, clock (SNTP to a local responder),
 #   service (pidfile stand-in), kernel log (from a file), a plugin check, an NPD plugin config,
@@ -8,7 +8,7 @@
 # TRIALS trials each, problem -> Node condition latency (tmpfs filled; a plugin's exit code
 # flipped) minus the check interval, and condition -> taint latency minus the policy delay.
 #
-#   tests/bench/agent_health.sh            # builds release binaries into $CARGO_TARGET_DIR
+#   tests/bench/agent_health.sh            # builds the agent (profile agent) and the API server (release)
 #   IDLE_SECS=60 TRIALS=3 tests/bench/agent_health.sh
 #   AGENT_BIN=/path/to/other/keel-agent tests/bench/agent_health.sh   # e.g. an opt-level="s" build
 # Needs root (tmpfs mount). Only loopback is used.
@@ -20,8 +20,10 @@ TRIALS=${TRIALS:-3}
 INTERVAL=${INTERVAL:-5}        # disk and plugin check interval (s)
 TAINT_AFTER=${TAINT_AFTER:-5}  # taint policy delay (s)
 target_dir=${CARGO_TARGET_DIR:-target}
-cargo build -q --release -p keel-agent --bin keel-agent -p keel-test-apiserver --bin keel-test-apiserver
-AGENT=${AGENT_BIN:-$target_dir/release/keel-agent}  # AGENT_BIN: compare another build
+# The agent as images ship it (profile `agent`: release, built for size); the API server in release.
+cargo build -q --profile agent -p keel-agent --bin keel-agent
+cargo build -q --release -p keel-test-apiserver --bin keel-test-apiserver
+AGENT=${AGENT_BIN:-$target_dir/agent/keel-agent}  # AGENT_BIN: compare another build
 API=$target_dir/release/keel-test-apiserver
 
 W=$(mktemp -d /tmp/keel-bench-health.XXXXXX)
