@@ -160,3 +160,12 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Errors that a retry may cure: the server down, overloaded (429) or failing (5xx), or the
+/// connection lost. Anything else the API server said is its answer, and retrying will not change it.
+pub fn is_transient(e: &kube::Error) -> bool {
+    match status_code(e) {
+        Some(code) => code == 429 || code >= 500,
+        None => true,
+    }
+}

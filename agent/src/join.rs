@@ -216,14 +216,6 @@ fn refused(token_id: Option<&str>, e: kube::Error, what: &str) -> JoinError {
     }
 }
 
-/// Errors that a retry may cure (server down, overloaded, timing out).
-fn transient(e: &kube::Error) -> bool {
-    match apiclient::status_code(e) {
-        Some(code) => code == 429 || code >= 500,
-        None => true,
-    }
-}
-
 /// Files (or finds) the CSR for `key` and waits for its certificate. `token_id` is set when the
 /// client is the bootstrap token, so a 401/403 is reported as the token's fault.
 pub async fn request_certificate(
@@ -273,11 +265,11 @@ pub async fn request_certificate(
                     }
                     Ok(Some(_)) => return Err(JoinError::CsrConflict { name }),
                     Ok(None) => None, // deleted in between: create again
-                    Err(e) if transient(&e) => None,
+                    Err(e) if apiclient::is_transient(&e) => None,
                     Err(e) => return Err(refused(token_id, e, "reading the CSR")),
                 }
             }
-            Err(e) if transient(&e) => {
+            Err(e) if apiclient::is_transient(&e) => {
                 tracing::warn!(node = %node, csr = %name, error = %e, "creating the CSR failed; retrying");
                 None
             }
@@ -395,7 +387,9 @@ async fn wait_for_certificate(
                     }
                 }
             }
-            Err(e) if !transient(&e) => return Err(refused(token_id, e, "watching the CSR")),
+            Err(e) if !apiclient::is_transient(&e) => {
+                return Err(refused(token_id, e, "watching the CSR"))
+            }
             Err(e) => failed = Some(e.to_string()),
         }
         if !matches!(csr::outcome(&current), Outcome::Pending) {
@@ -420,7 +414,7 @@ async fn wait_for_certificate(
         {
             Ok(Some(c)) => current = c,
             Ok(None) => return Ok(None),
-            Err(e) if transient(&e) => {}
+            Err(e) if apiclient::is_transient(&e) => {}
             Err(e) => return Err(refused(token_id, e, "reading the CSR")),
         }
     }

@@ -294,13 +294,6 @@ fn refused(node: &str, what: &str, e: kube::Error) -> RegisterError {
     }
 }
 
-fn transient(e: &kube::Error) -> bool {
-    match apiclient::status_code(e) {
-        Some(code) => code == 429 || code >= 500,
-        None => true,
-    }
-}
-
 /// Creates or reconciles the Node and writes its first status. Retries transient failures with
 /// backoff until `timeout`.
 pub async fn register(
@@ -318,7 +311,9 @@ pub async fn register(
     loop {
         let last = match register_once(client, cfg, facts, instance, metrics).await {
             Ok(n) => return Ok(n),
-            Err(RegisterError::Refused { source, .. }) if transient(&source) => source.to_string(),
+            Err(RegisterError::Refused { source, .. }) if apiclient::is_transient(&source) => {
+                source.to_string()
+            }
             Err(e) => return Err(e),
         };
         let delay = backoff.next_delay();
