@@ -5,11 +5,17 @@
 //! think the service hung. `install` creates the service with recovery actions and an explicit
 //! preshutdown timeout (Windows' default is short and version dependent).
 //!
-//! Wine runs a service's start/stop/status but never sends PRESHUTDOWN: that path needs a real
-//! Windows host.
+//! A service has no console: its stderr (where the agent logs) goes nowhere, so `run` points
+//! stderr at `keel-agent.log` beside the executable (C:\k on a node) when none is attached.
+//!
+//! Wine runs a service's start/stop/status but never sends PRESHUTDOWN and lacks the
+//! "failure actions on non-crash failures" flag (tests/windows-service.sh); PRESHUTDOWN needs a
+//! real Windows host.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
+use std::ffi::{c_void, OsString};
+use std::fs::{File, OpenOptions};
+use std::os::windows::io::IntoRawHandle;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -48,9 +54,47 @@ pub fn run(body: Body) -> anyhow::Result<()> {
     if BODY.set(body).is_err() {
         anyhow::bail!("the service is already running in this process");
     }
+    log_to_file_without_stderr();
     service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
         anyhow::anyhow!("starting the service dispatcher (not started by the SCM?): {e}")
     })
+}
+
+const STD_ERROR_HANDLE: u32 = -12i32 as u32;
+const LOG_ROTATE_BYTES: u64 = 10 << 20;
+
+#[link(name = "kernel32")]
+extern "system" {
+    fn GetStdHandle(which: u32) -> *mut c_void;
+    fn SetStdHandle(which: u32, handle: *mut c_void) -> i32;
+}
+
+/// The SCM starts services without std handles, and Rust's stderr silently drops writes to a
+/// missing handle: give the process `keel-agent.log` beside the executable as its stderr (the
+/// tracing writer looks the handle up on every write). One old file is kept at 10 MiB.
+fn log_to_file_without_stderr() {
+    // SAFETY: plain Win32 call without pointers.
+    let current = unsafe { GetStdHandle(STD_ERROR_HANDLE) };
+    if !current.is_null() && current as isize != -1 {
+        return; // run by hand from a console: keep logging there.
+    }
+    let Some(path) = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("keel-agent.log"))
+    else {
+        return;
+    };
+    let Ok(file) = open_log(&path) else { return };
+    // The handle is leaked on purpose: stderr lives as long as the process.
+    // SAFETY: a valid, owned file handle handed over for good.
+    unsafe { SetStdHandle(STD_ERROR_HANDLE, file.into_raw_handle()) };
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 fn status(
@@ -82,11 +126,19 @@ fn service_main(_args: Vec<OsString>) {
     let handler = move |control| -> ServiceControlHandlerResult {
         match control {
             ServiceControl::Stop => {
+                tracing::info!(
+                    service = SERVICE_NAME,
+                    "service control STOP: stopping the agent"
+                );
                 t.cancel.cancel();
                 let _ = stop_tx.send(());
                 ServiceControlHandlerResult::NoError
             }
             ServiceControl::Preshutdown => {
+                tracing::info!(
+                    service = SERVICE_NAME,
+                    "service control PRESHUTDOWN: draining first"
+                );
                 t.node_shutdown.cancel();
                 let _ = stop_tx.send(());
                 ServiceControlHandlerResult::NoError
@@ -103,6 +155,11 @@ fn service_main(_args: Vec<OsString>) {
         }
     };
     let accept = ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN;
+    tracing::info!(
+        service = SERVICE_NAME,
+        pid = std::process::id(),
+        "service running"
+    );
     let _ = handle.set_service_status(status(ServiceState::Running, accept, 0, Duration::ZERO, 0));
     // Once a stop is asked for, report STOP_PENDING progress until the body returns.
     let done = Arc::new(AtomicBool::new(false));
@@ -140,6 +197,7 @@ fn service_main(_args: Vec<OsString>) {
             1
         }
     };
+    tracing::info!(service = SERVICE_NAME, exit_code = exit, "service stopped");
     let _ = handle.set_service_status(status(
         ServiceState::Stopped,
         ServiceControlAccept::empty(),
@@ -173,7 +231,26 @@ pub fn install(exe: PathBuf, config: PathBuf, preshutdown_timeout: Duration) -> 
         account_name: None,
         account_password: None,
     };
-    let svc = mgr.create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
+    let svc = mgr.create_service(
+        &info,
+        ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::DELETE,
+    )?;
+    // All or nothing: a service created without its recovery or preshutdown settings would run
+    // without them unnoticed.
+    if let Err(e) = configure(&svc, preshutdown_timeout) {
+        let _ = svc.delete();
+        return Err(e.context("configuring the keel-agent service (it was removed again)"));
+    }
+    Ok(())
+}
+
+/// ERROR_INVALID_LEVEL: the service manager does not know this configuration level (Wine).
+const ERROR_INVALID_LEVEL: i32 = 124;
+
+fn configure(
+    svc: &windows_service::service::Service,
+    preshutdown_timeout: Duration,
+) -> anyhow::Result<()> {
     svc.set_description("Keel: joins this node, reports its health, drains it before shutdown")?;
     svc.update_failure_actions(ServiceFailureActions {
         reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(86_400)),
@@ -194,7 +271,17 @@ pub fn install(exe: PathBuf, config: PathBuf, preshutdown_timeout: Duration) -> 
             },
         ]),
     })?;
-    svc.set_failure_actions_on_non_crash_failures(true)?;
+    // Restart also when the agent exits with an error, not only on a crash. Wine lacks this
+    // level; without it the actions still apply to crashes, so warn and go on.
+    match svc.set_failure_actions_on_non_crash_failures(true) {
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(ERROR_INVALID_LEVEL) => {
+            eprintln!(
+                "keel-agent: warning: this service manager cannot restart the service after an \
+                 error exit (only after a crash): {e}"
+            );
+        }
+        r => r?,
+    }
     svc.set_preshutdown_timeout(preshutdown_timeout)?;
     Ok(())
 }
