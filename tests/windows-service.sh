@@ -6,24 +6,13 @@
 # The node's API server is unreachable (a closed loopback port): the agent keeps retrying discovery,
 # which is what a service must survive. Wine never sends PRESHUTDOWN and lacks the
 # failure-actions flag level (install warns and goes on): those need a real Windows host.
-# The ProcessPrng stand-in DLL sits beside the .exe, as in windows-smoke.sh.
+# The Wine setup is tests/windows/setup.sh, shared with windows-smoke.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WINE=${WINE:-/usr/lib/wine/wine64}
-[ -x "$WINE" ] || WINE=$(command -v wine64 || true)
-if [ -z "$WINE" ]; then echo "skipped: wine64 not installed"; exit 0; fi
-command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "skipped: MinGW not installed"; exit 0; }
-
-cargo build -q -p keel-agent --target x86_64-pc-windows-gnu
-target_dir=${CARGO_TARGET_DIR:-target}
-work=$(mktemp -d /tmp/keel-winsvc.XXXXXX)
-export WINEPREFIX="$work/prefix" WINEDEBUG=-all
-# wineserver -k ends every process of this prefix (services.exe and the agent), only this prefix.
-trap 'wineserver -k 2>/dev/null || true; rm -rf "$work"' EXIT
-cp "$target_dir/x86_64-pc-windows-gnu/debug/keel-agent.exe" "$work/"
-x86_64-w64-mingw32-gcc -shared -O2 -o "$work/bcryptprimitives.dll" tests/windows/processprng.c -ladvapi32
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-closed=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=tests/windows/setup.sh
+. tests/windows/setup.sh
+free_port port
+free_port closed
 cat >"$work/agent.yaml" <<EOF
 cluster:
   server: https://127.0.0.1:$closed

@@ -2,24 +2,14 @@
 # Windows smoke test: cross-builds keel-agent for x86_64-pc-windows-gnu and runs it under Wine:
 # `version`, `check --config` on the Windows example config, and one health pass with metrics served
 # (`health-once --serve-for`): /metrics is fetched with curl from the Wine-run agent and must pass
-# `promtool check metrics`. Wine 8 lacks bcryptprimitives.dll (Rust's std
-# imports ProcessPrng from it), so a tiny stand-in DLL is built from tests/windows/processprng.c.
+# `promtool check metrics`. The Wine setup (with the ProcessPrng stand-in DLL Wine 8 needs for Rust's
+# std) is tests/windows/setup.sh, shared with windows-service.sh.
 # Wine runs services' start/stop but never PRESHUTDOWN: that path needs a real Windows host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WINE=${WINE:-/usr/lib/wine/wine64}
-[ -x "$WINE" ] || WINE=$(command -v wine64 || true)
-if [ -z "$WINE" ]; then echo "skipped: wine64 not installed"; exit 0; fi
-command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "skipped: MinGW not installed"; exit 0; }
-
-cargo build -q -p keel-agent --target x86_64-pc-windows-gnu
-target_dir=${CARGO_TARGET_DIR:-target}
-work=$(mktemp -d)
-trap 'WINEPREFIX="$work/prefix" wineserver -k 2>/dev/null || true; rm -rf "$work"' EXIT
-cp "$target_dir/x86_64-pc-windows-gnu/debug/keel-agent.exe" "$work/"
-x86_64-w64-mingw32-gcc -shared -O2 -o "$work/bcryptprimitives.dll" tests/windows/processprng.c -ladvapi32
+# shellcheck source=tests/windows/setup.sh
+. tests/windows/setup.sh
 cp configs/agent-health-windows.yaml "$work/agent.yaml"
-export WINEPREFIX="$work/prefix" WINEDEBUG=-all
 cd "$work"
 
 out=$(timeout 120 "$WINE" keel-agent.exe version 2>/dev/null)
@@ -29,7 +19,7 @@ grep -q '^keel-agent ' <<<"$out"
 timeout 60 "$WINE" keel-agent.exe check --config agent.yaml
 
 # A free loopback port for metrics.listen (the example config's 10258 may be in use here).
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port port
 sed -i "s/^  listen: 127.0.0.1:10258/  listen: 127.0.0.1:$port/" agent.yaml
 grep -q "listen: 127.0.0.1:$port" agent.yaml
 
