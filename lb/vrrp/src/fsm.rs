@@ -370,11 +370,7 @@ impl Router {
             return Vec::new();
         }
         let before = self.priority();
-        if healthy {
-            self.failed_pools.remove(pool);
-        } else {
-            self.failed_pools.insert(pool.to_string());
-        }
+        mark(&mut self.failed_pools, pool, healthy);
         self.priority_changed(now, before)
     }
 
@@ -389,11 +385,7 @@ impl Router {
             return Vec::new();
         }
         let before = self.priority();
-        if up {
-            self.failed_interfaces.remove(interface);
-        } else {
-            self.failed_interfaces.insert(interface.to_string());
-        }
+        mark(&mut self.failed_interfaces, interface, up);
         self.priority_changed(now, before)
     }
 
@@ -612,6 +604,15 @@ impl Router {
 
 fn cs(centis: u16) -> Duration {
     Duration::from_millis(u64::from(centis) * 10)
+}
+
+/// Records a tracked object as failed (`ok` false) or recovered in a router's failure set.
+fn mark(failed: &mut BTreeSet<String>, name: &str, ok: bool) {
+    if ok {
+        failed.remove(name);
+    } else {
+        failed.insert(name.to_string());
+    }
 }
 
 #[cfg(test)]
