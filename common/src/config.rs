@@ -306,6 +306,11 @@ impl<'a> Diagnostics<'a> {
         self.errors.is_empty()
     }
 
+    /// How many errors so far (a section's validation compares before and after).
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     pub fn source(&self) -> &Source {
         self.src
     }

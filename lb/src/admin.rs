@@ -21,6 +21,8 @@ use crate::server::Command;
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    /// The Services provider's state (None without a `services:` section).
+    pub services: Option<Arc<crate::services::controller::Shared>>,
     pub commands: mpsc::Sender<Command>,
     pub token_file: Option<PathBuf>,
 }
@@ -98,6 +100,20 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/services") => match &admin.services {
+            Some(s) => {
+                let mut r = reply(StatusCode::OK, services_json(s).to_string());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "no services section: keel-lb serves no Services of type LoadBalancer\n",
+            ),
+        },
         (&Method::POST, "/reload") => {
             if let Some(r) = refuse(admin, &req) {
                 return r;
@@ -128,12 +144,61 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             }
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/handover") => {
+        (_, "/metrics" | "/healthz" | "/reload" | "/handover" | "/services") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, POST /reload, POST /handover\n",
+            "not found: try /metrics, /healthz, /services, POST /reload, POST /handover\n",
         ),
     }
+}
+
+/// `GET /services`: every Service keel-lb serves or tried to, with addresses, ports, backends (live
+/// health) and the last sync result.
+fn services_json(s: &crate::services::controller::Shared) -> serde_json::Value {
+    use crate::services::rules::{pool_name, Proto};
+    use serde_json::json;
+    let applied = s.applied();
+    let sync = s.sync();
+    let mut keys: std::collections::BTreeSet<String> = sync.keys().cloned().collect();
+    keys.extend(applied.rules.services.keys().cloned());
+    let list: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            let rule = applied.rules.services.get(k);
+            let ports: Vec<serde_json::Value> = rule
+                .map(|r| {
+                    r.ports
+                        .iter()
+                        .map(|p| {
+                            let backends: Vec<serde_json::Value> = applied
+                                .backends
+                                .get(&pool_name(k, p))
+                                .into_iter()
+                                .flatten()
+                                .map(|(node, b)| {
+                                    json!({"address": b.addr.to_string(), "node": node,
+                                           "up": b.healthy(), "active": b.active()})
+                                })
+                                .collect();
+                            json!({"name": p.name, "port": p.port,
+                                   "protocol": if p.protocol == Proto::TCP { "TCP" } else { "UDP" },
+                                   "nodePort": p.node_port, "backends": backends})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "service": k,
+                "ips": rule.map(|r| r.ips.iter().map(|(ip, router)| json!({"ip": ip.to_string(), "vrrpRouter": router})).collect::<Vec<_>>()).unwrap_or_default(),
+                "externalTrafficPolicy": if rule.is_some_and(|r| r.local.is_some()) { "Local" } else { "Cluster" },
+                "ports": ports,
+                "served": rule.is_some(),
+                "problems": applied.problems.get(k).cloned().unwrap_or_default(),
+                "lastSync": sync.get(k),
+            })
+        })
+        .collect();
+    json!({"writer": *s.leader.borrow(), "services": list})
 }

@@ -25,6 +25,7 @@ pub struct RawFile {
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
     pub vrrp: Option<keel_vrrp::VrrpFile>,
+    pub services: Option<crate::services::config::RawServices>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +150,10 @@ pub struct Config {
     pub frontends: Vec<Frontend>,
     pub pools: BTreeMap<String, Pool>,
     pub vrrp: Option<keel_vrrp::VrrpConfig>,
+    /// The file's default timeouts (Service frontends get them too).
+    pub timeouts: Timeouts,
+    /// Services of type LoadBalancer in the workload cluster become frontends (`services:`).
+    pub services: Option<crate::services::config::ServicesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -478,6 +483,19 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         Some(v)
     });
 
+    let services = raw.services.as_ref().and_then(|rs| {
+        let routers: Vec<(String, bool)> = vrrp
+            .as_ref()
+            .map(|v| {
+                v.routers
+                    .iter()
+                    .map(|r| (r.name.clone(), r.family == keel_vrrp::config::Family::V4))
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::services::config::validate(rs, &routers, &mut diag)
+    });
+
     diag.finish(Config {
         path: src.path.clone(),
         admin,
@@ -486,6 +504,8 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         frontends,
         pools,
         vrrp,
+        timeouts: defaults,
+        services,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
+pub mod services;
 pub mod udp;
 
 use std::sync::Arc;
@@ -24,16 +25,18 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let admin_cfg = cfg.admin.clone();
     let server = server::Server::start(cfg, metrics.clone()).await?;
+    let services = server.services_shared();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     if let Some(a) = admin_cfg {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("admin listener {}", a.listen))?;
-        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, POST /reload, POST /handover)");
+        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, /services, POST /reload, POST /handover)");
         tokio::spawn(admin::serve(
             l,
             admin::Admin {
                 metrics,
+                services,
                 commands: tx,
                 token_file: a.token_file,
             },

@@ -14,6 +14,8 @@ use crate::config::{self, Config, Protocol};
 use crate::frontend::{self, Frontend};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::services::controller::{self as svc_ctl, FileView, Shared};
+use crate::services::rules::{self, ClusterRules, Problems};
 use crate::{health, listener, udp};
 
 /// Requests from the admin API to the control loop.
@@ -49,8 +51,24 @@ enum Bound {
     Udp(tokio::net::UdpSocket),
 }
 
+/// The Services provider as the server sees it: the file view it publishes, the rules it receives.
+struct Services {
+    view: watch::Sender<Arc<FileView>>,
+    rules: watch::Receiver<Option<Arc<ClusterRules>>>,
+    shared: Arc<Shared>,
+    running: Option<svc_ctl::Running>,
+}
+
 pub struct Server {
+    /// What is running: the file plus the Services' rules.
     cfg: Option<Config>,
+    /// The config file as loaded.
+    file: Option<Config>,
+    /// The cluster rules last applied (from the controller or the state file).
+    cluster: Arc<ClusterRules>,
+    /// Why some Services' rules are not running (clash with the file, bind failure, ...).
+    problems: Arc<Problems>,
+    services: Option<Services>,
     pub metrics: Arc<Metrics>,
     /// Every client connection and UDP session; shutdown waits on it to drain.
     tracker: TaskTracker,
@@ -70,6 +88,10 @@ impl Server {
     pub async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
         let mut s = Server {
             cfg: None,
+            file: None,
+            cluster: Arc::new(ClusterRules::default()),
+            problems: Arc::new(Problems::new()),
+            services: None,
             metrics,
             tracker: TaskTracker::new(),
             health_changed: Arc::new(Notify::new()),
@@ -78,7 +100,21 @@ impl Server {
             pool_up: HashMap::new(),
             vrrp: None,
         };
+        // Rules kept from the last run serve from the first moment, API server or not.
+        if let Some(path) = cfg.services.as_ref().and_then(|c| c.state_file.clone()) {
+            match crate::services::state::load(&path) {
+                Ok(Some(r)) => {
+                    tracing::info!(file = %path.display(), services = r.services.len(), nodes = r.nodes.len(), "services: serving the rules kept from the last run until the cluster is read");
+                    s.cluster = Arc::new(r);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "services: kept rules unreadable; starting without them")
+                }
+            }
+        }
         s.apply(cfg).await?;
+        s.start_services();
         Ok(s)
     }
 
@@ -86,9 +122,216 @@ impl Server {
         self.cfg.as_ref()
     }
 
-    /// Applies a validated config as a difference against the running one. Listeners are bound
-    /// before anything changes, so a failure leaves the running config untouched.
-    pub async fn apply(&mut self, new: Config) -> Result<(), ApplyError> {
+    /// Shared Services state (sync results, rules) for the admin API; None without `services:`.
+    pub fn services_shared(&self) -> Option<Arc<Shared>> {
+        self.services.as_ref().map(|s| s.shared.clone())
+    }
+
+    fn file_view(file: &Config) -> Option<FileView> {
+        let services = file.services.clone()?;
+        let mut reserved: std::collections::HashSet<std::net::IpAddr> =
+            file.frontends.iter().map(|f| f.listen.ip()).collect();
+        if let Some(v) = &file.vrrp {
+            reserved.extend(v.vips().iter().map(|v| v.addr));
+        }
+        Some(FileView {
+            services,
+            listeners: rules::file_listeners(file),
+            reserved,
+        })
+    }
+
+    fn start_services(&mut self) {
+        let Some(view) = self.file.as_ref().and_then(Self::file_view) else {
+            return;
+        };
+        let shared = Shared::new(&self.metrics.registry);
+        let (view_tx, view_rx) = watch::channel(Arc::new(view));
+        let rules = shared.rules.subscribe();
+        let running = svc_ctl::spawn(view_rx, shared.clone());
+        tracing::info!("services: watching the workload cluster's Services of type LoadBalancer");
+        self.services = Some(Services {
+            view: view_tx,
+            rules,
+            shared,
+            running: Some(running),
+        });
+    }
+
+    /// Applies a validated config file as a difference against the running state, with the Services'
+    /// rules rendered next to it. Listeners are bound before anything changes, so a failure leaves
+    /// the running config untouched.
+    pub async fn apply(&mut self, file: Config) -> Result<(), ApplyError> {
+        let cluster = self.cluster.clone();
+        let before_kubeconfig = self
+            .file
+            .as_ref()
+            .and_then(|f| f.services.as_ref())
+            .map(|s| s.kubeconfig.clone());
+        self.apply_with(file.clone(), &cluster, true).await?;
+        if let (Some(svc), Some(view)) = (&self.services, Self::file_view(&file)) {
+            if before_kubeconfig.as_ref() != Some(&view.services.kubeconfig) {
+                tracing::warn!("services: a new kubeconfig takes effect at the next restart");
+            }
+            svc.view.send_if_modified(|v| {
+                let changed = **v != view;
+                if changed {
+                    *v = Arc::new(view);
+                }
+                changed
+            });
+        } else if self.services.is_some() != file.services.is_some() {
+            tracing::warn!("services: adding or removing the services section takes effect at the next restart");
+        }
+        Ok(())
+    }
+
+    /// Renders `file` + `cluster` and applies it. A Service whose listener cannot be bound is left
+    /// out (and reported) rather than failing everything; the file's own frontends must all bind.
+    async fn apply_with(
+        &mut self,
+        file: Config,
+        cluster: &ClusterRules,
+        file_changed: bool,
+    ) -> Result<(), ApplyError> {
+        let health = file
+            .services
+            .as_ref()
+            .map(|s| s.health.clone())
+            .unwrap_or_else(default_svc_health);
+        let mut cluster = cluster.clone();
+        let mut extra: Problems = Problems::new();
+        // Bounded: each round drops at least one Service.
+        for _ in 0..=cluster.services.len() {
+            let (merged, mut problems) = rules::render(&file, &cluster, &health, file.timeouts);
+            match self.apply_config(merged).await {
+                Ok(()) => {
+                    for (k, v) in extra {
+                        problems.entry(k).or_default().extend(v);
+                    }
+                    for (k, v) in &problems {
+                        tracing::warn!(service = %k, problems = %v.join("; "), "services: rule not (fully) applied");
+                    }
+                    self.problems = Arc::new(problems);
+                    self.file = Some(file);
+                    if let Some(s) = &self.services {
+                        s.shared
+                            .metrics
+                            .applied_rules
+                            .set(cluster.services.len() as i64);
+                        s.shared.set_applied(self.applied_view(&cluster));
+                    }
+                    return Ok(());
+                }
+                Err(ApplyError::Bind {
+                    frontend,
+                    proto,
+                    addr,
+                    err,
+                }) if rules::is_service_name(&frontend) => {
+                    let key = frontend.split(':').next().unwrap_or_default().to_string();
+                    if cluster.services.remove(&key).is_none() {
+                        return Err(ApplyError::Bind {
+                            frontend,
+                            proto,
+                            addr,
+                            err,
+                        });
+                    }
+                    tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
+                    extra
+                        .entry(key)
+                        .or_default()
+                        .push(format!("cannot listen on {proto:?} {addr}: {err}"));
+                }
+                Err(e) => {
+                    if !file_changed {
+                        tracing::error!(error = %e, "services: rules not applied");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(ApplyError::Bind {
+            frontend: "services".into(),
+            proto: Protocol::Tcp,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            err: std::io::Error::other("no Service rule could be applied"),
+        })
+    }
+
+    fn applied_view(&self, cluster: &ClusterRules) -> svc_ctl::Applied {
+        let by_addr: HashMap<std::net::IpAddr, &str> = cluster
+            .nodes
+            .iter()
+            .flat_map(|(n, a)| {
+                a.v4.iter()
+                    .chain(a.v6.iter())
+                    .map(move |ip| (*ip, n.as_str()))
+            })
+            .collect();
+        let backends = self
+            .pools
+            .iter()
+            .filter(|(name, _)| rules::is_service_name(name))
+            .map(|(name, rp)| {
+                let list = rp
+                    .pool
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let node = by_addr.get(&b.addr.ip()).copied().unwrap_or("").to_string();
+                        (node, b.clone())
+                    })
+                    .collect();
+                (name.clone(), list)
+            })
+            .collect();
+        svc_ctl::Applied {
+            rules: Arc::new(cluster.clone()),
+            problems: self.problems.clone(),
+            backends,
+        }
+    }
+
+    /// New cluster rules from the controller: rendered with the file and applied; then kept on disk.
+    async fn apply_cluster(&mut self, rules: Arc<ClusterRules>) {
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.apply_with(file, &rules, false).await {
+            Ok(()) => {
+                self.cluster = rules.clone();
+                tracing::debug!(services = rules.services.len(), took = ?started.elapsed(), "services: rules applied");
+                if let Some(path) = self
+                    .file
+                    .as_ref()
+                    .and_then(|f| f.services.as_ref())
+                    .and_then(|s| s.state_file.clone())
+                {
+                    let r = rules.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        crate::services::state::save(&path, &r)
+                    })
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "services: rules not kept on disk")
+                        }
+                        Err(e) => tracing::error!(error = %e, "services: state writer failed"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "services: rules not applied; the previous ones keep running")
+            }
+        }
+    }
+
+    /// Applies a complete (rendered) config as a difference against the running one.
+    async fn apply_config(&mut self, new: Config) -> Result<(), ApplyError> {
         let mut fresh: HashMap<(Protocol, SocketAddr), Bound> = HashMap::new();
         for f in &new.frontends {
             let key = (f.protocol, f.listen);
@@ -360,6 +603,7 @@ impl Server {
                     }
                 },
                 _ = self.health_changed.notified() => self.publish_pool_health(false),
+                Some(rules) = next_rules(&mut self.services) => self.apply_cluster(rules).await,
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             }
@@ -370,6 +614,10 @@ impl Server {
 
     /// Hand the VIPs over (still serving), stop accepting, drain up to the configured time.
     pub async fn shutdown(mut self) {
+        if let Some(r) = self.services.as_mut().and_then(|s| s.running.take()) {
+            // Gives the writer Lease up so the peer takes over at once.
+            let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
+        }
         let (drain, handover) = self
             .cfg
             .as_ref()
@@ -395,6 +643,32 @@ impl Server {
                 connections = self.tracker.len(),
                 "drain time over; closing the remaining connections"
             ),
+        }
+    }
+}
+
+fn default_svc_health() -> crate::services::config::SvcHealth {
+    crate::services::config::SvcHealth {
+        cluster: crate::services::config::ClusterHealth::KubeProxy,
+        kube_proxy_port: 10256,
+        interval: std::time::Duration::from_secs(2),
+        timeout: std::time::Duration::from_secs(1),
+        rise: 2,
+        fall: 2,
+    }
+}
+
+/// The controller's next rule snapshot; pending forever without a Services provider.
+async fn next_rules(services: &mut Option<Services>) -> Option<Arc<ClusterRules>> {
+    let Some(s) = services.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        if s.rules.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(r) = s.rules.borrow_and_update().clone() {
+            return Some(r);
         }
     }
 }

@@ -161,6 +161,11 @@ pub struct RouterConfig {
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub vips: Vec<Vip>,
+    /// Addresses that follow mastership but are not advertised (keepalived's
+    /// `virtual_ipaddress_excluded`): keel-lb's Service VIPs. Adverts carry `vips` only, so the two
+    /// routers of a pair may disagree on these for a moment without an address mismatch, and a
+    /// router can carry more than the 255 addresses an advert holds.
+    pub excluded_vips: Vec<Vip>,
     pub unicast_src: Option<IpAddr>,
     pub unicast_peers: Vec<IpAddr>,
     pub garp_repeat: u32,
@@ -185,6 +190,13 @@ impl RouterConfig {
     pub fn key(&self) -> (String, u8, Family) {
         (self.interface.clone(), self.vrid, self.family)
     }
+
+    /// Every address the master holds: the advertised VIPs, then the excluded ones.
+    pub fn owned_vips(&self) -> Vec<Vip> {
+        let mut v = self.vips.clone();
+        v.extend(self.excluded_vips.iter().copied());
+        v
+    }
 }
 
 /// Validated VRRP config.
@@ -207,10 +219,7 @@ impl VrrpConfig {
 
     /// Every VIP of every router (keel-lb may bind listeners on them with IP_FREEBIND).
     pub fn vips(&self) -> Vec<Vip> {
-        self.routers
-            .iter()
-            .flat_map(|r| r.vips.iter().copied())
-            .collect()
+        self.routers.iter().flat_map(|r| r.owned_vips()).collect()
     }
 }
 
@@ -616,6 +625,7 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
         preempt: r.preempt.unwrap_or(true),
         preempt_delay,
         vips,
+        excluded_vips: Vec::new(),
         unicast_src,
         unicast_peers,
         garp_repeat,

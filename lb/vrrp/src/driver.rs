@@ -182,7 +182,7 @@ impl Driver {
         let slot = Slot::new(cfg);
         let ifindex = self.links.get(&slot.cfg.interface).map(|l| l.index);
         if let Some(index) = ifindex {
-            for v in &slot.cfg.vips {
+            for v in &slot.cfg.owned_vips() {
                 if del_address(&self.nl, index, v).await {
                     tracing::warn!(router = %slot.cfg.name, vrid = slot.cfg.vrid, vip = %v, "removed a VIP left over from an earlier run");
                 }
@@ -212,7 +212,7 @@ impl Driver {
         let all_vips: Vec<IpAddr> = self
             .slots
             .iter()
-            .flat_map(|s| s.cfg.vips.iter().map(|v| v.addr))
+            .flat_map(|s| s.cfg.owned_vips().into_iter().map(|v| v.addr))
             .collect();
         let primary = slot.cfg.unicast_src.or_else(|| match slot.cfg.family {
             Family::V4 => link

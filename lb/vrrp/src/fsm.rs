@@ -297,7 +297,7 @@ impl Router {
                     self.send_advert(now, &mut out);
                 } else if adv.priority > mine || (adv.priority == mine && src > self.primary) {
                     self.learn_interval(adv.max_adver_int);
-                    out.push(Action::RemoveVips(self.cfg.vips.clone()));
+                    out.push(Action::RemoveVips(self.cfg.owned_vips()));
                     self.stop_master_timers();
                     self.master_down_timer = Some(now + self.master_down_interval());
                     self.transition(State::Backup, "higher priority master", &mut out);
@@ -342,7 +342,7 @@ impl Router {
             self.announce_next = None;
             if self.state == State::Master && self.announce_left > 0 {
                 self.announce_left -= 1;
-                out.push(Action::Announce(self.cfg.vips.clone()));
+                out.push(Action::Announce(self.cfg.owned_vips()));
                 if self.announce_left > 0 {
                     self.announce_next = Some(now + self.cfg.garp_interval);
                 }
@@ -357,7 +357,7 @@ impl Router {
         if self.refresh_timer.is_some_and(|t| now >= t) {
             self.refresh_timer = None;
             if self.state == State::Master {
-                out.push(Action::Announce(self.cfg.vips.clone()));
+                out.push(Action::Announce(self.cfg.owned_vips()));
                 self.refresh_timer = self.cfg.garp_refresh.map(|d| now + d);
             }
         }
@@ -402,7 +402,7 @@ impl Router {
         }
         if !up {
             if self.state == State::Master {
-                out.push(Action::RemoveVips(self.cfg.vips.clone()));
+                out.push(Action::RemoveVips(self.cfg.owned_vips()));
             }
             self.stop_master_timers();
             self.master_down_timer = None;
@@ -443,7 +443,7 @@ impl Router {
         }
         if self.state == State::Master {
             out.push(Action::SendAdvert { priority: 0 });
-            out.push(Action::RemoveVips(self.cfg.vips.clone()));
+            out.push(Action::RemoveVips(self.cfg.owned_vips()));
         }
         self.stop(&mut out);
         out
@@ -464,17 +464,15 @@ impl Router {
         self.failed_interfaces
             .retain(|p| self.cfg.track_interfaces.iter().any(|t| &t.name == p));
         if self.state == State::Master && !self.stopped {
-            let added: Vec<Vip> = self
-                .cfg
-                .vips
+            let (now_owned, was_owned) = (self.cfg.owned_vips(), old.owned_vips());
+            let added: Vec<Vip> = now_owned
                 .iter()
-                .filter(|v| !old.vips.contains(v))
+                .filter(|v| !was_owned.contains(v))
                 .copied()
                 .collect();
-            let removed: Vec<Vip> = old
-                .vips
+            let removed: Vec<Vip> = was_owned
                 .iter()
-                .filter(|v| !self.cfg.vips.contains(v))
+                .filter(|v| !now_owned.contains(v))
                 .copied()
                 .collect();
             if !removed.is_empty() {
@@ -533,7 +531,7 @@ impl Router {
         self.master_down_timer = None;
         // VIPs first, then the announcement, then the advert: by the time the old master hears
         // us and lets go, clients already point at us.
-        out.push(Action::AddVips(self.cfg.vips.clone()));
+        out.push(Action::AddVips(self.cfg.owned_vips()));
         self.transition(State::Master, reason, out);
         self.start_announcing(now, out);
         self.send_advert(now, out);
@@ -554,7 +552,7 @@ impl Router {
     }
 
     fn start_announcing(&mut self, now: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Announce(self.cfg.vips.clone()));
+        out.push(Action::Announce(self.cfg.owned_vips()));
         self.announce_left = self.cfg.garp_repeat.saturating_sub(1);
         self.announce_next = (self.announce_left > 0).then(|| now + self.cfg.garp_interval);
     }
@@ -569,7 +567,7 @@ impl Router {
     }
 
     fn release(&mut self, _now: Instant, reason: &'static str, out: &mut Vec<Action>) {
-        out.push(Action::RemoveVips(self.cfg.vips.clone()));
+        out.push(Action::RemoveVips(self.cfg.owned_vips()));
         self.stop_master_timers();
         self.stopped = true;
         self.transition(State::Initialize, reason, out);
@@ -637,6 +635,7 @@ mod tests {
                 addr: "198.18.0.100".parse().unwrap(),
                 prefix: 24,
             }],
+            excluded_vips: vec![],
             unicast_src: None,
             unicast_peers: vec![],
             garp_repeat: 1,
@@ -1264,6 +1263,39 @@ mod tests {
                 Action::SendAdvert { priority: 255 },
             ]
         );
+    }
+
+    #[test]
+    fn excluded_vips_follow_mastership_but_never_reach_the_advert() {
+        let svc = Vip {
+            addr: "198.18.0.200".parse().unwrap(),
+            prefix: 32,
+        };
+        let mut c = cfg(255);
+        c.excluded_vips = vec![svc];
+        let mut r = Router::new(c.clone(), ip(1));
+        let t = Instant::now();
+        let acts = r.start(t);
+        assert!(acts.contains(&Action::AddVips(c.owned_vips())));
+        // A peer advertising only the advertised VIPs is not an address mismatch.
+        let mut peer = Router::new(cfg(100), ip(2));
+        peer.start(t);
+        assert!(peer.handle_advert(t, ip(1), &advert(&r, 255)).is_ok());
+        assert!(r.handle_advert(t, ip(2), &advert(&peer, 100)).is_ok());
+        // Adding and removing an excluded VIP while master is applied at once.
+        let extra = Vip {
+            addr: "198.18.0.201".parse().unwrap(),
+            prefix: 32,
+        };
+        let mut c2 = c.clone();
+        c2.excluded_vips = vec![extra];
+        let acts = r.reconfigure(t, c2);
+        assert!(acts.contains(&Action::RemoveVips(vec![svc])));
+        assert!(acts.contains(&Action::AddVips(vec![extra])));
+        assert!(acts.contains(&Action::Announce(vec![extra])));
+        // Releasing drops both kinds.
+        let acts = r.shutdown(t);
+        assert!(acts.contains(&Action::RemoveVips(vec![cfg(1).vips[0], extra])));
     }
 
     fn cfg_v2(priority: u8, secs: u16) -> RouterConfig {

@@ -1,0 +1,529 @@
+//! The `services:` section: how keel-lb becomes the workload cluster's provider for Services of type
+//! LoadBalancer. Raw serde structs, then one `validate` into [`ServicesConfig`], like the rest of the
+//! file; the controller trusts what comes out.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_common::{Diagnostics, Dur};
+use serde::Deserialize;
+
+use crate::config::Balance;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServices {
+    /// kubeconfig of keel-lb's own identity in the workload cluster (configs/keel-lb-rbac.yaml).
+    pub kubeconfig: PathBuf,
+    /// `spec.loadBalancerClass` served; Services with another class are left alone.
+    pub load_balancer_class: Option<String>,
+    /// Also serve Services without a class (upstream: the cluster's default provider does). Default
+    /// true without `load_balancer_class`, false with one.
+    pub default_class: Option<bool>,
+    /// Where the last applied Service rules are kept, so a restart during an API outage still serves.
+    pub state_file: Option<PathBuf>,
+    /// The Lease that elects the one keel-lb that writes status, annotations, finalizers and Events.
+    #[serde(default)]
+    pub writer_lease: RawLease,
+    /// This instance's name in that Lease (default: the host name).
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub health: RawSvcHealth,
+    #[serde(default)]
+    pub address_pools: Vec<RawAddressPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLease {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub duration: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSvcHealth {
+    /// `kube_proxy` (HTTP on kube-proxy's healthz, port 10256) or `node_port` (TCP to the nodePort)
+    /// for `externalTrafficPolicy: Cluster`.
+    pub cluster: Option<ClusterHealth>,
+    pub kube_proxy_port: Option<u32>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAddressPool {
+    pub name: String,
+    /// CIDRs (`198.18.100.0/28`, `2001:db8:100::/124`) or ranges (`198.18.100.10-198.18.100.20`).
+    pub addresses: Vec<String>,
+    /// Hand out addresses to Services that ask for none (default true). With false, a Service gets
+    /// an address here only by asking for the pool or the address.
+    pub auto_assign: Option<bool>,
+    /// Only Services in these namespaces (default: all).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Only Services carrying all these labels (default: all).
+    #[serde(default)]
+    pub service_labels: BTreeMap<String, String>,
+    /// The VRRP routers (names in `vrrp.routers`) that carry this pool's addresses: one per family.
+    #[serde(default)]
+    pub vrrp_routers: Vec<String>,
+    /// Send PROXY protocol v2 to the nodes (the Service's ingress then says `ipMode: Proxy`).
+    pub proxy_protocol: Option<String>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterHealth {
+    KubeProxy,
+    NodePort,
+}
+
+/// An inclusive address range of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl Range {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip_u128(ip).is_some_and(|v| {
+            same_family(ip, self.first)
+                && v >= ip_u128(self.first).unwrap_or(0)
+                && v <= ip_u128(self.last).unwrap_or(0)
+        })
+    }
+
+    pub fn len(&self) -> u128 {
+        match (ip_u128(self.first), ip_u128(self.last)) {
+            (Some(a), Some(b)) => b - a + 1,
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th address of the range (`i < len`).
+    pub fn nth(&self, i: u128) -> Option<IpAddr> {
+        let v = ip_u128(self.first)?.checked_add(i)?;
+        if v > ip_u128(self.last)? {
+            return None;
+        }
+        Some(match self.first {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(v).ok()?)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(v)),
+        })
+    }
+}
+
+pub fn ip_u128(ip: IpAddr) -> Option<u128> {
+    Some(match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    })
+}
+
+pub fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressPool {
+    pub name: String,
+    pub ranges: Vec<Range>,
+    pub auto_assign: bool,
+    pub namespaces: Vec<String>,
+    pub service_labels: BTreeMap<String, String>,
+    /// Router name for IPv4 and IPv6 addresses of this pool.
+    pub router_v4: Option<String>,
+    pub router_v6: Option<String>,
+    pub proxy_protocol: bool,
+    pub balance: Balance,
+}
+
+impl AddressPool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+
+    pub fn has_family(&self, v4: bool) -> bool {
+        self.ranges.iter().any(|r| r.first.is_ipv4() == v4)
+    }
+
+    pub fn router_for(&self, ip: IpAddr) -> Option<&str> {
+        if ip.is_ipv4() {
+            self.router_v4.as_deref()
+        } else {
+            self.router_v6.as_deref()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SvcHealth {
+    pub cluster: ClusterHealth,
+    pub kube_proxy_port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesConfig {
+    pub kubeconfig: PathBuf,
+    pub load_balancer_class: Option<String>,
+    pub default_class: bool,
+    pub state_file: Option<PathBuf>,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub instance: Option<String>,
+    pub health: SvcHealth,
+    pub pools: Vec<AddressPool>,
+}
+
+impl ServicesConfig {
+    /// Whether keel-lb serves a Service with this `spec.loadBalancerClass` (upstream's rule: a class
+    /// means the controller that owns that class, none means the default provider).
+    pub fn serves_class(&self, class: Option<&str>) -> bool {
+        match class {
+            None => self.default_class,
+            Some(c) => self.load_balancer_class.as_deref() == Some(c),
+        }
+    }
+}
+
+/// A host name as a Lease holder and Event reporter (falls back to "keel-lb").
+pub fn default_instance() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keel-lb".into())
+}
+
+fn parse_range(text: &str) -> Result<Range, String> {
+    let t = text.trim();
+    if let Some((a, b)) = t.split_once('-') {
+        let first: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let last: IpAddr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{b:?} is not an IP address"))?;
+        if !same_family(first, last) {
+            return Err(format!("{t:?} mixes IPv4 and IPv6"));
+        }
+        if ip_u128(first) > ip_u128(last) {
+            return Err(format!("{t:?}: the first address is after the last"));
+        }
+        return Ok(Range { first, last });
+    }
+    let Some((ip, len)) = t.split_once('/') else {
+        return Err(format!(
+            "{t:?} is neither a CIDR (198.18.100.0/28) nor a range (198.18.100.10-198.18.100.20)"
+        ));
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+    let bits: u32 = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= bits)
+        .ok_or_else(|| format!("{t:?}: prefix length must be 0-{bits}"))?;
+    let v = ip_u128(ip).unwrap_or(0);
+    let host_bits = bits - len;
+    let mask: u128 = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    if v & mask != 0 {
+        return Err(format!("{t:?} has host bits set"));
+    }
+    let (first, last) = (v, v | mask);
+    let mk = |x: u128| match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(x as u32)),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(x)),
+    };
+    Ok(Range {
+        first: mk(first),
+        last: mk(last),
+    })
+}
+
+const DNS_LABEL_MAX: usize = 63;
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= DNS_LABEL_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Validates the section. `routers` are the VRRP routers of the file: (name, is IPv4).
+pub fn validate(
+    raw: &RawServices,
+    routers: &[(String, bool)],
+    diag: &mut Diagnostics,
+) -> Option<ServicesConfig> {
+    let f = "services";
+    let before = diag_len(diag);
+    if raw.kubeconfig.as_os_str().is_empty() || !raw.kubeconfig.is_absolute() {
+        diag.error(format!("{f}.kubeconfig"), "must be an absolute path");
+    }
+    if let Some(c) = &raw.load_balancer_class {
+        // A label-style qualified name: prefix/name (upstream validates it as a qualified name).
+        if c.is_empty() || c.len() > 253 || c.chars().any(|ch| ch.is_whitespace()) {
+            diag.error(
+                format!("{f}.load_balancer_class"),
+                format!("{c:?} is not a valid loadBalancerClass (e.g. keel.io/lb)"),
+            );
+        }
+    }
+    let default_class = raw
+        .default_class
+        .unwrap_or(raw.load_balancer_class.is_none());
+    if raw.load_balancer_class.is_none() && !default_class {
+        diag.error(
+            format!("{f}.default_class"),
+            "with no load_balancer_class and default_class false, no Service would be served",
+        );
+    }
+    if let Some(p) = &raw.state_file {
+        if !p.is_absolute() {
+            diag.error(format!("{f}.state_file"), "must be an absolute path");
+        }
+    }
+    let lease_namespace = raw
+        .writer_lease
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "kube-system".into());
+    let lease_name = raw
+        .writer_lease
+        .name
+        .clone()
+        .unwrap_or_else(|| "keel-lb".into());
+    if !is_dns_label(&lease_namespace) {
+        diag.error(
+            format!("{f}.writer_lease.namespace"),
+            format!("{lease_namespace:?} is not a namespace name"),
+        );
+    }
+    if lease_name.is_empty() || lease_name.len() > 253 {
+        diag.error(format!("{f}.writer_lease.name"), "must be 1-253 characters");
+    }
+    let lease_duration = raw
+        .writer_lease
+        .duration
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(15));
+    if lease_duration < Duration::from_secs(2) || lease_duration > Duration::from_secs(300) {
+        diag.error(
+            format!("{f}.writer_lease.duration"),
+            format!("{lease_duration:?} is not in [2s, 5m]"),
+        );
+    }
+
+    let h = &raw.health;
+    let dur = |d: Option<Dur>, def: u64| d.map(|d| d.0).unwrap_or(Duration::from_millis(def));
+    let health = SvcHealth {
+        cluster: h.cluster.unwrap_or(ClusterHealth::KubeProxy),
+        kube_proxy_port: match h.kube_proxy_port {
+            None => 10256,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    diag.error(
+                        format!("{f}.health.kube_proxy_port"),
+                        format!("{p} is not a port"),
+                    );
+                    10256
+                }
+            },
+        },
+        interval: dur(h.interval, 2000),
+        timeout: dur(h.timeout, 1000),
+        rise: h.rise.unwrap_or(2),
+        fall: h.fall.unwrap_or(2),
+    };
+    if health.interval.is_zero() || health.timeout.is_zero() {
+        diag.error(
+            format!("{f}.health"),
+            "interval and timeout must be above 0",
+        );
+    }
+    if health.rise == 0 || health.fall == 0 {
+        diag.error(format!("{f}.health"), "rise and fall must be at least 1");
+    }
+
+    let mut pools: Vec<AddressPool> = Vec::new();
+    if raw.address_pools.is_empty() {
+        diag.error(
+            format!("{f}.address_pools"),
+            "at least one address pool is needed to give Services addresses",
+        );
+    }
+    for (i, rp) in raw.address_pools.iter().enumerate() {
+        let pf = format!("{f}.address_pools[{i}]");
+        if !is_dns_label(&rp.name) {
+            diag.error(
+                format!("{pf}.name"),
+                format!("{:?} must be a DNS label (a-z, 0-9, '-')", rp.name),
+            );
+        }
+        if let Some(j) = pools.iter().position(|p| p.name == rp.name) {
+            diag.error(
+                format!("{pf}.name"),
+                format!("{:?} is also the name of address_pools[{j}]", rp.name),
+            );
+        }
+        let mut ranges: Vec<Range> = Vec::new();
+        if rp.addresses.is_empty() {
+            diag.error(
+                format!("{pf}.addresses"),
+                "must list at least one CIDR or range",
+            );
+        }
+        for (j, a) in rp.addresses.iter().enumerate() {
+            match parse_range(a) {
+                Ok(r) => {
+                    let overlap = pools
+                        .iter()
+                        .flat_map(|p| p.ranges.iter().map(move |x| (p, x)))
+                        .find(|(_, x)| overlaps(x, &r))
+                        .map(|(p, _)| p.name.clone());
+                    if let Some(other) = overlap {
+                        diag.error(
+                            format!("{pf}.addresses[{j}]"),
+                            format!("{a:?} overlaps address pool {other:?}"),
+                        );
+                    } else if ranges.iter().any(|x| overlaps(x, &r)) {
+                        diag.error(
+                            format!("{pf}.addresses[{j}]"),
+                            format!("{a:?} overlaps another entry of this pool"),
+                        );
+                    }
+                    ranges.push(r);
+                }
+                Err(e) => diag.error(format!("{pf}.addresses[{j}]"), e),
+            }
+        }
+        for ns in &rp.namespaces {
+            if !is_dns_label(ns) {
+                diag.error(
+                    format!("{pf}.namespaces"),
+                    format!("{ns:?} is not a namespace name"),
+                );
+            }
+        }
+        let (mut router_v4, mut router_v6) = (None, None);
+        for (j, name) in rp.vrrp_routers.iter().enumerate() {
+            match routers.iter().find(|(n, _)| n == name) {
+                None => diag.error(
+                    format!("{pf}.vrrp_routers[{j}]"),
+                    format!(
+                        "no VRRP router named {name:?} (routers: {})",
+                        if routers.is_empty() {
+                            "none; add a vrrp: section".to_string()
+                        } else {
+                            routers
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ),
+                Some((_, v4)) => {
+                    let slot = if *v4 { &mut router_v4 } else { &mut router_v6 };
+                    if slot.is_some() {
+                        diag.error(
+                            format!("{pf}.vrrp_routers[{j}]"),
+                            format!(
+                                "a second {} router; a pool has one router per family",
+                                if *v4 { "IPv4" } else { "IPv6" }
+                            ),
+                        );
+                    }
+                    *slot = Some(name.clone());
+                }
+            }
+        }
+        if ranges.iter().any(|r| r.first.is_ipv4()) && router_v4.is_none() && !routers.is_empty() {
+            diag.error(
+                format!("{pf}.vrrp_routers"),
+                "the pool has IPv4 addresses but names no IPv4 router to carry them",
+            );
+        }
+        if ranges.iter().any(|r| r.first.is_ipv6()) && router_v6.is_none() && !routers.is_empty() {
+            diag.error(
+                format!("{pf}.vrrp_routers"),
+                "the pool has IPv6 addresses but names no IPv6 router to carry them",
+            );
+        }
+        let proxy_protocol = match rp.proxy_protocol.as_deref() {
+            None => false,
+            Some("v2") => true,
+            Some(o) => {
+                diag.error(
+                    format!("{pf}.proxy_protocol"),
+                    format!("{o:?} is not supported; the only value is \"v2\""),
+                );
+                false
+            }
+        };
+        pools.push(AddressPool {
+            name: rp.name.clone(),
+            ranges,
+            auto_assign: rp.auto_assign.unwrap_or(true),
+            namespaces: rp.namespaces.clone(),
+            service_labels: rp.service_labels.clone(),
+            router_v4,
+            router_v6,
+            proxy_protocol,
+            balance: rp.balance,
+        });
+    }
+    (diag_len(diag) == before).then(|| ServicesConfig {
+        kubeconfig: raw.kubeconfig.clone(),
+        load_balancer_class: raw.load_balancer_class.clone(),
+        default_class,
+        state_file: raw.state_file.clone(),
+        lease_namespace,
+        lease_name,
+        lease_duration,
+        instance: raw.instance.clone(),
+        health,
+        pools,
+    })
+}
+
+fn diag_len(d: &Diagnostics) -> usize {
+    d.len()
+}
+
+fn overlaps(a: &Range, b: &Range) -> bool {
+    same_family(a.first, b.first)
+        && ip_u128(a.first) <= ip_u128(b.last)
+        && ip_u128(b.first) <= ip_u128(a.last)
+}
