@@ -20,10 +20,15 @@
 pub mod auth;
 pub mod clock;
 pub mod controllers;
+pub mod dryrun;
 pub mod faults;
+pub mod fieldvalidation;
 mod handler;
 pub mod noderestriction;
+pub mod openapi;
+mod openapi_proto;
 pub mod patch;
+pub mod patch_meta;
 pub mod pki;
 mod proto;
 pub mod resources;
