@@ -37,7 +37,13 @@ pub fn created(def: &ResourceDef, ns: &str, mut obj: Value) -> Value {
 
 /// What `Store::update` would answer: immutable metadata and the resourceVersion of `old`.
 pub fn updated(def: &ResourceDef, old: &Value, mut obj: Value) -> Value {
-    for f in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "resourceVersion"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "deletionTimestamp",
+        "resourceVersion",
+    ] {
         match old["metadata"].get(f) {
             Some(v) => obj["metadata"][f] = v.clone(),
             None => {

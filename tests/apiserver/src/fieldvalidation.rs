@@ -70,9 +70,7 @@ fn walk(v: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             let props = schema.get("properties").and_then(|p| p.as_object());
-            let extra = schema
-                .get("additionalProperties")
-                .filter(|a| a.is_object());
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
             if props.is_none() && extra.is_none() {
                 // No declared shape (RawExtension, FieldsV1): Go keeps whatever is there.
                 return;
@@ -240,7 +238,12 @@ pub fn check(
 /// Server-side apply converts the applied configuration to the typed schema, which refuses
 /// undeclared fields whatever the directive (structured-merge-diff; upstream answers 500 without a
 /// reason, kubernetes/kubernetes#122480).
-pub fn check_apply(def: &ResourceDef, ns: &str, name: &str, cfg: &mut Value) -> Result<(), ApiError> {
+pub fn check_apply(
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+    cfg: &mut Value,
+) -> Result<(), ApiError> {
     let unknown = prune_unknown(def, cfg);
     if unknown.is_empty() {
         return Ok(());
@@ -302,7 +305,9 @@ mod tests {
     #[test]
     fn duplicates_and_strict_wording() {
         assert_eq!(
-            duplicate_fields(br#"{"metadata": {"name": "a", "name": "b"}, "x": [{"y": 1, "y": 2}]}"#),
+            duplicate_fields(
+                br#"{"metadata": {"name": "a", "name": "b"}, "x": [{"y": 1, "y": 2}]}"#
+            ),
             vec!["metadata.name", "x[0].y"]
         );
         let node = resources::find("", "v1", "nodes").unwrap();

@@ -2,8 +2,8 @@
 //! generic registry (get/list/watch/create/update/patch/delete, subresources, preconditions).
 
 use crate::auth::{self, Attrs, User};
-use crate::fieldvalidation::{self, Stage};
 use crate::faults::Action;
+use crate::fieldvalidation::{self, Stage};
 use crate::noderestriction::{self, Op};
 use crate::patch;
 use crate::resources::{self, ResourceDef};
@@ -822,7 +822,13 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let def = t.def;
     let dry = crate::dryrun::dry_run(&ctx.q, "CreateOptions")?;
     let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
-    ctx.warn(fieldvalidation::check(fv, def, &mut obj, Some(&ctx.body), Stage::Decode)?);
+    ctx.warn(fieldvalidation::check(
+        fv,
+        def,
+        &mut obj,
+        Some(&ctx.body),
+        Stage::Decode,
+    )?);
     if !obj.get("metadata").is_some_and(|m| m.is_object()) {
         obj["metadata"] = json!({});
     }
@@ -1004,7 +1010,13 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     check_type(t, &obj)?;
     let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
     crate::dryrun::dry_run(&ctx.q, "UpdateOptions")?;
-    ctx.warn(fieldvalidation::check(fv, t.def, &mut obj, Some(&ctx.body), Stage::Decode)?);
+    ctx.warn(fieldvalidation::check(
+        fv,
+        t.def,
+        &mut obj,
+        Some(&ctx.body),
+        Stage::Decode,
+    )?);
     let body_name = meta_str(&obj, "name");
     if body_name != t.name {
         return Err(ApiError::bad_request(format!(
@@ -1118,7 +1130,13 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     }
     if !apply {
         let body = (ct != "application/json-patch+json").then_some(&ctx.body[..]);
-        ctx.warn(fieldvalidation::check(fv, t.def, &mut doc, body, Stage::Patch)?);
+        ctx.warn(fieldvalidation::check(
+            fv,
+            t.def,
+            &mut doc,
+            body,
+            Stage::Patch,
+        )?);
     }
     let out = commit_update(ctx, t, &mut store, &old, doc)?;
     Ok(json_response(200, &out))

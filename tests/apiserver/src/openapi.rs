@@ -20,10 +20,13 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 
-/// Content type of the protobuf (gnostic `openapi_v2.Document`) form of `/openapi/v2`.
-pub const V2_PROTO: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-const V2_PROTO_OLD: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
-const V3_PROTO: &str = "application/com.github.proto-openapi.spec.v3@v1.0+protobuf";
+/// Content type of the protobuf (gnostic `openapi_v2.Document`) form of `/openapi/v2`. Clients
+/// also ask with the deprecated `…v2@v1.0+protobuf` (client-go does); kube-openapi answers both
+/// with this one (`@` is not a token character, Go's mime parser refuses it).
+pub const V2_PROTO: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+const V2_PROTO_DEPRECATED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+const V3_PROTO: &str = "application/com.github.proto-openapi.spec.v3.v1.0+protobuf";
+const V3_PROTO_DEPRECATED: &str = "application/com.github.proto-openapi.spec.v3@v1.0+protobuf";
 
 const DEFS_PREFIX: &str = "#/definitions/";
 const V3_PREFIX: &str = "#/components/schemas/";
@@ -121,7 +124,10 @@ fn build_definitions() -> Definitions {
             .iter()
             .map(|(g, v)| json!({"group": g, "kind": "", "version": v})),
     );
-    for (name, kind) in [(&delete_options, "DeleteOptions"), (&watch_event, "WatchEvent")] {
+    for (name, kind) in [
+        (&delete_options, "DeleteOptions"),
+        (&watch_event, "WatchEvent"),
+    ] {
         let l: Vec<Value> = per_gv
             .iter()
             .map(|x| {
@@ -173,7 +179,10 @@ fn build_definitions() -> Definitions {
             continue;
         };
         if !m.patch_strategy.is_empty() {
-            p.insert("x-kubernetes-patch-strategy".into(), json!(m.patch_strategy));
+            p.insert(
+                "x-kubernetes-patch-strategy".into(),
+                json!(m.patch_strategy),
+            );
         }
         if !m.merge_key.is_empty() {
             p.insert("x-kubernetes-patch-merge-key".into(), json!(m.merge_key));
@@ -213,7 +222,9 @@ pub fn definition_for(api_version: &str, kind: &str) -> Option<&'static str> {
 /// Resolves `$ref` (also the v3 `allOf: [{$ref}]` form) to the referenced definition.
 pub fn resolve(schema: &Value) -> Option<&'static Value> {
     let d = definitions();
-    let r = schema.get("$ref").or_else(|| schema.pointer("/allOf/0/$ref"))?;
+    let r = schema
+        .get("$ref")
+        .or_else(|| schema.pointer("/allOf/0/$ref"))?;
     d.defs.get(r.as_str()?.strip_prefix(DEFS_PREFIX)?)
 }
 
@@ -251,7 +262,10 @@ fn group_camel(def: &ResourceDef) -> String {
         def.group.split('.').next().unwrap_or(def.group)
     };
     let mut c = g.chars();
-    let head: String = c.next().map(|x| x.to_uppercase().collect()).unwrap_or_default();
+    let head: String = c
+        .next()
+        .map(|x| x.to_uppercase().collect())
+        .unwrap_or_default();
     let v = def.version.replacen('v', "V", 1);
     format!("{head}{}{v}", c.as_str())
 }
@@ -390,7 +404,14 @@ fn paths_for(def: &'static ResourceDef, d: &Definitions) -> Vec<PathItem> {
         gvk: gvk_v.clone(),
     };
     let patch = |suffix: &str| {
-        let mut o = write("patch", "patch", "patch", suffix, &d.meta.patch, &[200, 201]);
+        let mut o = write(
+            "patch",
+            "patch",
+            "patch",
+            suffix,
+            &d.meta.patch,
+            &[200, 201],
+        );
         o.params.push(&FORCE);
         o.consumes = PATCH_CONSUMES;
         o
@@ -458,10 +479,7 @@ fn paths_for(def: &'static ResourceDef, d: &Definitions) -> Vec<PathItem> {
     r.desc = format!("read the specified {k}");
     out.push(PathItem {
         path: format!("{base}/{{name}}"),
-        path_params: ns_param()
-            .into_iter()
-            .chain([name_param(k)])
-            .collect(),
+        path_params: ns_param().into_iter().chain([name_param(k)]).collect(),
         ops: vec![r, replace, delete, p],
     });
     for sub in def.subresources {
@@ -618,15 +636,26 @@ fn v3_paths(d: &Definitions, defs: &[&'static ResourceDef]) -> Map<String, Value
                     let content: Map<String, Value> = o
                         .consumes
                         .iter()
-                        .map(|c| (c.to_string(), json!({"schema": {"$ref": format!("{V3_PREFIX}{b}")}})))
+                        .map(|c| {
+                            (
+                                c.to_string(),
+                                json!({"schema": {"$ref": format!("{V3_PREFIX}{b}")}}),
+                            )
+                        })
                         .collect();
-                    op["requestBody"] = json!({"content": content, "required": o.method != "delete"});
+                    op["requestBody"] =
+                        json!({"content": content, "required": o.method != "delete"});
                 }
                 let mut responses = Map::new();
                 for (c, r) in &o.responses {
                     let content: Map<String, Value> = PRODUCES
                         .iter()
-                        .map(|p| (p.to_string(), json!({"schema": {"$ref": format!("{V3_PREFIX}{r}")}})))
+                        .map(|p| {
+                            (
+                                p.to_string(),
+                                json!({"schema": {"$ref": format!("{V3_PREFIX}{r}")}}),
+                            )
+                        })
                         .collect();
                     responses.insert(
                         c.to_string(),
@@ -655,7 +684,8 @@ fn bearer() -> Value {
 
 /// Upstream's v2 forms of the two int-or-string types (v3 keeps k8s-openapi's form).
 fn v2_fixups(defs: &mut Map<String, Value>) {
-    if let Some(Value::Object(d)) = defs.get_mut("io.k8s.apimachinery.pkg.util.intstr.IntOrString") {
+    if let Some(Value::Object(d)) = defs.get_mut("io.k8s.apimachinery.pkg.util.intstr.IntOrString")
+    {
         d.remove("x-kubernetes-int-or-string");
         d.insert("type".into(), json!("string"));
         d.insert("format".into(), json!("int-or-string"));
@@ -809,7 +839,8 @@ fn docs() -> &'static Docs {
                 )
             })
             .collect();
-        let v3_index = Bytes::from(serde_json::to_vec(&json!({"paths": paths})).unwrap_or_default());
+        let v3_index =
+            Bytes::from(serde_json::to_vec(&json!({"paths": paths})).unwrap_or_default());
         Docs {
             v2_json,
             v2_proto,
@@ -892,24 +923,32 @@ pub(crate) fn serve(
     let path = path.trim_end_matches('/');
     let d = docs();
     if path == "/openapi/v2" {
-        let ct = negotiate(accept, &["application/json", V2_PROTO, V2_PROTO_OLD]);
+        let ct = negotiate(accept, &["application/json", V2_PROTO, V2_PROTO_DEPRECATED]);
         let Some(ct) = ct else {
             return Some(Ok(not_acceptable()));
         };
-        let s = if ct == "application/json" {
-            &d.v2_json
+        let (ct, s) = if ct == "application/json" {
+            (ct, &d.v2_json)
         } else {
-            &d.v2_proto
+            (V2_PROTO, &d.v2_proto)
         };
         return Some(Ok(respond(
             200,
             ct,
             s.body.clone(),
-            &[("etag", format!("\"{}\"", s.etag)), ("vary", "Accept".into())],
+            &[
+                ("etag", format!("\"{}\"", s.etag)),
+                ("vary", "Accept".into()),
+            ],
         )));
     }
     if path == "/openapi/v3" {
-        return Some(Ok(respond(200, "application/json", d.v3_index.clone(), &[])));
+        return Some(Ok(respond(
+            200,
+            "application/json",
+            d.v3_index.clone(),
+            &[],
+        )));
     }
     let gv = path.strip_prefix("/openapi/v3/")?;
     let Some(s) = d.v3.get(gv) else {
@@ -921,8 +960,8 @@ pub(crate) fn serve(
     };
     // kube-openapi handler3 also serves v3 as protobuf; only JSON is built here, so a client that
     // accepts nothing else gets 406 (kubectl and client-go ask for JSON).
-    if negotiate(accept, &["application/json", V3_PROTO]) != Some("application/json")
-        && negotiate(accept, &["application/json"]).is_none()
+    if negotiate(accept, &["application/json", V3_PROTO, V3_PROTO_DEPRECATED])
+        != Some("application/json")
     {
         return Some(Ok(not_acceptable()));
     }
@@ -982,10 +1021,12 @@ mod tests {
                 ["x-kubernetes-patch-merge-key"],
             "type"
         );
-        assert!(d.defs["io.k8s.api.core.v1.NodeSpec"]["properties"]["taints"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("taints"));
+        assert!(
+            d.defs["io.k8s.api.core.v1.NodeSpec"]["properties"]["taints"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("taints")
+        );
     }
 
     #[test]
@@ -1025,6 +1066,22 @@ mod tests {
             patch["x-kubernetes-group-version-kind"],
             json!({"group": "", "kind": "Node", "version": "v1"})
         );
+    }
+
+    #[test]
+    fn patch_meta_names_fields_of_the_served_schemas() {
+        let d = definitions();
+        for m in patch_meta::FIELDS {
+            assert!(
+                d.defs
+                    .get(m.definition)
+                    .and_then(|x| x.pointer(&format!("/properties/{}", m.field)))
+                    .is_some(),
+                "{}.{}",
+                m.definition,
+                m.field
+            );
+        }
     }
 
     #[test]

@@ -112,7 +112,12 @@ fn schema(buf: &mut Vec<u8>, v: &Value) {
     int64(buf, 17, i("maxProperties"));
     int64(buf, 18, i("minProperties"));
     strings(buf, 19, m.get("required"));
-    for e in m.get("enum").and_then(|v| v.as_array()).into_iter().flatten() {
+    for e in m
+        .get("enum")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         any(buf, 20, e);
     }
     match m.get("additionalProperties") {
@@ -134,7 +139,12 @@ fn schema(buf: &mut Vec<u8>, v: &Value) {
             x => message(b, 1, |b| schema(b, x)),
         });
     }
-    for x in m.get("allOf").and_then(|v| v.as_array()).into_iter().flatten() {
+    for x in m
+        .get("allOf")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         message(buf, 24, |b| schema(b, x));
     }
     if let Some(Value::Object(props)) = m.get("properties") {
@@ -165,7 +175,11 @@ fn parameter(buf: &mut Vec<u8>, p: &Value) {
                 string(b, 1, s(m, "description"));
                 string(b, 2, s(m, "name"));
                 string(b, 3, "body");
-                boolean(b, 4, m.get("required").and_then(|v| v.as_bool()) == Some(true));
+                boolean(
+                    b,
+                    4,
+                    m.get("required").and_then(|v| v.as_bool()) == Some(true),
+                );
                 if let Some(sc) = m.get("schema") {
                     message(b, 5, |b| schema(b, sc));
                 }
@@ -183,7 +197,11 @@ fn parameter(buf: &mut Vec<u8>, p: &Value) {
         };
         message(b, 2, |b| {
             message(b, which, |b| {
-                boolean(b, 1, m.get("required").and_then(|v| v.as_bool()) == Some(true));
+                boolean(
+                    b,
+                    1,
+                    m.get("required").and_then(|v| v.as_bool()) == Some(true),
+                );
                 string(b, 2, s(m, "in"));
                 string(b, 3, s(m, "description"));
                 string(b, 4, s(m, "name"));
@@ -211,7 +229,12 @@ fn operation(buf: &mut Vec<u8>, op: &Value) {
     string(buf, 5, s(m, "operationId"));
     strings(buf, 6, m.get("produces"));
     strings(buf, 7, m.get("consumes"));
-    for p in m.get("parameters").and_then(|v| v.as_array()).into_iter().flatten() {
+    for p in m
+        .get("parameters")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         message(buf, 8, |b| parameter(b, p));
     }
     if let Some(Value::Object(rs)) = m.get("responses") {
@@ -234,7 +257,11 @@ fn operation(buf: &mut Vec<u8>, op: &Value) {
         });
     }
     strings(buf, 10, m.get("schemes"));
-    boolean(buf, 11, m.get("deprecated").and_then(|v| v.as_bool()) == Some(true));
+    boolean(
+        buf,
+        11,
+        m.get("deprecated").and_then(|v| v.as_bool()) == Some(true),
+    );
     extensions(buf, 13, m);
 }
 
@@ -252,7 +279,12 @@ fn path_item(buf: &mut Vec<u8>, item: &Map<String, Value>) {
             message(buf, field, |b| operation(b, op));
         }
     }
-    for p in item.get("parameters").and_then(|v| v.as_array()).into_iter().flatten() {
+    for p in item
+        .get("parameters")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         message(buf, 9, |b| parameter(b, p));
     }
     extensions(buf, 10, item);
@@ -275,7 +307,9 @@ pub fn encode_v2(doc: &Value) -> Vec<u8> {
     if let Some(Value::Object(paths)) = m.get("paths") {
         message(&mut buf, 8, |b| {
             for (p, item) in paths {
-                let Some(item) = item.as_object() else { continue };
+                let Some(item) = item.as_object() else {
+                    continue;
+                };
                 message(b, 2, |b| {
                     string(b, 1, p);
                     message(b, 2, |b| path_item(b, item));
@@ -293,7 +327,12 @@ pub fn encode_v2(doc: &Value) -> Vec<u8> {
             }
         });
     }
-    for req in m.get("security").and_then(|v| v.as_array()).into_iter().flatten() {
+    for req in m
+        .get("security")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         let Some(req) = req.as_object() else { continue };
         message(&mut buf, 12, |b| {
             for (name, scopes) in req {
