@@ -1181,10 +1181,11 @@ fn delete(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         _ => {}
     }
-    if crate::dryrun::dry_run(&ctx.q, "DeleteOptions")? {
-        return Ok(json_response(200, &with_type(t.def, old)));
-    }
-    let deleted = delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?;
+    let deleted = if crate::dryrun::dry_run(&ctx.q, "DeleteOptions")? {
+        old
+    } else {
+        delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?
+    };
     if t.def.return_deleted {
         return Ok(json_response(200, &with_type(t.def, deleted)));
     }
