@@ -3,6 +3,7 @@
 
 use crate::auth::{self, Attrs, User};
 use crate::faults::Action;
+use crate::fieldvalidation::{self, Stage};
 use crate::noderestriction::{self, Op};
 use crate::patch;
 use crate::resources::{self, ResourceDef};
@@ -18,7 +19,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -229,6 +230,16 @@ struct Ctx {
     accept: String,
     content_type: String,
     body: Bytes,
+    /// `Warning` headers for the response (fieldValidation=Warn).
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ctx {
+    fn warn(&self, w: Vec<String>) {
+        if let Ok(mut g) = self.warnings.lock() {
+            g.extend(w);
+        }
+    }
 }
 
 pub async fn handle(
@@ -344,11 +355,17 @@ pub async fn handle(
         accept,
         content_type,
         body,
+        warnings: Arc::default(),
     };
-    let (resp, verb) = match route(&ctx, &method, &path).await {
+    let (mut resp, verb) = match route(&ctx, &method, &path).await {
         Ok(x) => x,
         Err((e, verb)) => (error_response(&e), verb),
     };
+    for w in ctx.warnings.lock().map(|g| g.clone()).unwrap_or_default() {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&fieldvalidation::warning_header(&w)) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
     record.status = resp.status().as_u16();
     record.verb = verb;
     tracing::debug!(method = %record.method, path = %record.path, user = %record.user, status = record.status, "request");
@@ -427,6 +444,9 @@ fn non_resource(ctx: &Ctx, method: &hyper::Method, path: &str) -> Result<Respons
         return Err(not_found_path());
     }
     let p = path.trim_end_matches('/');
+    if let Some(r) = crate::openapi::serve(p, &ctx.accept, &ctx.q) {
+        return r;
+    }
     let doc = match p {
         "/healthz" | "/livez" | "/readyz" => return Ok(text_response(200, "ok")),
         "/version" => resources::version_doc(),
@@ -800,6 +820,15 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     let def = t.def;
+    let dry = crate::dryrun::dry_run(&ctx.q, "CreateOptions")?;
+    let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
+    ctx.warn(fieldvalidation::check(
+        fv,
+        def,
+        &mut obj,
+        Some(&ctx.body),
+        Stage::Decode,
+    )?);
     if !obj.get("metadata").is_some_and(|m| m.is_object()) {
         obj["metadata"] = json!({});
     }
@@ -845,6 +874,12 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let mut store = ctx.state.store();
     if def.namespaced {
         namespace_exists(&store, &t.ns)?;
+    }
+    if dry {
+        if store.get(def, &t.ns, &name).is_some() {
+            return Err(ApiError::already_exists(def.group, def.resource, &name));
+        }
+        return Ok(json_response(201, &crate::dryrun::created(def, &t.ns, obj)));
     }
     let created = store.create(def, &t.ns, obj)?;
     ctx.state
@@ -958,6 +993,9 @@ fn commit_update(
         )?,
         _ => {}
     }
+    if crate::dryrun::dry_run(&ctx.q, "UpdateOptions")? {
+        return Ok(crate::dryrun::updated(def, old, merged));
+    }
     let out = store.update(def, &t.ns, merged)?;
     ctx.state
         .after_write(store, def.group, def.resource, &t.ns, &t.name);
@@ -968,8 +1006,17 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     if t.name.is_empty() {
         return Err(ApiError::method_not_allowed());
     }
-    let obj = parse_body(ctx)?;
+    let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
+    let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
+    crate::dryrun::dry_run(&ctx.q, "UpdateOptions")?;
+    ctx.warn(fieldvalidation::check(
+        fv,
+        t.def,
+        &mut obj,
+        Some(&ctx.body),
+        Stage::Decode,
+    )?);
     let body_name = meta_str(&obj, "name");
     if body_name != t.name {
         return Err(ApiError::bad_request(format!(
@@ -1018,7 +1065,9 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
             )],
         ));
     }
-    let patch_doc: Value = if apply {
+    let fv = fieldvalidation::directive(&ctx.q, "PatchOptions")?;
+    crate::dryrun::dry_run(&ctx.q, "PatchOptions")?;
+    let mut patch_doc: Value = if apply {
         let v: serde_yaml::Value =
             serde_yaml::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(e.to_string()))?;
         serde_json::to_value(v).map_err(|e| ApiError::bad_request(e.to_string()))?
@@ -1026,6 +1075,9 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         serde_json::from_slice(&ctx.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
     };
+    if apply {
+        fieldvalidation::check_apply(t.def, &t.ns, &t.name, &mut patch_doc)?;
+    }
     let mut store = ctx.state.store();
     let existing = store.get(t.def, &t.ns, &t.name).cloned();
     let Some(old) = existing else {
@@ -1041,6 +1093,7 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
                 accept: ctx.accept.clone(),
                 content_type: "application/json".into(),
                 body,
+                warnings: ctx.warnings.clone(),
             };
             return create(
                 &c2,
@@ -1074,6 +1127,16 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         return Err(ApiError::bad_request(
             "metadata.name: Invalid value: the name of the object may not be changed by a patch",
         ));
+    }
+    if !apply {
+        let body = (ct != "application/json-patch+json").then_some(&ctx.body[..]);
+        ctx.warn(fieldvalidation::check(
+            fv,
+            t.def,
+            &mut doc,
+            body,
+            Stage::Patch,
+        )?);
     }
     let out = commit_update(ctx, t, &mut store, &old, doc)?;
     Ok(json_response(200, &out))
@@ -1118,7 +1181,11 @@ fn delete(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         _ => {}
     }
-    let deleted = delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?;
+    let deleted = if crate::dryrun::dry_run(&ctx.q, "DeleteOptions")? {
+        old
+    } else {
+        delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?
+    };
     if t.def.return_deleted {
         return Ok(json_response(200, &with_type(t.def, deleted)));
     }

@@ -13,17 +13,27 @@
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
 //! - server-side apply is a strategic merge with a required fieldManager (no managedFields, no
-//!   conflicts); no `/openapi` (kubectl create/apply need `--validate=false`);
+//!   conflicts);
+//! - `/openapi` schemas come from k8s-openapi: list kinds get a generic description, IntOrString and
+//!   Quantity lack v3's `anyOf`; no deprecated `/watch/` paths and no v3 documents for `api`, `apis`,
+//!   `apis/<group>`; v3 only as JSON (406 when only protobuf is acceptable); unknown-field paths index
+//!   lists as `[i]` (structured-merge-diff prints `[key="…"]` for map lists); duplicate keys are only
+//!   found in JSON bodies; operation and parameter descriptions are short forms of upstream's;
 //! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
 pub mod auth;
 pub mod clock;
 pub mod controllers;
+pub mod dryrun;
 pub mod faults;
+pub mod fieldvalidation;
 mod handler;
 pub mod noderestriction;
+pub mod openapi;
+mod openapi_proto;
 pub mod patch;
+pub mod patch_meta;
 pub mod pki;
 mod proto;
 pub mod resources;

@@ -1,6 +1,7 @@
 //! JSON merge patch (RFC 7386), strategic merge patch (the subset of Kubernetes' patch strategies that
 //! Keel, kubelet and kubectl produce for the served types), and JSON patch (RFC 6902).
 
+use crate::patch_meta;
 use serde_json::{Map, Value};
 
 #[derive(Debug, PartialEq)]
@@ -10,29 +11,22 @@ enum ListStrategy {
     MergePrimitive,
 }
 
-/// Patch strategy of a list field by its path (field names from the object root), mirroring the
-/// `patchStrategy`/`patchMergeKey` tags of the k8s.io/api types served here.
-fn strategy(path: &[String]) -> ListStrategy {
-    let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-    match p.as_slice() {
-        ["metadata", "finalizers"] => ListStrategy::MergePrimitive,
-        ["metadata", "ownerReferences"] => ListStrategy::MergeKey("uid"),
-        ["status", "conditions"] => ListStrategy::MergeKey("type"),
-        ["status", "addresses"] => ListStrategy::MergeKey("type"),
-        ["spec", "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "imagePullSecrets"] => ListStrategy::MergeKey("name"),
-        ["spec", "template", "spec", "containers" | "initContainers" | "volumes"] => {
-            ListStrategy::MergeKey("name")
+/// Patch metadata of the field at `path` (field names from the object root) of an object of
+/// definition `root`, from `patch_meta` (upstream's struct tags) through the OpenAPI schema.
+fn field_meta(root: Option<&str>, path: &[String]) -> Option<&'static patch_meta::FieldMeta> {
+    let owner = crate::openapi::owner_of(root?, path)?;
+    patch_meta::lookup(&owner, path.last()?)
+}
+
+fn strategy(root: Option<&str>, path: &[String]) -> ListStrategy {
+    match field_meta(root, path) {
+        Some(m) if m.patch_strategy.split(',').any(|s| s == "merge") => {
+            if m.merge_key.is_empty() {
+                ListStrategy::MergePrimitive
+            } else {
+                ListStrategy::MergeKey(m.merge_key)
+            }
         }
-        [.., "containers" | "initContainers", "env"] => ListStrategy::MergeKey("name"),
-        [.., "containers" | "initContainers", "ports"] => ListStrategy::MergeKey("containerPort"),
-        [.., "containers" | "initContainers", "volumeMounts"] => {
-            ListStrategy::MergeKey("mountPath")
-        }
-        ["spec", "ports"] => ListStrategy::MergeKey("port"),
         _ => ListStrategy::Replace,
     }
 }
@@ -67,12 +61,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Strategic merge patch of `patch` onto `target`.
+/// The list strategies come from the target's kind (`apiVersion`/`kind`); lists of unknown kinds
+/// are replaced.
 pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    let s = |k: &str| target.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let root = crate::openapi::definition_for(s("apiVersion"), s("kind"));
     let mut path = Vec::new();
-    smp_object(target, patch, &mut path)
+    smp_object(target, patch, root, &mut path)
 }
 
-fn smp_object(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Result<(), PatchError> {
+fn smp_object(
+    target: &mut Value,
+    patch: &Value,
+    root: Option<&str>,
+    path: &mut Vec<String>,
+) -> Result<(), PatchError> {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return Ok(());
@@ -105,13 +108,19 @@ fn smp_object(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Resu
         }
         path.push(k.clone());
         match v {
+            // `patchStrategy:"replace"` (e.g. PodDisruptionBudgetSpec.selector): no merging inside.
+            Value::Object(_)
+                if field_meta(root, path).is_some_and(|m| m.patch_strategy == "replace") =>
+            {
+                t.insert(k.clone(), v.clone());
+            }
             Value::Object(_) => {
                 let entry = t.entry(k.clone()).or_insert(Value::Null);
-                smp_object(entry, v, path)?;
+                smp_object(entry, v, root, path)?;
             }
             Value::Array(items) => {
                 let entry = t.entry(k.clone()).or_insert(Value::Array(Vec::new()));
-                smp_list(entry, items, path)?;
+                smp_list(entry, items, root, path)?;
             }
             _ => {
                 t.insert(k.clone(), v.clone());
@@ -126,7 +135,12 @@ fn smp_object(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Resu
     Ok(())
 }
 
-fn smp_list(target: &mut Value, items: &[Value], path: &mut Vec<String>) -> Result<(), PatchError> {
+fn smp_list(
+    target: &mut Value,
+    items: &[Value],
+    root: Option<&str>,
+    path: &mut Vec<String>,
+) -> Result<(), PatchError> {
     if items
         .iter()
         .any(|i| i.get("$patch").and_then(|v| v.as_str()) == Some("replace"))
@@ -140,7 +154,7 @@ fn smp_list(target: &mut Value, items: &[Value], path: &mut Vec<String>) -> Resu
         );
         return Ok(());
     }
-    match strategy(path) {
+    match strategy(root, path) {
         ListStrategy::Replace => *target = Value::Array(items.to_vec()),
         ListStrategy::MergePrimitive => {
             if !target.is_array() {
@@ -173,10 +187,10 @@ fn smp_list(target: &mut Value, items: &[Value], path: &mut Vec<String>) -> Resu
                     continue;
                 }
                 match pos {
-                    Some(i) => smp_object(&mut t[i], item, path)?,
+                    Some(i) => smp_object(&mut t[i], item, root, path)?,
                     None => {
                         let mut fresh = Value::Object(Map::new());
-                        smp_object(&mut fresh, item, path)?;
+                        smp_object(&mut fresh, item, root, path)?;
                         t.push(fresh);
                     }
                 }
@@ -309,6 +323,7 @@ mod tests {
     #[test]
     fn smp_merges_conditions_by_type_and_replaces_taints() {
         let mut node = json!({
+            "apiVersion": "v1", "kind": "Node",
             "spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]},
             "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "DiskPressure", "status": "False"}]}
         });
@@ -329,7 +344,7 @@ mod tests {
 
     #[test]
     fn smp_delete_directive_and_null_removal() {
-        let mut o = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "status": {"conditions": [{"type": "X"}, {"type": "Y"}]}});
+        let mut o = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"labels": {"a": "1", "b": "2"}}, "status": {"conditions": [{"type": "X"}, {"type": "Y"}]}});
         strategic_merge_patch(
             &mut o,
             &json!({"metadata": {"labels": {"a": null}}, "status": {"conditions": [{"type": "X", "$patch": "delete"}]}}),
@@ -337,7 +352,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             o,
-            json!({"metadata": {"labels": {"b": "2"}}, "status": {"conditions": [{"type": "Y"}]}})
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"labels": {"b": "2"}}, "status": {"conditions": [{"type": "Y"}]}})
         );
     }
 
