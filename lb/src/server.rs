@@ -163,6 +163,7 @@ impl Server {
     /// the running config untouched.
     pub async fn apply(&mut self, file: Config) -> Result<(), ApplyError> {
         let cluster = self.cluster.clone();
+        let first = self.file.is_none();
         let before_kubeconfig = self
             .file
             .as_ref()
@@ -180,7 +181,7 @@ impl Server {
                 }
                 changed
             });
-        } else if self.services.is_some() != file.services.is_some() {
+        } else if !first && before_kubeconfig.is_some() != file.services.is_some() {
             tracing::warn!("services: adding or removing the services section takes effect at the next restart");
         }
         Ok(())

@@ -149,8 +149,11 @@ struct Ctx {
     /// Nodes with ready endpoints per Service (`ns/name`), from EndpointSlices.
     local: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
     services: kube::runtime::reflector::Store<Service>,
-    seeded: tokio::sync::Mutex<bool>,
+    /// Set once the Service cache has listed and the address index holds every recorded address.
+    seeded: watch::Sender<bool>,
     ready: Ready,
+    /// A reconcile ran: the Controller's cache has listed.
+    reconciled: std::sync::atomic::AtomicBool,
 }
 
 /// The first rules are published only when Services, Nodes and EndpointSlices have all been listed:
@@ -443,18 +446,11 @@ impl Ctx {
         changed
     }
 
-    /// Once per process: the address index from every Service the cache holds.
+    /// Waits until the address index holds every address recorded when the cache first listed.
+    /// (One task waits on the store itself: kube's readiness wakes only its latest waiter.)
     async fn seed(&self) {
-        let mut done = self.seeded.lock().await;
-        if *done {
-            return;
-        }
-        let _ = self.services.wait_until_ready().await;
-        let mut ipam = lock(&self.ipam);
-        for svc in self.services.state() {
-            record_from_annotation(&mut ipam, &svc);
-        }
-        *done = true;
+        let mut rx = self.seeded.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// A new writer must know every address the previous one handed out, including writes its watch
@@ -490,6 +486,8 @@ fn record_from_annotation(ipam: &mut Ipam, svc: &Service) {
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
+    ctx.reconciled
+        .store(true, std::sync::atomic::Ordering::Release);
     ctx.seed().await;
     let view = ctx.view();
     let key = key_of(&svc);
@@ -555,7 +553,14 @@ async fn ensure(svc: &Service, ctx: &Ctx, view: &FileView) -> Result<Action, Err
     let key = key_of(svc);
     let ns = svc.namespace().unwrap_or_default();
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let assigned = request_of(svc).and_then(|req| lock(&ctx.ipam).assign(&req));
+    // Chosen and recorded under one lock: reconciles of different Services run concurrently, and
+    // the index must hold an address before the next choice is made.
+    let assigned = request_of(svc).and_then(|req| {
+        let mut ipam = lock(&ctx.ipam);
+        let ips = ipam.assign(&req)?;
+        ipam.record(&key, &ips, req.sharing_key.as_deref(), &req.ports);
+        Ok(ips)
+    });
     let ips = match assigned {
         Ok(ips) => ips,
         Err(e) => {
@@ -592,19 +597,19 @@ async fn ensure(svc: &Service, ctx: &Ctx, view: &FileView) -> Result<Action, Err
             "resourceVersion": svc.resource_version(),
             "annotations": {ANN_ALLOCATED: ip_text},
         }});
-        api.patch(
-            &svc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        if let Err(e) = api
+            .patch(
+                &svc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            // Not recorded on the Service: the index goes back to what the Service says.
+            record_from_annotation(&mut lock(&ctx.ipam), svc);
+            return Err(e.into());
+        }
     }
-    let ports: Vec<(Protocol, u16)> = rule
-        .ports
-        .iter()
-        .map(|p| (p.protocol.into(), p.port))
-        .collect();
-    lock(&ctx.ipam).record(&key, &ips, ann(svc, ANN_SHARING), &ports);
     ctx.set_rule(&key, Some(rule.clone()));
     let mode = if rule.proxy_protocol { "Proxy" } else { "VIP" };
     let ingress: Vec<serde_json::Value> = ips
@@ -829,8 +834,9 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
         dirty: Notify::new(),
         local: Mutex::new(HashMap::new()),
         services: controller.store(),
-        seeded: tokio::sync::Mutex::new(false),
+        seeded: watch::channel(false).0,
         ready: Ready::default(),
+        reconciled: std::sync::atomic::AtomicBool::new(false),
     });
 
     // Writer election.
@@ -1021,10 +1027,20 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
                     _ = tick.tick() => {}
                 }
                 if !ctx.ready.all() {
+                    tracing::debug!(
+                        nodes = ctx.ready.nodes.load(std::sync::atomic::Ordering::Acquire),
+                        slices = ctx.ready.slices.load(std::sync::atomic::Ordering::Acquire),
+                        services = ctx
+                            .ready
+                            .services
+                            .load(std::sync::atomic::Ordering::Acquire),
+                        "services: waiting for the first complete view before publishing rules"
+                    );
                     continue;
                 }
-                // Rules of Services that vanished without our finalizer (e.g. never ours) go too.
-                {
+                // Rules of Services that vanished without our finalizer (it was forced off) go too;
+                // only once the cache is known complete (a reconcile has run).
+                if ctx.reconciled.load(std::sync::atomic::Ordering::Acquire) {
                     let mut r = lock(&ctx.rules);
                     let store = &ctx.services;
                     r.services.retain(|k, _| {
@@ -1042,18 +1058,42 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
         });
     }
 
-    // Services are ready once their cache has listed and each has been looked at once.
+    // Services are ready once listed. One consistent LIST, not the cache's readiness: kube's
+    // `Store::wait_until_ready` wakes only its latest waiter, and the Controller waits on it too.
     {
         let ctx = ctx.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let _ = ctx.services.wait_until_ready().await;
-            ctx.seed().await;
-            let view = ctx.view();
-            for svc in ctx.services.state() {
-                if !ctx.is_leader() {
-                    follow(&svc, &ctx, &view, is_wanted(&svc, &view.services));
+            let api: Api<Service> = Api::all(ctx.client.clone());
+            let list = loop {
+                match api.list(&ListParams::default()).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "services: cannot list Services; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            };
+            {
+                let mut ipam = lock(&ctx.ipam);
+                for svc in &list.items {
+                    record_from_annotation(&mut ipam, svc);
                 }
             }
+            ctx.seeded.send_replace(true);
+            let view = ctx.view();
+            for svc in &list.items {
+                if !ctx.is_leader() {
+                    follow(svc, &ctx, &view, is_wanted(svc, &view.services));
+                }
+            }
+            tracing::debug!(
+                services = list.items.len(),
+                "services: listed; address index seeded"
+            );
             ctx.ready
                 .services
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -1070,7 +1110,13 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
         .reconcile_all_on(all_rx)
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|r| {
+            // Reconcile errors are logged by error_policy; watch errors (a stream restarting) here.
+            if let Err(kube::runtime::controller::Error::QueueError(e)) = &r {
+                tracing::warn!(error = %e, "services: watch failed; retrying");
+            }
+            futures::future::ready(())
+        })
         .await;
     tracing::info!("services: controller stopped");
 }

@@ -305,7 +305,17 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), PatchError> {
                 json_add(doc, path, v)?;
             }
             "test" => {
-                if doc.pointer(path) != Some(&op["value"]) {
+                // evanphx/json-patch (what kube-apiserver runs): a missing member tests equal to
+                // null when its parent exists; kube-rs's finalizer helper relies on it.
+                let parent_exists = split_pointer(path)
+                    .map(|(parent, _)| doc.pointer(&parent).is_some())
+                    .unwrap_or(false);
+                let got = match doc.pointer(path) {
+                    Some(v) => Some(v),
+                    None if parent_exists => Some(&Value::Null),
+                    None => None,
+                };
+                if got != Some(&op["value"]) {
                     return Err(PatchError::Test(format!("testing value {path} failed")));
                 }
             }
