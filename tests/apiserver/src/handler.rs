@@ -302,7 +302,9 @@ pub async fn handle(
     };
     let bearer = hv("authorization")
         .strip_prefix("Bearer ")
-        .map(|s| s.trim().to_string());
+        .map(|s| s.trim().to_string())
+        // An empty bearer token authenticates no one: the request is anonymous (bearertoken.go).
+        .filter(|s| !s.is_empty());
     let accept = hv("accept");
     let content_type = hv("content-type");
 
@@ -359,6 +361,18 @@ pub async fn handle(
 type Routed = Result<(Response<Body>, String), (ApiError, String)>;
 
 async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
+    if let Some(r) = crate::reviews::route(
+        &ctx.state,
+        &ctx.user,
+        method,
+        path,
+        &ctx.content_type,
+        &ctx.body,
+    ) {
+        return r
+            .map(|v| (json_response(201, &v), "create".into()))
+            .map_err(|e| (e, "create".into()));
+    }
     let target = parse_target(path).map_err(|e| (e, String::new()))?;
     let Some(t) = target else {
         let a = Attrs {
@@ -375,7 +389,7 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
             },
             ..a
         };
-        if let Err(reason) = auth::authorize(&ctx.user, &a) {
+        if let Err(reason) = ctx.state.authorize(&ctx.user, &a) {
             return Err((a.forbidden(&ctx.user, &reason), String::new()));
         }
         return non_resource(ctx, method, path)
@@ -400,10 +414,41 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         },
         name: t.name.clone(),
         path: path.into(),
+        field_selector: crate::nodeauthz::request_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        ),
     };
-    if let Err(reason) = auth::authorize(&ctx.user, &attrs) {
+    let attrs = Attrs {
+        name: crate::nodeauthz::name_from_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        )
+        .filter(|_| attrs.name.is_empty())
+        .unwrap_or(attrs.name.clone()),
+        ..attrs.clone()
+    };
+    if let Err(reason) = ctx.state.authorize(&ctx.user, &attrs) {
         return Err((attrs.forbidden(&ctx.user, &reason), verb));
     }
+    // dryRun=All runs the same code against a private copy of the state (crate::dryrun).
+    let dry = crate::dryrun::requested(&verb, &t.sub, &ctx.q, &ctx.content_type, &ctx.body)
+        .map_err(|e| (e, verb.clone()))?;
+    let real_state = ctx.state.clone();
+    let scratch;
+    let ctx = if dry {
+        scratch = Ctx {
+            state: Arc::new(ctx.state.dry_run_copy()),
+            user: ctx.user.clone(),
+            q: ctx.q.clone(),
+            accept: ctx.accept.clone(),
+            content_type: ctx.content_type.clone(),
+            body: ctx.body.clone(),
+        };
+        &scratch
+    } else {
+        ctx
+    };
     let r = match verb.as_str() {
         "get" => get(ctx, &t),
         "list" => list(ctx, &t),
@@ -415,6 +460,10 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         "delete" => delete(ctx, &t),
         "deletecollection" => delete_collection(ctx, &t),
         _ => Err(ApiError::method_not_allowed()),
+    };
+    let r = match r {
+        Ok(resp) if dry => crate::dryrun::finish(resp, t.def, &real_state).await,
+        r => r,
     };
     r.map(|x| (x, verb.clone())).map_err(|e| (e, verb))
 }
