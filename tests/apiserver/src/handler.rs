@@ -313,7 +313,9 @@ pub async fn handle(
     };
     let bearer = hv("authorization")
         .strip_prefix("Bearer ")
-        .map(|s| s.trim().to_string());
+        .map(|s| s.trim().to_string())
+        // An empty bearer token authenticates no one: the request is anonymous (bearertoken.go).
+        .filter(|s| !s.is_empty());
     let accept = hv("accept");
     let content_type = hv("content-type");
 
@@ -376,6 +378,18 @@ pub async fn handle(
 type Routed = Result<(Response<Body>, String), (ApiError, String)>;
 
 async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
+    if let Some(r) = crate::reviews::route(
+        &ctx.state,
+        &ctx.user,
+        method,
+        path,
+        &ctx.content_type,
+        &ctx.body,
+    ) {
+        return r
+            .map(|v| (json_response(201, &v), "create".into()))
+            .map_err(|e| (e, "create".into()));
+    }
     let target = parse_target(path).map_err(|e| (e, String::new()))?;
     let Some(t) = target else {
         let a = Attrs {
@@ -392,7 +406,7 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
             },
             ..a
         };
-        if let Err(reason) = auth::authorize(&ctx.user, &a) {
+        if let Err(reason) = ctx.state.authorize(&ctx.user, &a) {
             return Err((a.forbidden(&ctx.user, &reason), String::new()));
         }
         return non_resource(ctx, method, path)
@@ -417,10 +431,42 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         },
         name: t.name.clone(),
         path: path.into(),
+        field_selector: crate::nodeauthz::request_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        ),
     };
-    if let Err(reason) = auth::authorize(&ctx.user, &attrs) {
+    let attrs = Attrs {
+        name: crate::nodeauthz::name_from_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        )
+        .filter(|_| attrs.name.is_empty())
+        .unwrap_or(attrs.name.clone()),
+        ..attrs.clone()
+    };
+    if let Err(reason) = ctx.state.authorize(&ctx.user, &attrs) {
         return Err((attrs.forbidden(&ctx.user, &reason), verb));
     }
+    // dryRun=All runs the same code against a private copy of the state (crate::dryrun).
+    let dry = crate::dryrun::requested(&verb, &t.sub, &ctx.q, &ctx.content_type, &ctx.body)
+        .map_err(|e| (e, verb.clone()))?;
+    let real_state = ctx.state.clone();
+    let scratch;
+    let ctx = if dry {
+        scratch = Ctx {
+            state: Arc::new(ctx.state.dry_run_copy()),
+            user: ctx.user.clone(),
+            q: ctx.q.clone(),
+            accept: ctx.accept.clone(),
+            content_type: ctx.content_type.clone(),
+            body: ctx.body.clone(),
+            warnings: ctx.warnings.clone(),
+        };
+        &scratch
+    } else {
+        ctx
+    };
     let r = match verb.as_str() {
         "get" => get(ctx, &t),
         "list" => list(ctx, &t),
@@ -432,6 +478,10 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         "delete" => delete(ctx, &t),
         "deletecollection" => delete_collection(ctx, &t),
         _ => Err(ApiError::method_not_allowed()),
+    };
+    let r = match r {
+        Ok(resp) if dry => crate::dryrun::finish(resp, t.def, &real_state).await,
+        r => r,
     };
     r.map(|x| (x, verb.clone())).map_err(|e| (e, verb))
 }
@@ -820,7 +870,6 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     let def = t.def;
-    let dry = crate::dryrun::dry_run(&ctx.q, "CreateOptions")?;
     let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
@@ -874,12 +923,6 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let mut store = ctx.state.store();
     if def.namespaced {
         namespace_exists(&store, &t.ns)?;
-    }
-    if dry {
-        if store.get(def, &t.ns, &name).is_some() {
-            return Err(ApiError::already_exists(def.group, def.resource, &name));
-        }
-        return Ok(json_response(201, &crate::dryrun::created(def, &t.ns, obj)));
     }
     let created = store.create(def, &t.ns, obj)?;
     ctx.state
@@ -993,9 +1036,6 @@ fn commit_update(
         )?,
         _ => {}
     }
-    if crate::dryrun::dry_run(&ctx.q, "UpdateOptions")? {
-        return Ok(crate::dryrun::updated(def, old, merged));
-    }
     let out = store.update(def, &t.ns, merged)?;
     ctx.state
         .after_write(store, def.group, def.resource, &t.ns, &t.name);
@@ -1009,7 +1049,6 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
-    crate::dryrun::dry_run(&ctx.q, "UpdateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
         t.def,
@@ -1066,7 +1105,6 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         ));
     }
     let fv = fieldvalidation::directive(&ctx.q, "PatchOptions")?;
-    crate::dryrun::dry_run(&ctx.q, "PatchOptions")?;
     let mut patch_doc: Value = if apply {
         let v: serde_yaml::Value =
             serde_yaml::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -1181,11 +1219,7 @@ fn delete(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         _ => {}
     }
-    let deleted = if crate::dryrun::dry_run(&ctx.q, "DeleteOptions")? {
-        old
-    } else {
-        delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?
-    };
+    let deleted = delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?;
     if t.def.return_deleted {
         return Ok(json_response(200, &with_type(t.def, deleted)));
     }

@@ -4,9 +4,11 @@
 //! CSR approval and signing, watches with bookmarks, evictions with PDBs, and fault injection.
 //!
 //! Where it deviates from upstream (know these before relying on the server in a test):
-//! - authorization is fixed rules in code (kubeadm's bindings + the Node authorizer), no RBAC objects;
-//!   nodes may read all nodes, pods, services and endpointslices (no `AuthorizeNodeWithSelectors`)
-//!   and never secrets or configmaps (no node-to-object graph); bootstrappers may list all CSRs;
+//! - authorization is kubeadm's RBAC bindings as fixed data (rbac.rs; no RBAC objects are served)
+//!   plus the Node authorizer with `AuthorizeNodeWithSelectors` (nodeauthz.rs); its graph is read
+//!   from pods (bound pods and the secrets, configmaps, PVCs and service accounts they reference),
+//!   so no PVs, ResourceClaims, VolumeAttachments or ResourceSlices; SelfSubjectReview has no
+//!   `extra` (upstream adds a credential-id for certificates and service-account tokens);
 //! - pods are deleted at once (no graceful deletion); a PDB's expected count is its matching pods;
 //! - core/v1 and events.k8s.io/v1 events are stored apart;
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
@@ -25,10 +27,11 @@
 pub mod auth;
 pub mod clock;
 pub mod controllers;
-pub mod dryrun;
+mod dryrun;
 pub mod faults;
 pub mod fieldvalidation;
 mod handler;
+pub mod nodeauthz;
 pub mod noderestriction;
 pub mod openapi;
 mod openapi_proto;
@@ -36,7 +39,9 @@ pub mod patch;
 pub mod patch_meta;
 pub mod pki;
 mod proto;
+pub mod rbac;
 pub mod resources;
+mod reviews;
 pub mod selectors;
 mod server;
 pub mod status;
@@ -95,12 +100,16 @@ pub struct RequestRecord {
 
 pub(crate) struct State {
     pub store: Mutex<Store>,
-    pub ca: pki::Ca,
+    pub ca: Arc<pki::Ca>,
     pub tokens: auth::Tokens,
     pub faults: Faults,
     pub log: Mutex<Vec<RequestRecord>>,
     pub settings: Mutex<Settings>,
     pub addr: SocketAddr,
+    /// A dry-run request's private copy (crate::dryrun): controllers do not run.
+    pub dry_run: bool,
+    /// The `AuthorizeNodeWithSelectors` feature gate (default on, as in v1.33).
+    pub node_selectors: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +148,9 @@ impl State {
         ns: &str,
         name: &str,
     ) {
+        if self.dry_run {
+            return;
+        }
         match (group, resource) {
             ("", "secrets") if ns == "kube-system" => controllers::bootstrap_signer(store),
             ("", "configmaps") if ns == "kube-public" && name == "cluster-info" => {
@@ -189,7 +201,7 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             store: Mutex::new(Store::new()),
-            ca,
+            ca: Arc::new(ca),
             tokens: auth::Tokens {
                 admin: random_token(32),
                 privileged: random_token(32),
@@ -207,6 +219,8 @@ impl TestServer {
                 bookmark_interval: Duration::from_secs(5),
             }),
             addr,
+            dry_run: false,
+            node_selectors: std::sync::atomic::AtomicBool::new(true),
         });
         seed(&state);
         let tls = server::tls_config(&state, &opts.extra_sans)?;
@@ -411,6 +425,14 @@ impl TestServer {
 
     pub fn set_csr_policy(&self, p: CsrPolicy) {
         lock(&self.state.settings).csr_policy = p;
+    }
+
+    /// The `AuthorizeNodeWithSelectors` feature gate (KEP-4601; on by default in v1.33). Off, nodes
+    /// may read every Node and Pod again, as in v1.31 and before.
+    pub fn set_authorize_node_with_selectors(&self, on: bool) {
+        self.state
+            .node_selectors
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_cert_duration(&self, d: Duration) {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
@@ -21,7 +21,7 @@ fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
-fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+pub(crate) fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -43,7 +43,7 @@ fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     Some(out)
 }
 
-fn string(f: &Field) -> Value {
+pub(crate) fn string(f: &Field) -> Value {
     match f {
         Field::Bytes(b) => json!(String::from_utf8_lossy(b)),
         Field::Varint(v) => json!(v),
@@ -162,7 +162,20 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
                 }
                 obj["status"] = json!({"conditions": conds});
             }
-            ("Eviction", 2, Field::Bytes(_)) => obj["deleteOptions"] = json!({}),
+            ("Eviction", 2, Field::Bytes(d)) => {
+                // DeleteOptions field 5 is `dryRun` (repeated string).
+                let dry: Vec<Value> = fields(d)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|(n, _)| *n == 5)
+                    .map(|(_, f)| string(f))
+                    .collect();
+                obj["deleteOptions"] = if dry.is_empty() {
+                    json!({})
+                } else {
+                    json!({"dryRun": dry})
+                };
+            }
             _ => {}
         }
     }

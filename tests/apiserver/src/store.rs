@@ -94,6 +94,18 @@ impl Store {
         }
     }
 
+    /// A private copy of the objects for a dry run: same revision, no history, no watchers.
+    pub fn dry_run_copy(&self) -> Store {
+        let (tx, _) = broadcast::channel(16);
+        Store {
+            objects: self.objects.clone(),
+            rv: self.rv,
+            history: VecDeque::new(),
+            compacted: self.rv,
+            tx,
+        }
+    }
+
     pub fn current_rv(&self) -> u64 {
         self.rv
     }
