@@ -21,16 +21,22 @@ pub mod auth;
 pub mod clock;
 pub mod controllers;
 pub mod faults;
+pub mod field;
+pub mod finalizers;
 mod handler;
+pub mod ipalloc;
 pub mod noderestriction;
 pub mod patch;
 pub mod pki;
+pub mod portalloc;
 mod proto;
 pub mod resources;
 pub mod selectors;
 mod server;
+pub mod services;
 pub mod status;
 pub mod store;
+mod strategy;
 pub mod table;
 mod watch;
 
@@ -58,6 +64,11 @@ pub struct Options {
     pub cert_duration: Duration,
     /// Auto-approve well-formed kubelet client CSRs (true) or deny them (false).
     pub approve_csrs: bool,
+    /// `--service-cluster-ip-range`: one CIDR, or two of different families (dual-stack); the
+    /// first is the default family. ClusterIPs are only strings in objects here.
+    pub service_cluster_ip_ranges: Vec<String>,
+    /// `--service-node-port-range`.
+    pub service_node_port_range: String,
 }
 
 impl Default for Options {
@@ -67,6 +78,11 @@ impl Default for Options {
             extra_sans: Vec::new(),
             cert_duration: Duration::from_secs(3600),
             approve_csrs: true,
+            service_cluster_ip_ranges: services::DEFAULT_CIDRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            service_node_port_range: services::DEFAULT_NODE_PORTS.into(),
         }
     }
 }
@@ -91,6 +107,7 @@ pub(crate) struct State {
     pub log: Mutex<Vec<RequestRecord>>,
     pub settings: Mutex<Settings>,
     pub addr: SocketAddr,
+    pub services: services::Config,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +157,11 @@ impl State {
             ("", "pods") | ("policy", "poddisruptionbudgets") => controllers::disruption(store, ns),
             _ => {}
         }
+        // The namespace controller: a terminating namespace loses its content, then itself.
+        let ns = if resource == "namespaces" { name } else { ns };
+        if !ns.is_empty() {
+            controllers::namespace_deleter(store, ns);
+        }
     }
 }
 
@@ -174,6 +196,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(opts: Options) -> anyhow::Result<TestServer> {
+        let services = services::Config::new(
+            &opts.service_cluster_ip_ranges,
+            &opts.service_node_port_range,
+        )
+        .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
         let ca = pki::Ca::generate().context("generating the test CA")?;
         let listener = server::bind(opts.bind).await?;
         let addr = listener.local_addr()?;
@@ -197,6 +224,7 @@ impl TestServer {
                 bookmark_interval: Duration::from_secs(5),
             }),
             addr,
+            services,
         });
         seed(&state);
         let tls = server::tls_config(&state, &opts.extra_sans)?;
@@ -450,7 +478,11 @@ impl TestServer {
         obj["kind"] = json!(def.kind);
         obj["metadata"]["name"] = json!(name);
         let mut s = self.state.store();
-        let r = if s.get(def, &ns, &name).is_some() {
+        let existing = s.get(def, &ns, &name).cloned();
+        if let Err(e) = strategy::prepare_put(&self.state, &s, def, existing.as_ref(), &mut obj) {
+            panic!("keel-test-apiserver: put {path}: {}", e.message);
+        }
+        let r = if existing.is_some() {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
@@ -465,7 +497,7 @@ impl TestServer {
             .after_write(&mut s, def.group, def.resource, &ns, &name);
     }
 
-    /// Deletes an object bypassing auth. Returns whether it existed.
+    /// Deletes an object at once, bypassing auth and finalizers. Returns whether it existed.
     pub fn delete(&self, path: &str) -> bool {
         let Some((def, ns, name)) = handler::parse_object_path(path) else {
             return false;
@@ -512,6 +544,13 @@ fn seed(state: &State) {
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+    }
+    if let Some(svc) = resources::find("", "v1", "services") {
+        let _ = s.create(
+            svc,
+            "default",
+            services::kubernetes_service(&state.services, state.addr.port()),
         );
     }
     if let Some(cm) = resources::find("", "v1", "configmaps") {
