@@ -478,7 +478,9 @@ pub fn namespace_deleter(store: &mut Store, ns: &str) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let failing: [(&str, Option<(&str, String)>, &str, &str); 5] = [
+    // (type, the failing reason and message if failing, the ok reason, the ok message)
+    type Row<'a> = (&'a str, Option<(&'a str, String)>, &'a str, &'a str);
+    let failing: [Row; 5] = [
         (
             "NamespaceDeletionDiscoveryFailure",
             None,

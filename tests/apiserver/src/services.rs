@@ -225,15 +225,13 @@ pub fn set_defaults(svc: &mut Value) {
     }
     match sstr(svc, "sessionAffinity") {
         "None" => set_or_remove(svc, "sessionAffinityConfig", None),
-        "ClientIP" => {
+        "ClientIP"
             if svc
                 .pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
                 .and_then(|v| v.as_i64())
-                .is_none()
-            {
-                svc["spec"]["sessionAffinityConfig"] =
-                    json!({"clientIP": {"timeoutSeconds": 10800}});
-            }
+                .is_none() =>
+        {
+            svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
         }
         _ => {}
     }
@@ -242,7 +240,11 @@ pub fn set_defaults(svc: &mut Value) {
     }
     if let Some(ps) = svc["spec"]["ports"].as_array_mut() {
         for p in ps.iter_mut().filter(|p| p.is_object()) {
-            if p.get("protocol").and_then(|v| v.as_str()).unwrap_or("") == "" {
+            if p.get("protocol")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .is_empty()
+            {
                 p["protocol"] = json!("TCP");
             }
             let unset = match p.get("targetPort") {
