@@ -7,14 +7,22 @@
 //! - authorization is fixed rules in code (kubeadm's bindings + the Node authorizer), no RBAC objects;
 //!   nodes may read all nodes, pods, services and endpointslices (no `AuthorizeNodeWithSelectors`)
 //!   and never secrets or configmaps (no node-to-object graph); bootstrappers may list all CSRs;
-//! - pods are deleted at once (no graceful deletion); a PDB's expected count is its matching pods;
+//! - pods without finalizers are deleted at once (no graceful deletion; a pod that finalizers keep
+//!   gets `deletionGracePeriodSeconds: 0`); a PDB's expected count is its matching pods;
+//! - no garbage collector: `propagationPolicy` adds no `orphan`/`foregroundDeletion` finalizers; the
+//!   namespace controller runs inside the write that makes it due, and `namespaces/finalize` is not
+//!   served;
+//! - Services: the ClusterIPs and NodePorts in use are read from the stored Services (no
+//!   ServiceCIDR/IPAddress objects); `default/kubernetes` has no EndpointSlice; no core/v1 Endpoints;
 //! - core/v1 and events.k8s.io/v1 events are stored apart;
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
 //! - server-side apply is a strategic merge with a required fieldManager (no managedFields, no
 //!   conflicts); no `/openapi` (kubectl create/apply need `--validate=false`);
-//! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
+//! - request bodies are JSON, except the protobuf bodies kubectl sends for CSR approval, eviction and
+//!   `kubectl create service|namespace|configmap|secret` (other kinds' protobuf bodies are only read
+//!   for their metadata);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
 pub mod auth;

@@ -70,8 +70,8 @@ pub(crate) fn before_delete(
     Ok(kept)
 }
 
-/// `TestServer::put` of a Service: the registry's defaulting and allocation (no admission); the
-/// status is kept as given.
+/// `TestServer::put`: the registry's strategy without admission (a Service's defaulting and
+/// allocation, a new namespace's `kubernetes` finalizer); the status is kept as given.
 pub(crate) fn prepare_put(
     state: &State,
     store: &Store,
@@ -79,6 +79,9 @@ pub(crate) fn prepare_put(
     existing: Option<&Value>,
     obj: &mut Value,
 ) -> Result<(), ApiError> {
+    if def.group.is_empty() && def.resource == "namespaces" && existing.is_none() {
+        finalizers::prepare_namespace_create(obj);
+    }
     if !(def.group.is_empty() && def.resource == "services") {
         return Ok(());
     }
