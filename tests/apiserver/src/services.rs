@@ -238,7 +238,10 @@ pub fn set_defaults(svc: &mut Value) {
     if svc_type(svc).is_empty() {
         svc["spec"]["type"] = json!("ClusterIP");
     }
-    if let Some(ps) = svc["spec"]["ports"].as_array_mut() {
+    if let Some(ps) = svc
+        .pointer_mut("/spec/ports")
+        .and_then(|v| v.as_array_mut())
+    {
         for p in ps.iter_mut().filter(|p| p.is_object()) {
             if p.get("protocol")
                 .and_then(|v| v.as_str())
@@ -349,7 +352,10 @@ fn patch_allocated_values(old: &Value, svc: &mut Value) {
                 )
             })
             .collect();
-        if let Some(ps) = svc["spec"]["ports"].as_array_mut() {
+        if let Some(ps) = svc
+            .pointer_mut("/spec/ports")
+            .and_then(|v| v.as_array_mut())
+        {
             for p in ps.iter_mut() {
                 if node_port(p) == 0 {
                     let name = p.get("name").and_then(|v| v.as_str()).unwrap_or("");
@@ -389,7 +395,10 @@ fn drop_type_dependent_fields(old: &Value, svc: &mut Value) {
             .filter(|n| *n != 0)
             .all(|n| old_set.contains(&n));
         if superset {
-            if let Some(ps) = svc["spec"]["ports"].as_array_mut() {
+            if let Some(ps) = svc
+                .pointer_mut("/spec/ports")
+                .and_then(|v| v.as_array_mut())
+            {
                 for p in ps.iter_mut() {
                     set_node_port(p, 0);
                 }
@@ -1893,6 +1902,12 @@ mod tests {
         create(&cfg, &store, &mut s).unwrap();
         assert_eq!(s["spec"]["clusterIPs"], json!(["None"]));
         assert_eq!(s["spec"]["ipFamilyPolicy"], "SingleStack");
+        let mut s = svc(json!({"type": "ExternalName", "externalName": "db.example.com"}));
+        create(&cfg, &store, &mut s).unwrap();
+        assert_eq!(
+            s["spec"],
+            json!({"type": "ExternalName", "externalName": "db.example.com", "sessionAffinity": "None"})
+        );
         let mut s = svc(json!({"clusterIP": "None"}));
         create(&cfg, &store, &mut s).unwrap();
         assert_eq!(s["spec"]["ipFamilyPolicy"], "RequireDualStack");
