@@ -31,6 +31,7 @@ impl State {
             settings: Mutex::new(self.settings()),
             addr: self.addr,
             dry_run: true,
+            services: self.services.clone(),
             node_selectors: std::sync::atomic::AtomicBool::new(
                 self.node_selectors
                     .load(std::sync::atomic::Ordering::Relaxed),

@@ -924,6 +924,7 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     if def.namespaced {
         namespace_exists(&store, &t.ns)?;
     }
+    crate::strategy::before_create(&ctx.state, &store, def, &t.ns, &mut obj)?;
     let created = store.create(def, &t.ns, obj)?;
     ctx.state
         .after_write(&mut store, def.group, def.resource, &t.ns, &name);
@@ -1035,6 +1036,11 @@ fn commit_update(
             Some(old),
         )?,
         _ => {}
+    }
+    if let Some(deleted) =
+        crate::strategy::before_update(&ctx.state, store, def, &t.ns, &t.sub, old, &mut merged)?
+    {
+        return Ok(deleted);
     }
     let out = store.update(def, &t.ns, merged)?;
     ctx.state
@@ -1220,6 +1226,10 @@ fn delete(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         _ => {}
     }
     let deleted = delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?;
+    if store.get(t.def, &t.ns, &t.name).is_some() {
+        // Kept by finalizers or namespace termination: 200 with the object as it now is.
+        return Ok(json_response(200, &with_type(t.def, deleted)));
+    }
     if t.def.return_deleted {
         return Ok(json_response(200, &with_type(t.def, deleted)));
     }
@@ -1241,20 +1251,10 @@ fn delete_locked(
     ns: &str,
     name: &str,
 ) -> Result<Value, ApiError> {
-    let deleted = store.delete(def, ns, name)?;
-    if def.resource == "namespaces" {
-        // Namespace deletion removes everything in it (the namespace controller, done at once).
-        for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-            let names: Vec<String> = store
-                .list(r, Some(name))
-                .iter()
-                .map(|o| meta_str(o, "name").to_string())
-                .collect();
-            for n in names {
-                let _ = store.delete(r, name, &n);
-            }
-        }
+    if let Some(kept) = crate::strategy::before_delete(&ctx.state, store, def, ns, name)? {
+        return Ok(kept);
     }
+    let deleted = store.delete(def, ns, name)?;
     ctx.state
         .after_write(store, def.group, def.resource, ns, name);
     Ok(deleted)

@@ -9,7 +9,13 @@
 //!   from pods (bound pods and the secrets, configmaps, PVCs and service accounts they reference),
 //!   so no PVs, ResourceClaims, VolumeAttachments or ResourceSlices; SelfSubjectReview has no
 //!   `extra` (upstream adds a credential-id for certificates and service-account tokens);
-//! - pods are deleted at once (no graceful deletion); a PDB's expected count is its matching pods;
+//! - pods without finalizers are deleted at once (no graceful deletion; a pod that finalizers keep
+//!   gets `deletionGracePeriodSeconds: 0`); a PDB's expected count is its matching pods;
+//! - no garbage collector: `propagationPolicy` adds no `orphan`/`foregroundDeletion` finalizers; the
+//!   namespace controller runs inside the write that makes it due, and `namespaces/finalize` is not
+//!   served;
+//! - Services: the ClusterIPs and NodePorts in use are read from the stored Services (no
+//!   ServiceCIDR/IPAddress objects); `default/kubernetes` has no EndpointSlice; no core/v1 Endpoints;
 //! - core/v1 and events.k8s.io/v1 events are stored apart;
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
@@ -21,7 +27,9 @@
 //!   `apis/<group>`; v3 only as JSON (406 when only protobuf is acceptable); unknown-field paths index
 //!   lists as `[i]` (structured-merge-diff prints `[key="…"]` for map lists); duplicate keys are only
 //!   found in JSON bodies; operation and parameter descriptions are short forms of upstream's;
-//! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
+//! - request bodies are JSON, except the protobuf bodies kubectl sends for CSR approval, eviction and
+//!   `kubectl create service|namespace|configmap|secret` (other kinds' protobuf bodies are only read
+//!   for their metadata);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
 pub mod auth;
@@ -29,8 +37,11 @@ pub mod clock;
 pub mod controllers;
 mod dryrun;
 pub mod faults;
+pub mod field;
 pub mod fieldvalidation;
+pub mod finalizers;
 mod handler;
+pub mod ipalloc;
 pub mod nodeauthz;
 pub mod noderestriction;
 pub mod openapi;
@@ -38,14 +49,17 @@ mod openapi_proto;
 pub mod patch;
 pub mod patch_meta;
 pub mod pki;
+pub mod portalloc;
 mod proto;
 pub mod rbac;
 pub mod resources;
 mod reviews;
 pub mod selectors;
 mod server;
+pub mod services;
 pub mod status;
 pub mod store;
+mod strategy;
 pub mod table;
 mod watch;
 
@@ -73,6 +87,11 @@ pub struct Options {
     pub cert_duration: Duration,
     /// Auto-approve well-formed kubelet client CSRs (true) or deny them (false).
     pub approve_csrs: bool,
+    /// `--service-cluster-ip-range`: one CIDR, or two of different families (dual-stack); the
+    /// first is the default family. ClusterIPs are only strings in objects here.
+    pub service_cluster_ip_ranges: Vec<String>,
+    /// `--service-node-port-range`.
+    pub service_node_port_range: String,
 }
 
 impl Default for Options {
@@ -82,6 +101,11 @@ impl Default for Options {
             extra_sans: Vec::new(),
             cert_duration: Duration::from_secs(3600),
             approve_csrs: true,
+            service_cluster_ip_ranges: services::DEFAULT_CIDRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            service_node_port_range: services::DEFAULT_NODE_PORTS.into(),
         }
     }
 }
@@ -110,6 +134,7 @@ pub(crate) struct State {
     pub dry_run: bool,
     /// The `AuthorizeNodeWithSelectors` feature gate (default on, as in v1.33).
     pub node_selectors: std::sync::atomic::AtomicBool,
+    pub services: services::Config,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +187,11 @@ impl State {
             ("", "pods") | ("policy", "poddisruptionbudgets") => controllers::disruption(store, ns),
             _ => {}
         }
+        // The namespace controller: a terminating namespace loses its content, then itself.
+        let ns = if resource == "namespaces" { name } else { ns };
+        if !ns.is_empty() {
+            controllers::namespace_deleter(store, ns);
+        }
     }
 }
 
@@ -196,6 +226,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(opts: Options) -> anyhow::Result<TestServer> {
+        let services = services::Config::new(
+            &opts.service_cluster_ip_ranges,
+            &opts.service_node_port_range,
+        )
+        .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
         let ca = pki::Ca::generate().context("generating the test CA")?;
         let listener = server::bind(opts.bind).await?;
         let addr = listener.local_addr()?;
@@ -221,6 +256,7 @@ impl TestServer {
             addr,
             dry_run: false,
             node_selectors: std::sync::atomic::AtomicBool::new(true),
+            services,
         });
         seed(&state);
         let tls = server::tls_config(&state, &opts.extra_sans)?;
@@ -482,7 +518,11 @@ impl TestServer {
         obj["kind"] = json!(def.kind);
         obj["metadata"]["name"] = json!(name);
         let mut s = self.state.store();
-        let r = if s.get(def, &ns, &name).is_some() {
+        let existing = s.get(def, &ns, &name).cloned();
+        if let Err(e) = strategy::prepare_put(&self.state, &s, def, existing.as_ref(), &mut obj) {
+            panic!("keel-test-apiserver: put {path}: {}", e.message);
+        }
+        let r = if existing.is_some() {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
@@ -497,7 +537,7 @@ impl TestServer {
             .after_write(&mut s, def.group, def.resource, &ns, &name);
     }
 
-    /// Deletes an object bypassing auth. Returns whether it existed.
+    /// Deletes an object at once, bypassing auth and finalizers. Returns whether it existed.
     pub fn delete(&self, path: &str) -> bool {
         let Some((def, ns, name)) = handler::parse_object_path(path) else {
             return false;
@@ -544,6 +584,13 @@ fn seed(state: &State) {
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+    }
+    if let Some(svc) = resources::find("", "v1", "services") {
+        let _ = s.create(
+            svc,
+            "default",
+            services::kubernetes_service(&state.services, state.addr.port()),
         );
     }
     if let Some(cm) = resources::find("", "v1", "configmaps") {

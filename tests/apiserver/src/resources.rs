@@ -296,7 +296,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         if !r.short_names.is_empty() {
             e["shortNames"] = json!(r.short_names);
         }
-        if r.resource == "pods" || r.resource == "daemonsets" {
+        if matches!(r.resource, "pods" | "daemonsets" | "services") {
             e["categories"] = json!(["all"]);
         }
         out.push(e);
