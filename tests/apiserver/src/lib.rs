@@ -17,10 +17,12 @@
 //! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
+pub mod apply;
 pub mod auth;
 pub mod clock;
 pub mod controllers;
 pub mod faults;
+pub mod fieldset;
 mod handler;
 pub mod noderestriction;
 pub mod patch;
@@ -32,6 +34,7 @@ mod server;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod validation;
 mod watch;
 
 pub use controllers::CsrPolicy;
