@@ -200,7 +200,7 @@ fn baseline(def: &ResourceDef) -> Value {
 }
 
 fn comparison(def: &ResourceDef, sub: &str, old: &Value, new: &Value) -> fieldset::Comparison {
-    let mut c = compare(def.kind, &without_managed(old), &without_managed(new));
+    let mut c = compare(&without_managed(old), &without_managed(new));
     c.exclude(&ignored(def, sub));
     c.added = c.added.difference(&stripped());
     c.removed = c.removed.difference(&stripped());

@@ -375,11 +375,11 @@ impl Comparison {
 
 /// `typed.Compare(lhs, rhs)`: leaves added/removed/modified, and every non-leaf node present on one
 /// side only.
-pub fn compare(kind: &str, lhs: &Value, rhs: &Value) -> Comparison {
+pub fn compare(lhs: &Value, rhs: &Value) -> Comparison {
     let mut c = Comparison::default();
     let mut path = Vec::new();
     let mut names = Vec::new();
-    cmp(kind, Some(lhs), Some(rhs), &mut path, &mut names, &mut c);
+    cmp(Some(lhs), Some(rhs), &mut path, &mut names, &mut c);
     c
 }
 
@@ -393,7 +393,6 @@ fn leaf(l: Option<&Value>, r: Option<&Value>, path: &[String], c: &mut Compariso
 }
 
 fn cmp(
-    kind: &str,
     l: Option<&Value>,
     r: Option<&Value>,
     path: &mut Vec<String>,
@@ -424,7 +423,6 @@ fn cmp(
             path.push(field(k));
             names.push(k.clone());
             cmp(
-                kind,
                 lm.and_then(|m| m.get(k)),
                 rm.and_then(|m| m.get(k)),
                 path,
@@ -474,7 +472,7 @@ fn cmp(
                     let lv = lk.iter().find(|(x, _)| x == k).map(|(_, v)| *v);
                     let rv = rk.iter().find(|(x, _)| x == k).map(|(_, v)| *v);
                     path.push(k.clone());
-                    cmp(kind, lv, rv, path, names, c);
+                    cmp(lv, rv, path, names, c);
                     path.pop();
                 }
             }
@@ -599,7 +597,7 @@ mod tests {
     fn compare_marks_new_maps_and_leaves() {
         let old = json!({"metadata": {"name": "n", "creationTimestamp": null}, "spec": {}});
         let new = json!({"metadata": {"name": "n", "labels": {"a": "1"}}, "spec": {"unschedulable": true}});
-        let c = compare("Node", &old, &new);
+        let c = compare(&old, &new);
         assert_eq!(
             c.added.to_fields_v1(),
             json!({"f:metadata": {"f:labels": {".": {}, "f:a": {}}}, "f:spec": {"f:unschedulable": {}}})
@@ -608,7 +606,6 @@ mod tests {
             .removed
             .contains(&p(&["f:metadata", "f:creationTimestamp"])));
         let c2 = compare(
-            "Node",
             &new,
             &json!({"metadata": {"name": "n", "labels": {"a": "2"}}, "spec": {"unschedulable": true}}),
         );

@@ -635,6 +635,12 @@ fn generate_suffix() -> String {
 }
 
 fn check_type(t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind",
+            t.def.kind
+        )));
+    }
     if let Some(av) = obj.get("apiVersion").and_then(|v| v.as_str()) {
         if av != t.def.api_version() {
             return Err(ApiError::bad_request(format!(
