@@ -138,6 +138,17 @@ fn encode(obj: &mut Value, mut entries: Vec<Entry>) {
     }
 }
 
+/// Puts back managedFields taken from an applied object (none: no entries).
+pub fn set_managed_fields(obj: &mut Value, mf: Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        if mf.is_null() {
+            m.remove("managedFields");
+        } else {
+            m.insert("managedFields".into(), mf);
+        }
+    }
+}
+
 /// Fields no manager owns (stripmeta.go); removed non-recursively.
 fn stripped() -> Set {
     let mut s = Set::new();

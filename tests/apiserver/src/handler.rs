@@ -772,7 +772,7 @@ fn create_object(
             &update_manager(ctx),
             &crate::clock::now_rfc3339(),
         ),
-        Fields::Applied(mf) => obj["metadata"]["managedFields"] = mf,
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut obj, mf),
     }
     crate::validation::validate(def, &obj, None)?;
     let name = meta_str(&obj, "name").to_string();
@@ -899,7 +899,7 @@ fn commit_update(
             &update_manager(ctx),
             &crate::clock::now_rfc3339(),
         ),
-        Fields::Applied(mf) => merged["metadata"]["managedFields"] = mf,
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut merged, mf),
     }
     crate::validation::validate(def, &merged, Some(old))?;
     match (def.group, def.resource) {
@@ -994,7 +994,11 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
             force,
             &now,
         )?;
-        let mf = doc["metadata"]["managedFields"].take();
+        let mf = doc
+            .get_mut("metadata")
+            .and_then(|m| m.as_object_mut())
+            .and_then(|m| m.remove("managedFields"))
+            .unwrap_or(Value::Null);
         let Some(old) = existing else {
             drop(store);
             doc["metadata"]["name"] = json!(t.name);

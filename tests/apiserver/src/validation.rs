@@ -655,15 +655,7 @@ fn validate_node(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr>) {
     if let Some(t) = obj.pointer("/spec/taints").and_then(|t| t.as_array()) {
         validate_taints(t, errs);
     }
-    let cidrs: Vec<String> = obj
-        .pointer("/spec/podCIDRs")
-        .and_then(|c| c.as_array())
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let cidrs = pod_cidrs(obj);
     let mut families = Vec::new();
     for (i, c) in cidrs.iter().enumerate() {
         match parse_cidr(c) {
@@ -687,19 +679,67 @@ fn validate_node(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr>) {
         }
     }
     if let Some(old) = old {
-        // pkg/apis/core/validation ValidateNodeUpdate: podCIDRs may only go from unset to set.
-        let before = old.pointer("/spec/podCIDRs").cloned();
-        let now = obj.pointer("/spec/podCIDRs").cloned();
-        let unset = |v: &Option<Value>| {
-            v.as_ref()
-                .is_none_or(|v| v.as_array().is_none_or(|a| a.is_empty()))
-        };
-        if !unset(&before) && before != now {
+        // pkg/apis/core/validation ValidateNodeUpdate: podCIDRs and providerID may only go from
+        // unset to set; status addresses may not repeat.
+        let before = pod_cidrs(old);
+        if !before.is_empty() && before != cidrs {
             errs.push(FieldErr::forbidden(
                 "spec.podCIDRs",
                 "node updates may not change podCIDR except from \"\" to valid",
             ));
         }
+        let pid = |o: &Value| {
+            o.pointer("/spec/providerID")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        if !pid(old).is_empty() && pid(old) != pid(obj) {
+            errs.push(FieldErr::forbidden(
+                "spec.providerID",
+                "node updates may not change providerID except from \"\" to valid",
+            ));
+        }
+        let addrs = obj
+            .pointer("/status/addresses")
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].contains(a) {
+                let s = |f: &str| a.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                errs.push(FieldErr::new(
+                    ErrType::Duplicate,
+                    format!("status.addresses[{i}]"),
+                    format!(
+                        "core.NodeAddress{{Type:{}, Address:{}}}",
+                        quote(&s("type")),
+                        quote(&s("address"))
+                    ),
+                    "",
+                ));
+            }
+        }
+    }
+}
+
+/// The internal type's `podCIDRs`: v1's `podCIDR` converts to the first entry when the list is unset.
+fn pod_cidrs(obj: &Value) -> Vec<String> {
+    let list: Vec<String> = obj
+        .pointer("/spec/podCIDRs")
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !list.is_empty() {
+        return list;
+    }
+    match obj.pointer("/spec/podCIDR").and_then(|v| v.as_str()) {
+        Some(c) if !c.is_empty() => vec![c.to_string()],
+        _ => Vec::new(),
     }
 }
 
@@ -1070,6 +1110,19 @@ mod tests {
         let new = json!({"metadata": {"name": "n"}, "spec": {"podCIDRs": ["10.0.1.0/24"]}});
         assert!(validate(nodes, &new, Some(&old)).is_err());
         assert!(validate(nodes, &new, Some(&new.clone())).is_ok());
+        let single = json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "10.0.1.0/24"}});
+        assert!(validate(nodes, &single, Some(&old)).is_err());
+        let with_pid = json!({"metadata": {"name": "n"}, "spec": {"providerID": "a://1"}});
+        let e = validate(
+            nodes,
+            &json!({"metadata": {"name": "n"}, "spec": {"providerID": "a://2"}}),
+            Some(&with_pid),
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "Node \"n\" is invalid: spec.providerID: Forbidden: node updates may not change providerID except from \"\" to valid");
+        let dup = json!({"metadata": {"name": "n"}, "spec": {"providerID": "a://1"}, "status": {"addresses": [{"type": "Hostname", "address": "n"}, {"type": "Hostname", "address": "n"}]}});
+        let e = validate(nodes, &dup, Some(&with_pid)).unwrap_err();
+        assert!(e.message.contains("status.addresses[1]: Duplicate value: core.NodeAddress{Type:\"Hostname\", Address:\"n\"}"), "{}", e.message);
     }
 
     #[test]
