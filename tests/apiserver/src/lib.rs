@@ -12,13 +12,14 @@
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
-//! - server-side apply and managedFields follow structured-merge-diff on JSON with a fixed table of
-//!   list types (fieldset.rs); no managedFields cap of 10 Update entries, no client-side-apply
-//!   migration, conversion-free (one version per kind); status/spec reset per subresource only;
+//! - server-side apply and managedFields follow structured-merge-diff on JSON, with list types from
+//!   a fixed table (fieldset.rs; unlisted lists are atomic) and the merge itself done as a strategic
+//!   merge; reset fields are approximated as `status` (main resource) and `spec` (status subresource);
+//!   no cap of 10 Update entries, no last-applied-configuration interplay (lastAppliedManager);
 //!   no `/openapi` (kubectl create/apply need `--validate=false`);
-//! - validation covers object metadata, names per kind, node taints and podCIDRs, Lease spec and
-//!   CSRs (validation.rs); other kinds' spec fields are not validated; type errors are caught
-//!   for Lease spec only (other wrongly typed fields are stored as sent);
+//! - validation covers object metadata, names per kind, node taints/podCIDRs/providerID/addresses,
+//!   Lease spec and CSRs (validation.rs); other spec fields are not validated, and wrongly typed
+//!   fields are refused (400) for Lease spec only;
 //! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
