@@ -515,23 +515,52 @@ fn validate_owner_references(meta: &Value, errs: &mut Vec<FieldErr>) {
 fn validate_meta(def: &ResourceDef, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldErr>) {
     let empty = json!({});
     let meta = obj.get("metadata").unwrap_or(&empty);
-    let rule = name_rule(def);
-    let name = meta_str(obj, "name");
-    if old.is_none() {
-        let gen = meta_str(obj, "generateName");
-        if !gen.is_empty() {
-            for m in validate_name(rule, gen, true) {
-                errs.push(FieldErr::invalid("metadata.generateName", gen, m));
+    let fins = finalizers(meta);
+    match old {
+        None => {
+            let rule = name_rule(def);
+            let name = meta_str(obj, "name");
+            let gen = meta_str(obj, "generateName");
+            if !gen.is_empty() {
+                for m in validate_name(rule, gen, true) {
+                    errs.push(FieldErr::invalid("metadata.generateName", gen, m));
+                }
+            }
+            if name.is_empty() {
+                errs.push(FieldErr::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                ));
+            } else {
+                for m in validate_name(rule, name, false) {
+                    errs.push(FieldErr::invalid("metadata.name", name, m));
+                }
             }
         }
-        if name.is_empty() {
-            errs.push(FieldErr::required(
-                "metadata.name",
-                "name or generateName is required",
-            ));
-        } else {
-            for m in validate_name(rule, name, false) {
-                errs.push(FieldErr::invalid("metadata.name", name, m));
+        Some(old) => {
+            if old["metadata"].get("deletionTimestamp").is_some() {
+                let before = finalizers(&old["metadata"]);
+                let mut extra: Vec<String> = fins
+                    .iter()
+                    .filter(|f| !before.contains(f))
+                    .cloned()
+                    .collect();
+                extra.sort();
+                extra.dedup();
+                if !extra.is_empty() {
+                    errs.push(FieldErr::forbidden(
+                        "metadata.finalizers",
+                        format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                            go_string_slice(&extra)
+                        ),
+                    ));
+                }
+            }
+            // rest.BeforeUpdate keeps an empty uid; a different one is refused (validateCommonFields).
+            let (uid, old_uid) = (meta_str(obj, "uid"), meta_str(old, "uid"));
+            if !uid.is_empty() && uid != old_uid {
+                errs.push(FieldErr::invalid("metadata.uid", uid, "field is immutable"));
             }
         }
     }
@@ -542,8 +571,8 @@ fn validate_meta(def: &ResourceDef, obj: &Value, old: Option<&Value>, errs: &mut
         errs,
     );
     validate_owner_references(meta, errs);
-    let fins = finalizers(meta);
     if old.is_none() {
+        // Only the create path runs apimachinery's ValidateFinalizers.
         for f in &fins {
             for m in is_qualified_name(f) {
                 errs.push(FieldErr::invalid("metadata.finalizers", f, m));
@@ -558,26 +587,37 @@ fn validate_meta(def: &ResourceDef, obj: &Value, old: Option<&Value>, errs: &mut
             ));
         }
     }
+    validate_managed_fields(meta, errs);
+    // The core group's wrapper appends its finalizer-name check last.
     kube_finalizer_names(&fins, errs);
-    if let Some(old) = old {
-        if old["metadata"].get("deletionTimestamp").is_some() {
-            let before = finalizers(&old["metadata"]);
-            let mut extra: Vec<String> = fins
-                .iter()
-                .filter(|f| !before.contains(f))
-                .cloned()
-                .collect();
-            extra.sort();
-            extra.dedup();
-            if !extra.is_empty() {
-                errs.push(FieldErr::forbidden(
-                    "metadata.finalizers",
-                    format!(
-                        "no new finalizers can be added if the object is being deleted, found new finalizers {}",
-                        go_string_slice(&extra)
-                    ),
-                ));
-            }
+}
+
+/// `ValidateManagedFields` (apimachinery pkg/apis/meta/v1/validation).
+fn validate_managed_fields(meta: &Value, errs: &mut Vec<FieldErr>) {
+    let Some(list) = meta.get("managedFields").and_then(|m| m.as_array()) else {
+        return;
+    };
+    for (i, e) in list.iter().enumerate() {
+        let path = format!("metadata.managedFields[{i}]");
+        let s = |f: &str| e.get(f).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let op = s("operation");
+        if op != "Apply" && op != "Update" {
+            errs.push(FieldErr::invalid(
+                format!("{path}.operation"),
+                &op,
+                "must be `Apply` or `Update`",
+            ));
+        }
+        let ft = s("fieldsType");
+        if !ft.is_empty() && ft != "FieldsV1" {
+            errs.push(FieldErr::invalid(
+                format!("{path}.fieldsType"),
+                &ft,
+                "must be `FieldsV1`",
+            ));
+        }
+        if s("manager").len() > 128 {
+            errs.push(FieldErr::too_long(format!("{path}.manager"), 128));
         }
     }
 }
@@ -1123,6 +1163,15 @@ mod tests {
         let dup = json!({"metadata": {"name": "n"}, "spec": {"providerID": "a://1"}, "status": {"addresses": [{"type": "Hostname", "address": "n"}, {"type": "Hostname", "address": "n"}]}});
         let e = validate(nodes, &dup, Some(&with_pid)).unwrap_err();
         assert!(e.message.contains("status.addresses[1]: Duplicate value: core.NodeAddress{Type:\"Hostname\", Address:\"n\"}"), "{}", e.message);
+    }
+
+    #[test]
+    fn managed_fields_and_uid_on_update() {
+        let cms = find("", "v1", "configmaps").unwrap();
+        let old = json!({"metadata": {"name": "c", "uid": "u1"}});
+        let new = json!({"metadata": {"name": "c", "uid": "u2", "managedFields": [{"manager": "m", "operation": "Patch", "fieldsType": "FieldsV1"}]}});
+        let e = validate(cms, &new, Some(&old)).unwrap_err();
+        assert_eq!(e.message, "ConfigMap \"c\" is invalid: [metadata.uid: Invalid value: \"u2\": field is immutable, metadata.managedFields[0].operation: Invalid value: \"Patch\": must be `Apply` or `Update`]");
     }
 
     #[test]
