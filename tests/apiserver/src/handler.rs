@@ -229,6 +229,7 @@ struct Ctx {
     q: HashMap<String, String>,
     accept: String,
     content_type: String,
+    user_agent: String,
     body: Bytes,
     /// `Warning` headers for the response (fieldValidation=Warn).
     warnings: Arc<Mutex<Vec<String>>>,
@@ -318,6 +319,7 @@ pub async fn handle(
         .filter(|s| !s.is_empty());
     let accept = hv("accept");
     let content_type = hv("content-type");
+    let user_agent = hv("user-agent");
 
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -356,6 +358,7 @@ pub async fn handle(
         q,
         accept,
         content_type,
+        user_agent,
         body,
         warnings: Arc::default(),
     };
@@ -460,6 +463,7 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
             q: ctx.q.clone(),
             accept: ctx.accept.clone(),
             content_type: ctx.content_type.clone(),
+            user_agent: ctx.user_agent.clone(),
             body: ctx.body.clone(),
             warnings: ctx.warnings.clone(),
         };
@@ -702,6 +706,12 @@ fn generate_suffix() -> String {
 }
 
 fn check_type(t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind",
+            t.def.kind
+        )));
+    }
     if let Some(av) = obj.get("apiVersion").and_then(|v| v.as_str()) {
         if av != t.def.api_version() {
             return Err(ApiError::bad_request(format!(
@@ -767,117 +777,44 @@ fn prepare_create(def: &ResourceDef, user: &User, obj: &mut Value) {
     }
 }
 
-/// Validation the clients here can trip over (`ValidateObjectMeta` + a few type checks).
-fn validate(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
-    let name = meta_str(obj, "name");
-    if name.is_empty() {
-        return Err(ApiError::invalid(
-            def.kind,
-            def.group,
-            "",
-            &[(
-                "metadata.name",
-                "Required value: name or generateName is required".into(),
-            )],
-        ));
-    }
-    let dns_ok = name.len() <= 253
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || b == b'-'
-                || b == b'.'
-                || (def.resource == "certificatesigningrequests" && b == b':')
-        })
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if !dns_ok {
-        return Err(ApiError::invalid(
-            def.kind,
-            def.group,
-            name,
-            &[("metadata.name", format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"))],
-        ));
-    }
-    if def.resource == "certificatesigningrequests" {
-        let req = obj
-            .pointer("/spec/request")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        use base64::Engine;
-        let pem_ok = base64::engine::general_purpose::STANDARD
-            .decode(req)
-            .ok()
-            .is_some_and(|b| crate::pki::parse_csr(&b).is_ok());
-        if !pem_ok {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[(
-                    "spec.request",
-                    "Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST".into(),
-                )],
-            ));
-        }
-        if obj
-            .pointer("/spec/signerName")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .is_empty()
-        {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[("spec.signerName", "Required value".into())],
-            ));
-        }
-        if obj
-            .pointer("/spec/usages")
-            .and_then(|v| v.as_array())
-            .is_none_or(|u| u.is_empty())
-        {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[("spec.usages", "Required value".into())],
-            ));
-        }
-        if let Some(e) = obj
-            .pointer("/spec/expirationSeconds")
-            .and_then(|v| v.as_i64())
-        {
-            if e < 600 {
-                return Err(ApiError::invalid(def.kind, def.group, name, &[("spec.expirationSeconds", format!("Invalid value: {e}: may not specify a duration less than 600 seconds (10 minutes)"))]));
-            }
-        }
-    }
-    if def.resource == "leases" || def.resource == "nodes" || def.resource == "events" {
-        // Nothing beyond metadata that clients here rely on being rejected.
-    }
-    Ok(())
+/// How a write records `metadata.managedFields` (apply.rs).
+enum Fields {
+    /// An Update operation by the request's field manager.
+    Track,
+    /// Apply already computed them (the value to keep).
+    Applied(Value),
+}
+
+/// The request's manager for Update operations (`?fieldManager`, else from the user agent).
+fn update_manager(ctx: &Ctx) -> String {
+    crate::apply::manager_name(
+        ctx.q.get("fieldManager").map(|s| s.as_str()),
+        &ctx.user_agent,
+    )
 }
 
 fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
+    crate::validation::validate_options("CreateOptions", &ctx.q, false)?;
+    let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
-    let def = t.def;
-    let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
-        def,
+        t.def,
         &mut obj,
         Some(&ctx.body),
         Stage::Decode,
     )?);
+    create_object(ctx, t, obj, Fields::Track)
+}
+
+fn create_object(
+    ctx: &Ctx,
+    t: &Target,
+    mut obj: Value,
+    fields: Fields,
+) -> Result<Response<Body>, ApiError> {
+    let def = t.def;
     if !obj.get("metadata").is_some_and(|m| m.is_object()) {
         obj["metadata"] = json!({});
     }
@@ -903,10 +840,20 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         m.remove("resourceVersion");
         m.remove("uid");
         m.remove("creationTimestamp");
-        m.remove("managedFields");
     }
     prepare_create(def, &ctx.user, &mut obj);
-    validate(def, &obj)?;
+    match fields {
+        Fields::Track => crate::apply::track_update(
+            def,
+            "",
+            None,
+            &mut obj,
+            &update_manager(ctx),
+            &crate::clock::now_rfc3339(),
+        ),
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut obj, mf),
+    }
+    crate::validation::validate(def, &obj, None)?;
     let name = meta_str(&obj, "name").to_string();
     match (def.group, def.resource) {
         ("", "nodes") => {
@@ -1013,6 +960,7 @@ fn commit_update(
     store: &mut Store,
     old: &Value,
     new: Value,
+    fields: Fields,
 ) -> Result<Value, ApiError> {
     let def = t.def;
     let rv = meta_str(&new, "resourceVersion");
@@ -1022,7 +970,18 @@ fn commit_update(
     let mut merged = apply_subresource(def, &t.sub, old, new)?;
     merged = with_type(def, merged);
     merged["metadata"]["name"] = json!(t.name);
-    validate(def, &merged)?;
+    match fields {
+        Fields::Track => crate::apply::track_update(
+            def,
+            &t.sub,
+            Some(old),
+            &mut merged,
+            &update_manager(ctx),
+            &crate::clock::now_rfc3339(),
+        ),
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut merged, mf),
+    }
+    crate::validation::validate(def, &merged, Some(old))?;
     match (def.group, def.resource) {
         ("", "nodes") => {
             noderestriction::admit_node(&ctx.user, Op::Update, &t.name, Some(&merged), Some(old))?
@@ -1052,9 +1011,10 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     if t.name.is_empty() {
         return Err(ApiError::method_not_allowed());
     }
+    crate::validation::validate_options("UpdateOptions", &ctx.q, false)?;
+    let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
-    let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
         t.def,
@@ -1083,7 +1043,7 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
     };
-    let out = commit_update(ctx, t, &mut store, &old, obj)?;
+    let out = commit_update(ctx, t, &mut store, &old, obj, Fields::Track)?;
     Ok(json_response(200, &out))
 }
 
@@ -1099,17 +1059,7 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         .trim()
         .to_string();
     let apply = ct == "application/apply-patch+yaml";
-    if apply && ctx.q.get("fieldManager").is_none_or(|f| f.is_empty()) {
-        return Err(ApiError::invalid(
-            "PatchOptions",
-            "meta.k8s.io",
-            "",
-            &[(
-                "fieldManager",
-                "Required value: is required for apply patch".into(),
-            )],
-        ));
-    }
+    crate::validation::validate_options("PatchOptions", &ctx.q, apply)?;
     let fv = fieldvalidation::directive(&ctx.q, "PatchOptions")?;
     let mut patch_doc: Value = if apply {
         let v: serde_yaml::Value =
@@ -1124,38 +1074,56 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     }
     let mut store = ctx.state.store();
     let existing = store.get(t.def, &t.ns, &t.name).cloned();
-    let Some(old) = existing else {
-        if apply && t.sub.is_empty() {
+    if apply {
+        check_type(t, &patch_doc)?;
+        let force = ctx.q.get("force").is_some_and(|f| f == "true");
+        let manager = ctx.q.get("fieldManager").cloned().unwrap_or_default();
+        let now = crate::clock::now_rfc3339();
+        if existing.is_none() && !t.sub.is_empty() {
+            return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
+        }
+        let mut doc = crate::apply::apply(
+            t.def,
+            &t.sub,
+            existing.as_ref(),
+            &patch_doc,
+            &manager,
+            force,
+            &now,
+        )?;
+        let mf = doc
+            .get_mut("metadata")
+            .and_then(|m| m.as_object_mut())
+            .and_then(|m| m.remove("managedFields"))
+            .unwrap_or(Value::Null);
+        let Some(old) = existing else {
             drop(store);
-            let mut obj = patch_doc;
-            obj["metadata"]["name"] = json!(t.name);
-            let body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
-            let c2 = Ctx {
-                state: ctx.state.clone(),
-                user: ctx.user.clone(),
-                q: ctx.q.clone(),
-                accept: ctx.accept.clone(),
-                content_type: "application/json".into(),
-                body,
-                warnings: ctx.warnings.clone(),
-            };
-            return create(
-                &c2,
+            doc["metadata"]["name"] = json!(t.name);
+            return create_object(
+                ctx,
                 &Target {
                     name: String::new(),
                     ..t.clone()
                 },
+                doc,
+                Fields::Applied(mf),
             );
+        };
+        if meta_str(&doc, "name") != t.name {
+            return Err(ApiError::bad_request(
+                "metadata.name: Invalid value: the name of the object may not be changed by a patch",
+            ));
         }
+        let out = commit_update(ctx, t, &mut store, &old, doc, Fields::Applied(mf))?;
+        return Ok(json_response(200, &out));
+    }
+    let Some(old) = existing else {
         return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
     };
     let mut doc = old.clone();
     match ct.as_str() {
         "application/merge-patch+json" => patch::merge_patch(&mut doc, &patch_doc),
-        "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
-            if apply {
-                check_type(t, &patch_doc)?;
-            }
+        "application/strategic-merge-patch+json" => {
             patch::strategic_merge_patch(&mut doc, &patch_doc)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
         }
@@ -1182,7 +1150,7 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
             Stage::Patch,
         )?);
     }
-    let out = commit_update(ctx, t, &mut store, &old, doc)?;
+    let out = commit_update(ctx, t, &mut store, &old, doc, Fields::Track)?;
     Ok(json_response(200, &out))
 }
 

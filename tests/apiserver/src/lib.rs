@@ -20,8 +20,13 @@
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
-//! - server-side apply is a strategic merge with a required fieldManager (no managedFields, no
-//!   conflicts);
+//! - server-side apply and managedFields follow structured-merge-diff on JSON, with list types from
+//!   a fixed table (fieldset.rs; unlisted lists are atomic) and the merge itself done as a strategic
+//!   merge; reset fields are approximated as `status` (main resource) and `spec` (status subresource);
+//!   no cap of 10 Update entries, no last-applied-configuration interplay (lastAppliedManager);
+//! - validation covers object metadata, names per kind, node taints/podCIDRs/providerID/addresses,
+//!   Lease spec and CSRs (validation.rs) and Service spec (services.rs); other spec fields are not
+//!   validated, and wrongly typed fields are refused (400) for Lease spec only;
 //! - `/openapi` schemas come from k8s-openapi: list kinds get a generic description, IntOrString and
 //!   Quantity lack v3's `anyOf`; no deprecated `/watch/` paths and no v3 documents for `api`, `apis`,
 //!   `apis/<group>`; v3 only as JSON (406 when only protobuf is acceptable); unknown-field paths index
@@ -32,12 +37,14 @@
 //!   for their metadata);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
+pub mod apply;
 pub mod auth;
 pub mod clock;
 pub mod controllers;
 mod dryrun;
 pub mod faults;
 pub mod field;
+pub mod fieldset;
 pub mod fieldvalidation;
 pub mod finalizers;
 mod handler;
@@ -61,6 +68,7 @@ pub mod status;
 pub mod store;
 mod strategy;
 pub mod table;
+pub mod validation;
 mod watch;
 
 pub use controllers::CsrPolicy;
