@@ -190,6 +190,9 @@ pub struct Attrs {
     pub namespace: String,
     pub name: String,
     pub path: String,
+    /// `fieldSelector` requirements `(field, is_equality, value)` of list/watch/deletecollection
+    /// requests (`AuthorizeWithSelectors`), which the Node authorizer reads.
+    pub field_selector: Vec<(String, bool, String)>,
 }
 
 impl Attrs {
@@ -231,172 +234,45 @@ impl Attrs {
     }
 }
 
-fn rule(a: &Attrs, group: &str, resources: &[&str], verbs: &[&str]) -> bool {
-    let res = if a.subresource.is_empty() {
-        a.resource.clone()
-    } else {
-        format!("{}/{}", a.resource, a.subresource)
-    };
-    a.group == group && resources.contains(&res.as_str()) && verbs.contains(&a.verb.as_str())
+/// The authorizer chain of a kubeadm API server (`--authorization-mode=Node,RBAC` behind the
+/// `system:masters` privileged-group authorizer), as `union.go` combines them: the first allow
+/// wins with its reason; otherwise the non-empty "no opinion" reasons joined by newlines.
+/// `store` is what the Node authorizer's graph is computed from.
+pub fn decide(user: &User, a: &Attrs, store: &Store, node_selectors: bool) -> (bool, String) {
+    if user.in_group("system:masters") {
+        return (true, String::new());
+    }
+    let mut reasons = Vec::new();
+    if let Some(node) = user.node_name() {
+        match crate::nodeauthz::authorize(node, a, store, node_selectors) {
+            Ok(()) => return (true, String::new()),
+            Err(r) if !r.is_empty() => reasons.push(r),
+            Err(_) => {}
+        }
+    }
+    if let Some(reason) = crate::rbac::authorize(user, a) {
+        return (true, reason);
+    }
+    (false, reasons.join("\n"))
 }
-
-const READ: &[&str] = &["get", "list", "watch"];
 
 /// `Ok` to allow, `Err(reason)` to deny (reason as the Node authorizer words it, or empty).
-pub fn authorize(user: &User, a: &Attrs) -> Result<(), String> {
-    if user.in_group("system:masters") {
-        return Ok(());
+pub fn authorize_in(
+    user: &User,
+    a: &Attrs,
+    store: &Store,
+    node_selectors: bool,
+) -> Result<(), String> {
+    match decide(user, a, store, node_selectors) {
+        (true, _) => Ok(()),
+        (false, reason) => Err(reason),
     }
-    if !a.is_resource {
-        // system:public-info-viewer (everyone) and system:discovery (authenticated).
-        let p = a.path.as_str();
-        if a.verb == "get"
-            && matches!(
-                p,
-                "/version" | "/version/" | "/healthz" | "/livez" | "/readyz"
-            )
-        {
-            return Ok(());
-        }
-        let discovery = p == "/api"
-            || p.starts_with("/api/")
-            || p == "/apis"
-            || p.starts_with("/apis/")
-            || p.starts_with("/openapi");
-        if a.verb == "get" && discovery && user.in_group("system:authenticated") {
-            return Ok(());
-        }
-        return Err(String::new());
-    }
-    // kubeadm's `kubeadm:bootstrap-signer-clusterinfo` Role, bound to system:anonymous.
-    if rule(a, "", &["configmaps"], &["get"])
-        && a.namespace == "kube-public"
-        && a.name == "cluster-info"
-    {
-        return Ok(());
-    }
-    if user.in_group("system:bootstrappers") {
-        // system:node-bootstrapper, nodeclient auto-approval, kubeadm:get-nodes.
-        if rule(
-            a,
-            "certificates.k8s.io",
-            &["certificatesigningrequests"],
-            &["create", "get", "list", "watch"],
-        ) || rule(
-            a,
-            "certificates.k8s.io",
-            &["certificatesigningrequests/nodeclient"],
-            &["create"],
-        ) || rule(a, "", &["nodes"], &["get"])
-        {
-            return Ok(());
-        }
-    }
-    if let Some(node) = user.node_name() {
-        return authorize_node(node, a);
-    }
-    if user.name == PRIVILEGED_USER {
-        let ok = rule(
-            a,
-            "",
-            &["nodes"],
-            &["get", "list", "watch", "update", "patch"],
-        ) || rule(a, "", &["nodes/status"], &["get", "update", "patch"])
-            || rule(
-                a,
-                "",
-                &["events"],
-                &["create", "update", "patch", "get", "list", "watch"],
-            )
-            || rule(
-                a,
-                "events.k8s.io",
-                &["events"],
-                &["create", "update", "patch", "get", "list", "watch"],
-            )
-            || rule(a, "", &["pods"], READ)
-            || rule(a, "", &["pods/eviction"], &["create"])
-            || rule(a, "apps", &["daemonsets"], READ)
-            || rule(a, "policy", &["poddisruptionbudgets"], READ)
-            || rule(a, "coordination.k8s.io", &["leases"], READ);
-        return if ok { Ok(()) } else { Err(String::new()) };
-    }
-    Err(String::new())
 }
 
-/// The Node authorizer (`plugin/pkg/auth/authorizer/node`) and the `system:node` rules (`NodeRules()`).
-fn authorize_node(node: &str, a: &Attrs) -> Result<(), String> {
-    if a.group == "coordination.k8s.io" && a.resource == "leases" {
-        if !matches!(
-            a.verb.as_str(),
-            "get" | "create" | "update" | "patch" | "delete"
-        ) {
-            return Err("can only get, create, update, patch, or delete a node lease".into());
-        }
-        if a.namespace != "kube-node-lease" {
-            return Err(
-                "can only access leases in the \"kube-node-lease\" system namespace".into(),
-            );
-        }
-        if a.verb != "create" && a.name != node {
-            return Err(
-                "can only access node lease with the same name as the requesting node".into(),
-            );
-        }
-        return Ok(());
-    }
-    if a.group.is_empty()
-        && matches!(
-            a.resource.as_str(),
-            "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes"
-        )
-    {
-        return Err(format!(
-            "no relationship found between node '{node}' and this object"
-        ));
-    }
-    let ok = rule(a, "", &["services"], READ)
-        || rule(
-            a,
-            "",
-            &["nodes"],
-            &["create", "get", "list", "watch", "update", "patch"],
-        )
-        || rule(a, "", &["nodes/status"], &["update", "patch"])
-        || rule(a, "", &["events"], &["create", "update", "patch"])
-        || rule(
-            a,
-            "events.k8s.io",
-            &["events"],
-            &["create", "update", "patch"],
-        )
-        || rule(
-            a,
-            "",
-            &["pods"],
-            &["get", "list", "watch", "create", "delete"],
-        )
-        || rule(a, "", &["pods/status"], &["update", "patch"])
-        || rule(a, "", &["pods/eviction"], &["create"])
-        || rule(a, "", &["endpoints"], &["get"])
-        || rule(
-            a,
-            "certificates.k8s.io",
-            &["certificatesigningrequests"],
-            &["create", "get", "list", "watch"],
-        )
-        || rule(
-            a,
-            "certificates.k8s.io",
-            &["certificatesigningrequests/selfnodeclient"],
-            &["create"],
-        )
-        || rule(a, "discovery.k8s.io", &["endpointslices"], READ);
-    if ok {
-        Ok(())
-    } else {
-        Err(String::new())
-    }
+/// [`authorize_in`] for checks that never involve the Node authorizer's graph (the CSR
+/// approver's SubjectAccessReviews).
+pub fn authorize(user: &User, a: &Attrs) -> Result<(), String> {
+    authorize_in(user, a, &Store::new(), true)
 }
 
 #[cfg(test)]

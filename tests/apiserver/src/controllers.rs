@@ -3,6 +3,7 @@
 
 use crate::auth::{self, Attrs, User};
 use crate::clock;
+use crate::finalizers;
 use crate::pki::{self, Ca};
 use crate::resources::find;
 use crate::selectors::selector_object_matches;
@@ -425,6 +426,150 @@ pub fn disruption(store: &mut Store, ns: &str) {
         if new != pdb {
             let _ = store.update(pdbs_def, ns, new);
         }
+    }
+}
+
+/// The namespace controller's deleter (pkg/controller/namespace/deletion): for a namespace being
+/// deleted, deletes its content (objects with finalizers are marked and stay until those are
+/// removed), reports progress in the namespace's conditions, and once nothing is left removes the
+/// `kubernetes` spec finalizer, which lets the namespace go.
+pub fn namespace_deleter(store: &mut Store, ns: &str) {
+    let Some(nsdef) = find("", "v1", "namespaces") else {
+        return;
+    };
+    let Some(nsobj) = store.get(nsdef, "", ns).cloned() else {
+        return;
+    };
+    if !finalizers::is_deleting(&nsobj) {
+        return;
+    }
+    let spec_fins = finalizers::spec_finalizers(&nsobj);
+    if !spec_fins.iter().any(|f| f == finalizers::KUBERNETES) {
+        // Finalized already: the namespace goes once nothing else holds it.
+        if spec_fins.is_empty() && finalizers::finalizers(&nsobj).is_empty() {
+            let _ = store.delete(nsdef, "", ns);
+        }
+        return;
+    }
+    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_finalizer: BTreeMap<String, usize> = BTreeMap::new();
+    for def in crate::resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let objs: Vec<Value> = store.list(def, Some(ns)).into_iter().cloned().collect();
+        for o in objs {
+            let fins = finalizers::finalizers(&o);
+            if fins.is_empty() {
+                let _ = store.delete(def, ns, meta_str(&o, "name"));
+                continue;
+            }
+            if !finalizers::is_deleting(&o) {
+                let _ = store.mark_deleting(def, ns, o.clone(), Some(0));
+            }
+            *remaining
+                .entry(format!("{}.{}", def.resource, def.group))
+                .or_default() += 1;
+            for f in fins {
+                *by_finalizer.entry(f).or_default() += 1;
+            }
+        }
+    }
+    let summary = |m: &BTreeMap<String, usize>, f: &dyn Fn(&str, usize) -> String| {
+        m.iter()
+            .map(|(k, n)| f(k, *n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // (type, the failing reason and message if failing, the ok reason, the ok message)
+    type Row<'a> = (&'a str, Option<(&'a str, String)>, &'a str, &'a str);
+    let failing: [Row; 5] = [
+        (
+            "NamespaceDeletionDiscoveryFailure",
+            None,
+            "ResourcesDiscovered",
+            "All resources successfully discovered",
+        ),
+        (
+            "NamespaceDeletionGroupVersionParsingFailure",
+            None,
+            "ParsedGroupVersions",
+            "All legacy kube types successfully parsed",
+        ),
+        (
+            "NamespaceDeletionContentFailure",
+            None,
+            "ContentDeleted",
+            "All content successfully deleted, may be waiting on finalization",
+        ),
+        (
+            "NamespaceContentRemaining",
+            (!remaining.is_empty()).then(|| {
+                (
+                    "SomeResourcesRemain",
+                    format!(
+                        "Some resources are remaining: {}",
+                        summary(&remaining, &|k, n| format!(
+                            "{k} has {n} resource instances"
+                        ))
+                    ),
+                )
+            }),
+            "ContentRemoved",
+            "All content successfully removed",
+        ),
+        (
+            "NamespaceFinalizersRemaining",
+            (!by_finalizer.is_empty()).then(|| {
+                (
+                    "SomeFinalizersRemain",
+                    format!(
+                        "Some content in the namespace has finalizers remaining: {}",
+                        summary(&by_finalizer, &|k, n| format!(
+                            "{k} in {n} resource instances"
+                        ))
+                    ),
+                )
+            }),
+            "ContentHasNoFinalizers",
+            "All content-preserving finalizers finished",
+        ),
+    ];
+    let prev: Vec<Value> = nsobj
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let conditions: Vec<Value> = failing
+        .iter()
+        .map(|(t, bad, ok_reason, ok_msg)| {
+            let (status, reason, message) = match bad {
+                Some((r, m)) => ("True", *r, m.clone()),
+                None => ("False", *ok_reason, ok_msg.to_string()),
+            };
+            let since = prev
+                .iter()
+                .find(|c| c["type"] == *t && c["status"] == status)
+                .map(|c| c["lastTransitionTime"].clone())
+                .unwrap_or_else(|| json!(clock::now_rfc3339()));
+            json!({"type": t, "status": status, "lastTransitionTime": since, "reason": reason, "message": message})
+        })
+        .collect();
+    let mut updated = nsobj.clone();
+    updated["status"]["conditions"] = json!(conditions);
+    let updated = store.update(nsdef, "", updated.clone()).unwrap_or(updated);
+    if !remaining.is_empty() {
+        return;
+    }
+    // `finalize`: without the kubernetes finalizer (and no other) the namespace is deleted, as
+    // the namespace registry's update does.
+    let rest: Vec<String> = spec_fins
+        .into_iter()
+        .filter(|f| f != finalizers::KUBERNETES)
+        .collect();
+    if rest.is_empty() && finalizers::finalizers(&updated).is_empty() {
+        let _ = store.delete(nsdef, "", ns);
+    } else {
+        let mut f = updated;
+        f["spec"]["finalizers"] = json!(rest);
+        let _ = store.update(nsdef, "", f);
     }
 }
 

@@ -229,6 +229,7 @@ struct Ctx {
     q: HashMap<String, String>,
     accept: String,
     content_type: String,
+    user_agent: String,
     body: Bytes,
     /// `Warning` headers for the response (fieldValidation=Warn).
     warnings: Arc<Mutex<Vec<String>>>,
@@ -313,9 +314,12 @@ pub async fn handle(
     };
     let bearer = hv("authorization")
         .strip_prefix("Bearer ")
-        .map(|s| s.trim().to_string());
+        .map(|s| s.trim().to_string())
+        // An empty bearer token authenticates no one: the request is anonymous (bearertoken.go).
+        .filter(|s| !s.is_empty());
     let accept = hv("accept");
     let content_type = hv("content-type");
+    let user_agent = hv("user-agent");
 
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -354,6 +358,7 @@ pub async fn handle(
         q,
         accept,
         content_type,
+        user_agent,
         body,
         warnings: Arc::default(),
     };
@@ -376,6 +381,18 @@ pub async fn handle(
 type Routed = Result<(Response<Body>, String), (ApiError, String)>;
 
 async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
+    if let Some(r) = crate::reviews::route(
+        &ctx.state,
+        &ctx.user,
+        method,
+        path,
+        &ctx.content_type,
+        &ctx.body,
+    ) {
+        return r
+            .map(|v| (json_response(201, &v), "create".into()))
+            .map_err(|e| (e, "create".into()));
+    }
     let target = parse_target(path).map_err(|e| (e, String::new()))?;
     let Some(t) = target else {
         let a = Attrs {
@@ -392,7 +409,7 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
             },
             ..a
         };
-        if let Err(reason) = auth::authorize(&ctx.user, &a) {
+        if let Err(reason) = ctx.state.authorize(&ctx.user, &a) {
             return Err((a.forbidden(&ctx.user, &reason), String::new()));
         }
         return non_resource(ctx, method, path)
@@ -417,10 +434,43 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         },
         name: t.name.clone(),
         path: path.into(),
+        field_selector: crate::nodeauthz::request_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        ),
     };
-    if let Err(reason) = auth::authorize(&ctx.user, &attrs) {
+    let attrs = Attrs {
+        name: crate::nodeauthz::name_from_field_selector(
+            &verb,
+            ctx.q.get("fieldSelector").map(|s| s.as_str()),
+        )
+        .filter(|_| attrs.name.is_empty())
+        .unwrap_or(attrs.name.clone()),
+        ..attrs.clone()
+    };
+    if let Err(reason) = ctx.state.authorize(&ctx.user, &attrs) {
         return Err((attrs.forbidden(&ctx.user, &reason), verb));
     }
+    // dryRun=All runs the same code against a private copy of the state (crate::dryrun).
+    let dry = crate::dryrun::requested(&verb, &t.sub, &ctx.q, &ctx.content_type, &ctx.body)
+        .map_err(|e| (e, verb.clone()))?;
+    let real_state = ctx.state.clone();
+    let scratch;
+    let ctx = if dry {
+        scratch = Ctx {
+            state: Arc::new(ctx.state.dry_run_copy()),
+            user: ctx.user.clone(),
+            q: ctx.q.clone(),
+            accept: ctx.accept.clone(),
+            content_type: ctx.content_type.clone(),
+            user_agent: ctx.user_agent.clone(),
+            body: ctx.body.clone(),
+            warnings: ctx.warnings.clone(),
+        };
+        &scratch
+    } else {
+        ctx
+    };
     let r = match verb.as_str() {
         "get" => get(ctx, &t),
         "list" => list(ctx, &t),
@@ -432,6 +482,10 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         "delete" => delete(ctx, &t),
         "deletecollection" => delete_collection(ctx, &t),
         _ => Err(ApiError::method_not_allowed()),
+    };
+    let r = match r {
+        Ok(resp) if dry => crate::dryrun::finish(resp, t.def, &real_state).await,
+        r => r,
     };
     r.map(|x| (x, verb.clone())).map_err(|e| (e, verb))
 }
@@ -652,6 +706,12 @@ fn generate_suffix() -> String {
 }
 
 fn check_type(t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind",
+            t.def.kind
+        )));
+    }
     if let Some(av) = obj.get("apiVersion").and_then(|v| v.as_str()) {
         if av != t.def.api_version() {
             return Err(ApiError::bad_request(format!(
@@ -717,118 +777,44 @@ fn prepare_create(def: &ResourceDef, user: &User, obj: &mut Value) {
     }
 }
 
-/// Validation the clients here can trip over (`ValidateObjectMeta` + a few type checks).
-fn validate(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
-    let name = meta_str(obj, "name");
-    if name.is_empty() {
-        return Err(ApiError::invalid(
-            def.kind,
-            def.group,
-            "",
-            &[(
-                "metadata.name",
-                "Required value: name or generateName is required".into(),
-            )],
-        ));
-    }
-    let dns_ok = name.len() <= 253
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || b == b'-'
-                || b == b'.'
-                || (def.resource == "certificatesigningrequests" && b == b':')
-        })
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if !dns_ok {
-        return Err(ApiError::invalid(
-            def.kind,
-            def.group,
-            name,
-            &[("metadata.name", format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"))],
-        ));
-    }
-    if def.resource == "certificatesigningrequests" {
-        let req = obj
-            .pointer("/spec/request")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        use base64::Engine;
-        let pem_ok = base64::engine::general_purpose::STANDARD
-            .decode(req)
-            .ok()
-            .is_some_and(|b| crate::pki::parse_csr(&b).is_ok());
-        if !pem_ok {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[(
-                    "spec.request",
-                    "Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST".into(),
-                )],
-            ));
-        }
-        if obj
-            .pointer("/spec/signerName")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .is_empty()
-        {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[("spec.signerName", "Required value".into())],
-            ));
-        }
-        if obj
-            .pointer("/spec/usages")
-            .and_then(|v| v.as_array())
-            .is_none_or(|u| u.is_empty())
-        {
-            return Err(ApiError::invalid(
-                def.kind,
-                def.group,
-                name,
-                &[("spec.usages", "Required value".into())],
-            ));
-        }
-        if let Some(e) = obj
-            .pointer("/spec/expirationSeconds")
-            .and_then(|v| v.as_i64())
-        {
-            if e < 600 {
-                return Err(ApiError::invalid(def.kind, def.group, name, &[("spec.expirationSeconds", format!("Invalid value: {e}: may not specify a duration less than 600 seconds (10 minutes)"))]));
-            }
-        }
-    }
-    if def.resource == "leases" || def.resource == "nodes" || def.resource == "events" {
-        // Nothing beyond metadata that clients here rely on being rejected.
-    }
-    Ok(())
+/// How a write records `metadata.managedFields` (apply.rs).
+enum Fields {
+    /// An Update operation by the request's field manager.
+    Track,
+    /// Apply already computed them (the value to keep).
+    Applied(Value),
+}
+
+/// The request's manager for Update operations (`?fieldManager`, else from the user agent).
+fn update_manager(ctx: &Ctx) -> String {
+    crate::apply::manager_name(
+        ctx.q.get("fieldManager").map(|s| s.as_str()),
+        &ctx.user_agent,
+    )
 }
 
 fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
+    crate::validation::validate_options("CreateOptions", &ctx.q, false)?;
+    let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
-    let def = t.def;
-    let dry = crate::dryrun::dry_run(&ctx.q, "CreateOptions")?;
-    let fv = fieldvalidation::directive(&ctx.q, "CreateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
-        def,
+        t.def,
         &mut obj,
         Some(&ctx.body),
         Stage::Decode,
     )?);
+    create_object(ctx, t, obj, Fields::Track)
+}
+
+fn create_object(
+    ctx: &Ctx,
+    t: &Target,
+    mut obj: Value,
+    fields: Fields,
+) -> Result<Response<Body>, ApiError> {
+    let def = t.def;
     if !obj.get("metadata").is_some_and(|m| m.is_object()) {
         obj["metadata"] = json!({});
     }
@@ -854,10 +840,20 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         m.remove("resourceVersion");
         m.remove("uid");
         m.remove("creationTimestamp");
-        m.remove("managedFields");
     }
     prepare_create(def, &ctx.user, &mut obj);
-    validate(def, &obj)?;
+    match fields {
+        Fields::Track => crate::apply::track_update(
+            def,
+            "",
+            None,
+            &mut obj,
+            &update_manager(ctx),
+            &crate::clock::now_rfc3339(),
+        ),
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut obj, mf),
+    }
+    crate::validation::validate(def, &obj, None)?;
     let name = meta_str(&obj, "name").to_string();
     match (def.group, def.resource) {
         ("", "nodes") => {
@@ -875,12 +871,7 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     if def.namespaced {
         namespace_exists(&store, &t.ns)?;
     }
-    if dry {
-        if store.get(def, &t.ns, &name).is_some() {
-            return Err(ApiError::already_exists(def.group, def.resource, &name));
-        }
-        return Ok(json_response(201, &crate::dryrun::created(def, &t.ns, obj)));
-    }
+    crate::strategy::before_create(&ctx.state, &store, def, &t.ns, &mut obj)?;
     let created = store.create(def, &t.ns, obj)?;
     ctx.state
         .after_write(&mut store, def.group, def.resource, &t.ns, &name);
@@ -969,6 +960,7 @@ fn commit_update(
     store: &mut Store,
     old: &Value,
     new: Value,
+    fields: Fields,
 ) -> Result<Value, ApiError> {
     let def = t.def;
     let rv = meta_str(&new, "resourceVersion");
@@ -978,7 +970,18 @@ fn commit_update(
     let mut merged = apply_subresource(def, &t.sub, old, new)?;
     merged = with_type(def, merged);
     merged["metadata"]["name"] = json!(t.name);
-    validate(def, &merged)?;
+    match fields {
+        Fields::Track => crate::apply::track_update(
+            def,
+            &t.sub,
+            Some(old),
+            &mut merged,
+            &update_manager(ctx),
+            &crate::clock::now_rfc3339(),
+        ),
+        Fields::Applied(mf) => crate::apply::set_managed_fields(&mut merged, mf),
+    }
+    crate::validation::validate(def, &merged, Some(old))?;
     match (def.group, def.resource) {
         ("", "nodes") => {
             noderestriction::admit_node(&ctx.user, Op::Update, &t.name, Some(&merged), Some(old))?
@@ -993,8 +996,10 @@ fn commit_update(
         )?,
         _ => {}
     }
-    if crate::dryrun::dry_run(&ctx.q, "UpdateOptions")? {
-        return Ok(crate::dryrun::updated(def, old, merged));
+    if let Some(deleted) =
+        crate::strategy::before_update(&ctx.state, store, def, &t.ns, &t.sub, old, &mut merged)?
+    {
+        return Ok(deleted);
     }
     let out = store.update(def, &t.ns, merged)?;
     ctx.state
@@ -1006,10 +1011,10 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     if t.name.is_empty() {
         return Err(ApiError::method_not_allowed());
     }
+    crate::validation::validate_options("UpdateOptions", &ctx.q, false)?;
+    let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
-    let fv = fieldvalidation::directive(&ctx.q, "UpdateOptions")?;
-    crate::dryrun::dry_run(&ctx.q, "UpdateOptions")?;
     ctx.warn(fieldvalidation::check(
         fv,
         t.def,
@@ -1038,7 +1043,7 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
     };
-    let out = commit_update(ctx, t, &mut store, &old, obj)?;
+    let out = commit_update(ctx, t, &mut store, &old, obj, Fields::Track)?;
     Ok(json_response(200, &out))
 }
 
@@ -1054,19 +1059,8 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         .trim()
         .to_string();
     let apply = ct == "application/apply-patch+yaml";
-    if apply && ctx.q.get("fieldManager").is_none_or(|f| f.is_empty()) {
-        return Err(ApiError::invalid(
-            "PatchOptions",
-            "meta.k8s.io",
-            "",
-            &[(
-                "fieldManager",
-                "Required value: is required for apply patch".into(),
-            )],
-        ));
-    }
+    crate::validation::validate_options("PatchOptions", &ctx.q, apply)?;
     let fv = fieldvalidation::directive(&ctx.q, "PatchOptions")?;
-    crate::dryrun::dry_run(&ctx.q, "PatchOptions")?;
     let mut patch_doc: Value = if apply {
         let v: serde_yaml::Value =
             serde_yaml::from_slice(&ctx.body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -1080,38 +1074,56 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     }
     let mut store = ctx.state.store();
     let existing = store.get(t.def, &t.ns, &t.name).cloned();
-    let Some(old) = existing else {
-        if apply && t.sub.is_empty() {
+    if apply {
+        check_type(t, &patch_doc)?;
+        let force = ctx.q.get("force").is_some_and(|f| f == "true");
+        let manager = ctx.q.get("fieldManager").cloned().unwrap_or_default();
+        let now = crate::clock::now_rfc3339();
+        if existing.is_none() && !t.sub.is_empty() {
+            return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
+        }
+        let mut doc = crate::apply::apply(
+            t.def,
+            &t.sub,
+            existing.as_ref(),
+            &patch_doc,
+            &manager,
+            force,
+            &now,
+        )?;
+        let mf = doc
+            .get_mut("metadata")
+            .and_then(|m| m.as_object_mut())
+            .and_then(|m| m.remove("managedFields"))
+            .unwrap_or(Value::Null);
+        let Some(old) = existing else {
             drop(store);
-            let mut obj = patch_doc;
-            obj["metadata"]["name"] = json!(t.name);
-            let body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
-            let c2 = Ctx {
-                state: ctx.state.clone(),
-                user: ctx.user.clone(),
-                q: ctx.q.clone(),
-                accept: ctx.accept.clone(),
-                content_type: "application/json".into(),
-                body,
-                warnings: ctx.warnings.clone(),
-            };
-            return create(
-                &c2,
+            doc["metadata"]["name"] = json!(t.name);
+            return create_object(
+                ctx,
                 &Target {
                     name: String::new(),
                     ..t.clone()
                 },
+                doc,
+                Fields::Applied(mf),
             );
+        };
+        if meta_str(&doc, "name") != t.name {
+            return Err(ApiError::bad_request(
+                "metadata.name: Invalid value: the name of the object may not be changed by a patch",
+            ));
         }
+        let out = commit_update(ctx, t, &mut store, &old, doc, Fields::Applied(mf))?;
+        return Ok(json_response(200, &out));
+    }
+    let Some(old) = existing else {
         return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
     };
     let mut doc = old.clone();
     match ct.as_str() {
         "application/merge-patch+json" => patch::merge_patch(&mut doc, &patch_doc),
-        "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
-            if apply {
-                check_type(t, &patch_doc)?;
-            }
+        "application/strategic-merge-patch+json" => {
             patch::strategic_merge_patch(&mut doc, &patch_doc)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
         }
@@ -1138,7 +1150,7 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
             Stage::Patch,
         )?);
     }
-    let out = commit_update(ctx, t, &mut store, &old, doc)?;
+    let out = commit_update(ctx, t, &mut store, &old, doc, Fields::Track)?;
     Ok(json_response(200, &out))
 }
 
@@ -1181,11 +1193,11 @@ fn delete(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         }
         _ => {}
     }
-    let deleted = if crate::dryrun::dry_run(&ctx.q, "DeleteOptions")? {
-        old
-    } else {
-        delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?
-    };
+    let deleted = delete_locked(ctx, &mut store, t.def, &t.ns, &t.name)?;
+    if store.get(t.def, &t.ns, &t.name).is_some() {
+        // Kept by finalizers or namespace termination: 200 with the object as it now is.
+        return Ok(json_response(200, &with_type(t.def, deleted)));
+    }
     if t.def.return_deleted {
         return Ok(json_response(200, &with_type(t.def, deleted)));
     }
@@ -1207,20 +1219,10 @@ fn delete_locked(
     ns: &str,
     name: &str,
 ) -> Result<Value, ApiError> {
-    let deleted = store.delete(def, ns, name)?;
-    if def.resource == "namespaces" {
-        // Namespace deletion removes everything in it (the namespace controller, done at once).
-        for r in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-            let names: Vec<String> = store
-                .list(r, Some(name))
-                .iter()
-                .map(|o| meta_str(o, "name").to_string())
-                .collect();
-            for n in names {
-                let _ = store.delete(r, name, &n);
-            }
-        }
+    if let Some(kept) = crate::strategy::before_delete(&ctx.state, store, def, ns, name)? {
+        return Ok(kept);
     }
+    let deleted = store.delete(def, ns, name)?;
     ctx.state
         .after_write(store, def.group, def.resource, ns, name);
     Ok(deleted)

@@ -4,44 +4,71 @@
 //! CSR approval and signing, watches with bookmarks, evictions with PDBs, and fault injection.
 //!
 //! Where it deviates from upstream (know these before relying on the server in a test):
-//! - authorization is fixed rules in code (kubeadm's bindings + the Node authorizer), no RBAC objects;
-//!   nodes may read all nodes, pods, services and endpointslices (no `AuthorizeNodeWithSelectors`)
-//!   and never secrets or configmaps (no node-to-object graph); bootstrappers may list all CSRs;
-//! - pods are deleted at once (no graceful deletion); a PDB's expected count is its matching pods;
+//! - authorization is kubeadm's RBAC bindings as fixed data (rbac.rs; no RBAC objects are served)
+//!   plus the Node authorizer with `AuthorizeNodeWithSelectors` (nodeauthz.rs); its graph is read
+//!   from pods (bound pods and the secrets, configmaps, PVCs and service accounts they reference),
+//!   so no PVs, ResourceClaims, VolumeAttachments or ResourceSlices; SelfSubjectReview has no
+//!   `extra` (upstream adds a credential-id for certificates and service-account tokens);
+//! - pods without finalizers are deleted at once (no graceful deletion; a pod that finalizers keep
+//!   gets `deletionGracePeriodSeconds: 0`); a PDB's expected count is its matching pods;
+//! - no garbage collector: `propagationPolicy` adds no `orphan`/`foregroundDeletion` finalizers; the
+//!   namespace controller runs inside the write that makes it due, and `namespaces/finalize` is not
+//!   served;
+//! - Services: the ClusterIPs and NodePorts in use are read from the stored Services (no
+//!   ServiceCIDR/IPAddress objects); `default/kubernetes` has no EndpointSlice; no core/v1 Endpoints;
 //! - core/v1 and events.k8s.io/v1 events are stored apart;
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
-//! - server-side apply is a strategic merge with a required fieldManager (no managedFields, no
-//!   conflicts);
+//! - server-side apply and managedFields follow structured-merge-diff on JSON, with list types from
+//!   a fixed table (fieldset.rs; unlisted lists are atomic) and the merge itself done as a strategic
+//!   merge; reset fields are approximated as `status` (main resource) and `spec` (status subresource);
+//!   no cap of 10 Update entries, no last-applied-configuration interplay (lastAppliedManager);
+//! - validation covers object metadata, names per kind, node taints/podCIDRs/providerID/addresses,
+//!   Lease spec and CSRs (validation.rs) and Service spec (services.rs); other spec fields are not
+//!   validated, and wrongly typed fields are refused (400) for Lease spec only;
 //! - `/openapi` schemas come from k8s-openapi: list kinds get a generic description, IntOrString and
 //!   Quantity lack v3's `anyOf`; no deprecated `/watch/` paths and no v3 documents for `api`, `apis`,
 //!   `apis/<group>`; v3 only as JSON (406 when only protobuf is acceptable); unknown-field paths index
 //!   lists as `[i]` (structured-merge-diff prints `[key="…"]` for map lists); duplicate keys are only
 //!   found in JSON bodies; operation and parameter descriptions are short forms of upstream's;
-//! - request bodies are JSON, except the two protobuf bodies kubectl sends (CSR approval, eviction);
+//! - request bodies are JSON, except the protobuf bodies kubectl sends for CSR approval, eviction and
+//!   `kubectl create service|namespace|configmap|secret` (other kinds' protobuf bodies are only read
+//!   for their metadata);
 //! - CSR validation covers the kubelet client signer only (no CertificateSubjectRestriction).
 
+pub mod apply;
 pub mod auth;
 pub mod clock;
 pub mod controllers;
-pub mod dryrun;
+mod dryrun;
 pub mod faults;
+pub mod field;
+pub mod fieldset;
 pub mod fieldvalidation;
+pub mod finalizers;
 mod handler;
+pub mod ipalloc;
+pub mod nodeauthz;
 pub mod noderestriction;
 pub mod openapi;
 mod openapi_proto;
 pub mod patch;
 pub mod patch_meta;
 pub mod pki;
+pub mod portalloc;
 mod proto;
+pub mod rbac;
 pub mod resources;
+mod reviews;
 pub mod selectors;
 mod server;
+pub mod services;
 pub mod status;
 pub mod store;
+mod strategy;
 pub mod table;
+pub mod validation;
 mod watch;
 
 pub use controllers::CsrPolicy;
@@ -68,6 +95,11 @@ pub struct Options {
     pub cert_duration: Duration,
     /// Auto-approve well-formed kubelet client CSRs (true) or deny them (false).
     pub approve_csrs: bool,
+    /// `--service-cluster-ip-range`: one CIDR, or two of different families (dual-stack); the
+    /// first is the default family. ClusterIPs are only strings in objects here.
+    pub service_cluster_ip_ranges: Vec<String>,
+    /// `--service-node-port-range`.
+    pub service_node_port_range: String,
 }
 
 impl Default for Options {
@@ -77,6 +109,11 @@ impl Default for Options {
             extra_sans: Vec::new(),
             cert_duration: Duration::from_secs(3600),
             approve_csrs: true,
+            service_cluster_ip_ranges: services::DEFAULT_CIDRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            service_node_port_range: services::DEFAULT_NODE_PORTS.into(),
         }
     }
 }
@@ -95,12 +132,17 @@ pub struct RequestRecord {
 
 pub(crate) struct State {
     pub store: Mutex<Store>,
-    pub ca: pki::Ca,
+    pub ca: Arc<pki::Ca>,
     pub tokens: auth::Tokens,
     pub faults: Faults,
     pub log: Mutex<Vec<RequestRecord>>,
     pub settings: Mutex<Settings>,
     pub addr: SocketAddr,
+    /// A dry-run request's private copy (crate::dryrun): controllers do not run.
+    pub dry_run: bool,
+    /// The `AuthorizeNodeWithSelectors` feature gate (default on, as in v1.33).
+    pub node_selectors: std::sync::atomic::AtomicBool,
+    pub services: services::Config,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +181,9 @@ impl State {
         ns: &str,
         name: &str,
     ) {
+        if self.dry_run {
+            return;
+        }
         match (group, resource) {
             ("", "secrets") if ns == "kube-system" => controllers::bootstrap_signer(store),
             ("", "configmaps") if ns == "kube-public" && name == "cluster-info" => {
@@ -149,6 +194,11 @@ impl State {
             }
             ("", "pods") | ("policy", "poddisruptionbudgets") => controllers::disruption(store, ns),
             _ => {}
+        }
+        // The namespace controller: a terminating namespace loses its content, then itself.
+        let ns = if resource == "namespaces" { name } else { ns };
+        if !ns.is_empty() {
+            controllers::namespace_deleter(store, ns);
         }
     }
 }
@@ -184,12 +234,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(opts: Options) -> anyhow::Result<TestServer> {
+        let services = services::Config::new(
+            &opts.service_cluster_ip_ranges,
+            &opts.service_node_port_range,
+        )
+        .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
         let ca = pki::Ca::generate().context("generating the test CA")?;
         let listener = server::bind(opts.bind).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             store: Mutex::new(Store::new()),
-            ca,
+            ca: Arc::new(ca),
             tokens: auth::Tokens {
                 admin: random_token(32),
                 privileged: random_token(32),
@@ -207,6 +262,9 @@ impl TestServer {
                 bookmark_interval: Duration::from_secs(5),
             }),
             addr,
+            dry_run: false,
+            node_selectors: std::sync::atomic::AtomicBool::new(true),
+            services,
         });
         seed(&state);
         let tls = server::tls_config(&state, &opts.extra_sans)?;
@@ -413,6 +471,14 @@ impl TestServer {
         lock(&self.state.settings).csr_policy = p;
     }
 
+    /// The `AuthorizeNodeWithSelectors` feature gate (KEP-4601; on by default in v1.33). Off, nodes
+    /// may read every Node and Pod again, as in v1.31 and before.
+    pub fn set_authorize_node_with_selectors(&self, on: bool) {
+        self.state
+            .node_selectors
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_cert_duration(&self, d: Duration) {
         lock(&self.state.settings).cert_duration = d;
     }
@@ -460,7 +526,11 @@ impl TestServer {
         obj["kind"] = json!(def.kind);
         obj["metadata"]["name"] = json!(name);
         let mut s = self.state.store();
-        let r = if s.get(def, &ns, &name).is_some() {
+        let existing = s.get(def, &ns, &name).cloned();
+        if let Err(e) = strategy::prepare_put(&self.state, &s, def, existing.as_ref(), &mut obj) {
+            panic!("keel-test-apiserver: put {path}: {}", e.message);
+        }
+        let r = if existing.is_some() {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
             }
@@ -475,7 +545,7 @@ impl TestServer {
             .after_write(&mut s, def.group, def.resource, &ns, &name);
     }
 
-    /// Deletes an object bypassing auth. Returns whether it existed.
+    /// Deletes an object at once, bypassing auth and finalizers. Returns whether it existed.
     pub fn delete(&self, path: &str) -> bool {
         let Some((def, ns, name)) = handler::parse_object_path(path) else {
             return false;
@@ -522,6 +592,13 @@ fn seed(state: &State) {
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+    }
+    if let Some(svc) = resources::find("", "v1", "services") {
+        let _ = s.create(
+            svc,
+            "default",
+            services::kubernetes_service(&state.services, state.addr.port()),
         );
     }
     if let Some(cm) = resources::find("", "v1", "configmaps") {

@@ -29,6 +29,16 @@ struct Args {
     /// Bootstrap token lifetime in seconds.
     #[arg(long, default_value_t = 86400)]
     token_ttl_secs: u64,
+    /// Service CIDRs, comma-separated (two of different families for dual-stack).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12,fd00:10:96::/112"
+    )]
+    service_cluster_ip_range: Vec<String>,
+    /// NodePort range.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 #[tokio::main]
@@ -44,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
         extra_sans: args.sans,
         cert_duration: Duration::from_secs(args.cert_duration_secs),
         approve_csrs: !args.deny_csrs,
+        service_cluster_ip_ranges: args.service_cluster_ip_range,
+        service_node_port_range: args.service_node_port_range,
     })
     .await?;
     let token = srv.create_bootstrap_token(Duration::from_secs(args.token_ttl_secs));

@@ -230,6 +230,8 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("certificates.k8s.io", "v1"),
     ("policy", "v1"),
     ("discovery.k8s.io", "v1"),
+    ("authentication.k8s.io", "v1"),
+    ("authorization.k8s.io", "v1"),
 ];
 
 pub fn find(group: &str, version: &str, resource: &str) -> Option<&'static ResourceDef> {
@@ -294,7 +296,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         if !r.short_names.is_empty() {
             e["shortNames"] = json!(r.short_names);
         }
-        if r.resource == "pods" || r.resource == "daemonsets" {
+        if matches!(r.resource, "pods" | "daemonsets" | "services") {
             e["categories"] = json!(["all"]);
         }
         out.push(e);
@@ -302,6 +304,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             out.push(subresource_entry(r, sub));
         }
     }
+    out.extend(crate::reviews::discovery(group, version));
     if out.is_empty() {
         return None;
     }

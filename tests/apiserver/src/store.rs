@@ -94,6 +94,18 @@ impl Store {
         }
     }
 
+    /// A private copy of the objects for a dry run: same revision, no history, no watchers.
+    pub fn dry_run_copy(&self) -> Store {
+        let (tx, _) = broadcast::channel(16);
+        Store {
+            objects: self.objects.clone(),
+            rv: self.rv,
+            history: VecDeque::new(),
+            compacted: self.rv,
+            tx,
+        }
+    }
+
     pub fn current_rv(&self) -> u64 {
         self.rv
     }
@@ -205,19 +217,44 @@ impl Store {
 
     /// Replaces an existing object (caller has checked preconditions); bumps resourceVersion and
     /// generation (when the spec changed). Returns the stored object.
-    pub fn update(
+    pub fn update(&mut self, def: &ResourceDef, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.replace(def, ns, obj, None)
+    }
+
+    /// Stores `obj` (which may carry other changes, e.g. a namespace's Terminating phase) as being
+    /// deleted: `deletionTimestamp` now unless already set, `deletionGracePeriodSeconds` when
+    /// given, and the generation bumped the first time (`markAsDeleting` in the generic registry).
+    pub fn mark_deleting(
+        &mut self,
+        def: &ResourceDef,
+        ns: &str,
+        obj: Value,
+        grace: Option<i64>,
+    ) -> Result<Value, ApiError> {
+        self.replace(def, ns, obj, Some(grace))
+    }
+
+    fn replace(
         &mut self,
         def: &ResourceDef,
         ns: &str,
         mut obj: Value,
+        deleting: Option<Option<i64>>,
     ) -> Result<Value, ApiError> {
         let name = meta_str(&obj, "name").to_string();
         let k = key(def, ns, &name);
         let Some(old) = self.objects.get(&k).cloned() else {
             return Err(ApiError::not_found(def.group, def.resource, &name));
         };
+        let first_mark = deleting.is_some() && old["metadata"].get("deletionTimestamp").is_none();
         // Immutable metadata is carried over from the stored object.
-        for f in ["uid", "creationTimestamp", "namespace", "deletionTimestamp"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match old["metadata"].get(f) {
                 Some(v) => obj["metadata"][f] = v.clone(),
                 None => {
@@ -227,9 +264,17 @@ impl Store {
                 }
             }
         }
+        if let Some(grace) = deleting {
+            if first_mark {
+                obj["metadata"]["deletionTimestamp"] = json!(clock::now_rfc3339());
+            }
+            if let Some(g) = grace {
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+            }
+        }
         if def.has_generation {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
-            let changed = old.get("spec") != obj.get("spec");
+            let changed = old.get("spec") != obj.get("spec") || first_mark;
             obj["metadata"]["generation"] = json!(if changed { g + 1 } else { g });
         }
         obj["metadata"]["resourceVersion"] = json!(old["metadata"]["resourceVersion"]);
