@@ -147,7 +147,12 @@ fn traffic_survives_the_master_dying_and_the_api_server_going_away_even_across_a
 fn addresses_are_shared_by_key_and_protocol_refused_when_exhausted_and_other_classes_ignored() {
     require_root!();
     let mut lab = Lab::new("svc-ipam", &["lb1"]);
-    lab.nodes(&[30053, 30054, 30080], &[30053], &[]);
+    // nodePorts are cluster-wide unique (one allocator whatever the protocol), as upstream.
+    lab.nodes(
+        &[30053, 30054, 30080, 30081, 30082, 30083, 30084],
+        &[30055],
+        &[],
+    );
     let _lb1 = lab.keel("lb1", 200);
     let share = "lb.keel.io/allow-shared-ip: dns";
     lab.create(&service(
@@ -160,7 +165,7 @@ fn addresses_are_shared_by_key_and_protocol_refused_when_exhausted_and_other_cla
     lab.create(&service(
         "default",
         "dns-udp",
-        &[("dns", "UDP", 53, 30053)],
+        &[("dns", "UDP", 53, 30055)],
         "",
         share,
     ));
@@ -202,11 +207,11 @@ fn addresses_are_shared_by_key_and_protocol_refused_when_exhausted_and_other_cla
         "",
     ));
     // Fill the IPv4 pool (4 addresses: dns-* hold one), then one more is refused.
-    for n in 0..3 {
+    for n in 0..3u16 {
         lab.create(&service(
             "default",
             &format!("fill{n}"),
-            &[("http", "TCP", 80, 30080)],
+            &[("http", "TCP", 80, 30081 + n)],
             "",
             "",
         ));
@@ -220,7 +225,7 @@ fn addresses_are_shared_by_key_and_protocol_refused_when_exhausted_and_other_cla
     lab.create(&service(
         "default",
         "overflow",
-        &[("http", "TCP", 80, 30080)],
+        &[("http", "TCP", 80, 30084)],
         "",
         "",
     ));
@@ -250,13 +255,13 @@ fn addresses_are_shared_by_key_and_protocol_refused_when_exhausted_and_other_cla
 fn two_lbs_racing_for_one_pool_never_hand_out_an_address_twice() {
     require_root!();
     let mut lab = Lab::new("svc-race", &["lb1", "lb2"]);
-    lab.nodes(&[30080], &[], &[]);
+    lab.nodes(&[30080, 30081, 30082, 30083], &[], &[]);
     // Services first, then both LBs at once: both want to write.
-    for n in 0..4 {
+    for n in 0..4u16 {
         lab.create(&service(
             "default",
             &format!("s{n}"),
-            &[("http", "TCP", 80, 30080)],
+            &[("http", "TCP", 80, 30080 + n)],
             "",
             "",
         ));
