@@ -2,7 +2,8 @@
 //! mirror pods (annotation `kubernetes.io/config.mirror`) and DaemonSet pods are skipped, finished
 //! pods go, a PodDisruptionBudget refusal (429, no Retry-After: kubernetes #36409) is retried every
 //! `retry_interval` (kubectl: 5 s) until the deadline, a few pods at a time, each with the configured
-//! grace period; an accepted eviction is followed until the pod is gone.
+//! grace period; an accepted eviction is followed until the pod is gone (listed with
+//! `spec.nodeName=<node>,metadata.name=<pod>`, the read the Node authorizer allows a node).
 //!
 //! The node identity may cordon itself (`spec.unschedulable`) and evict pods bound to it under
 //! NodeRestriction, so no privileged credential is needed here.
@@ -154,7 +155,7 @@ pub async fn drain(
                 .unwrap_or_else(|| "default".into());
             let name = p.metadata.name.clone().unwrap_or_default();
             let uid = p.metadata.uid.clone();
-            let r = evict_one(client, &ns, &name, uid, cfg, deadline, refusals).await;
+            let r = evict_one(client, node, &ns, &name, uid, cfg, deadline, refusals).await;
             (format!("{ns}/{name}"), r)
         }
     }))
@@ -189,8 +190,10 @@ pub async fn drain(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn evict_one(
     client: &kube::Client,
+    node: &str,
     ns: &str,
     name: &str,
     uid: Option<String>,
@@ -233,12 +236,18 @@ async fn evict_one(
             }
         }
     }
-    // Accepted: wait until the pod (this incarnation of it) is gone.
+    // Accepted: wait until the pod (this incarnation of it) is gone. A GET is not allowed for the
+    // node identity once the pod is no longer bound to it (the Node authorizer with
+    // AuthorizeNodeWithSelectors, on by default since 1.32, answers 403 for a deleted pod), so ask
+    // with the list a node may make: its own pods, pinned to this name. An empty list means gone.
+    let gone = ListParams::default().fields(&format!("spec.nodeName={node},metadata.name={name}"));
     loop {
-        match api.get_opt(name).await {
-            Ok(None) => return PodResult::Evicted,
-            Ok(Some(p)) if p.metadata.uid != uid => return PodResult::Evicted,
-            Ok(Some(_)) | Err(_) => {}
+        match api.list(&gone).await {
+            Ok(l) if !l.items.iter().any(|p| p.metadata.uid == uid) => return PodResult::Evicted,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "polling an evicted pod failed")
+            }
         }
         if Instant::now() >= deadline {
             return PodResult::Failed("evicted but still present at the deadline".into());
