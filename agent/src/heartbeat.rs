@@ -36,7 +36,7 @@ pub struct Timing {
 }
 
 impl Default for Timing {
-    /// kubelet's defaults (REFERENCE.md "Heartbeat").
+    /// kubelet's defaults (kubelet nodeLeaseDurationSeconds 40 s, renewed every 10 s: pkg/kubelet/nodelease).
     fn default() -> Self {
         Timing {
             lease_renew: Duration::from_secs(10),
