@@ -10,7 +10,7 @@
 //! later) dials a fresh connection: ~20 s worst case from the failover (next renewal ≤ 11 s + 10 s),
 //! measured 20.4 s by `dead_connection_after_vip_failover_is_replaced_well_inside_the_node_grace_period`,
 //! well inside the 50 s `node-monitor-grace-period`, where HTTP/2's read-idle 30 s + ping 15 s
-//! alone takes 45 s (kubelet nodeStatusUpdateFrequency and the node lifecycle controller grace period).
+//! alone takes 45 s (golang.org/x/net/http2 ReadIdleTimeout + PingTimeout).
 
 use std::time::Duration;
 
