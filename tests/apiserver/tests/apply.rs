@@ -149,7 +149,7 @@ async fn two_managers_with(bin: &str) {
     // kubectl create records the new map with its own `.` entry (compare.go adds paths absent before).
     // Current kubectl sends this create as protobuf, which this server does not decode for
     // ConfigMaps (lib.rs deviations), so only the JSON-sending 1.27 client checks it.
-    if bin == KUBECTL_OLD {
+    if bin == KUBECTL_OLD.as_str() {
         created_configmap_is_tracked(&env, bin).await;
     }
 
@@ -204,12 +204,12 @@ async fn created_configmap_is_tracked(env: &Env, bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_server_side_apply_conflicts_force_and_prune() {
-    two_managers_with(KUBECTL).await;
+    two_managers_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_server_side_apply_conflicts_force_and_prune() {
-    two_managers_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_server_side_apply_conflicts_force_and_prune() {
+    two_managers_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,7 +117,7 @@ async fn bootstrap_token_creates_csr_that_is_approved_and_signed_and_expired_tok
     .unwrap();
     ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &[
                 "create",
@@ -160,10 +160,14 @@ async fn bootstrap_token_creates_csr_that_is_approved_and_signed_and_expired_tok
     );
     // The bootstrapper may read CSRs but not nodes lists or secrets.
     ok(&env
-        .kubectl_as(KUBECTL, &kc, &["get", "csr", "node-csr-1"])
+        .kubectl_as(KUBECTL.as_str(), &kc, &["get", "csr", "node-csr-1"])
         .await);
     let e = err(&env
-        .kubectl_as(KUBECTL, &kc, &["get", "secrets", "-n", "kube-system"])
+        .kubectl_as(
+            KUBECTL.as_str(),
+            &kc,
+            &["get", "secrets", "-n", "kube-system"],
+        )
         .await);
     assert!(
         e.contains(&format!(
@@ -237,7 +241,7 @@ async fn malformed_kubelet_csrs_stay_pending_and_fail_signing_when_approved() {
         .unwrap();
         ok(&env
             .kubectl_as(
-                KUBECTL,
+                KUBECTL.as_str(),
                 &kc,
                 &[
                     "create",
@@ -279,7 +283,7 @@ async fn malformed_kubelet_csrs_stay_pending_and_fail_signing_when_approved() {
     .unwrap();
     ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &[
                 "create",
@@ -310,7 +314,7 @@ async fn node_client_cert_is_held_to_node_restriction() {
     std::fs::write(env.path("n1.json"), node.to_string()).unwrap();
     ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &[
                 "create",
@@ -327,13 +331,17 @@ async fn node_client_cert_is_held_to_node_restriction() {
 
     // Taints may not change after creation.
     let e = err(&env
-        .kubectl_as(KUBECTL, &kc, &["taint", "node", "n1", "extra=x:NoSchedule"])
+        .kubectl_as(
+            KUBECTL.as_str(),
+            &kc,
+            &["taint", "node", "n1", "extra=x:NoSchedule"],
+        )
         .await);
     assert!(e.contains("Error from server (Forbidden): nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints"), "{e}");
     // node-role labels are forbidden; kubelet labels are fine.
     let e = err(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &["label", "node", "n1", "node-role.kubernetes.io/worker="],
         )
@@ -341,17 +349,19 @@ async fn node_client_cert_is_held_to_node_restriction() {
     assert!(e.contains("nodes \"n1\" is forbidden: is not allowed to modify labels: node-role.kubernetes.io/worker"), "{e}");
     ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &["label", "node", "n1", "topology.kubernetes.io/zone=z1"],
         )
         .await);
     // Cordon is allowed.
-    ok(&env.kubectl_as(KUBECTL, &kc, &["cordon", "n1"]).await);
+    ok(&env
+        .kubectl_as(KUBECTL.as_str(), &kc, &["cordon", "n1"])
+        .await);
     // Other nodes are off limits; deleting its own Node is not in the node's RBAC rules.
     env.srv.put("/api/v1/nodes/n2", node_json("n2"));
     let e = err(&env
-        .kubectl_as(KUBECTL, &kc, &["label", "node", "n2", "a=b"])
+        .kubectl_as(KUBECTL.as_str(), &kc, &["label", "node", "n2", "a=b"])
         .await);
     // kubectl reads n2 first, which the Node authorizer refuses (AuthorizeNodeWithSelectors);
     // NodeRestriction's own refusal is in tests/dryrun.rs.
@@ -360,7 +370,7 @@ async fn node_client_cert_is_held_to_node_restriction() {
         "{e}"
     );
     let e = err(&env
-        .kubectl_as(KUBECTL, &kc, &["delete", "node", "n1"])
+        .kubectl_as(KUBECTL.as_str(), &kc, &["delete", "node", "n1"])
         .await);
     assert!(e.contains("cannot delete resource \"nodes\""), "{e}");
     // The privileged identity may change taints.
@@ -369,7 +379,11 @@ async fn node_client_cert_is_held_to_node_restriction() {
         .write_token_kubeconfig(&pk, &env.srv.privileged_token())
         .unwrap();
     ok(&env
-        .kubectl_as(KUBECTL, &pk, &["taint", "node", "n1", "extra=x:NoSchedule"])
+        .kubectl_as(
+            KUBECTL.as_str(),
+            &pk,
+            &["taint", "node", "n1", "extra=x:NoSchedule"],
+        )
         .await);
     // Leases: only its own, in kube-node-lease.
     let lease = |name: &str| {
@@ -379,7 +393,7 @@ async fn node_client_cert_is_held_to_node_restriction() {
     std::fs::write(env.path("l.json"), lease("n1").to_string()).unwrap();
     ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &[
                 "create",
@@ -392,7 +406,7 @@ async fn node_client_cert_is_held_to_node_restriction() {
     std::fs::write(env.path("l2.json"), lease("n2").to_string()).unwrap();
     let e = err(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &kc,
             &[
                 "create",
@@ -414,7 +428,7 @@ async fn node_client_cert_is_held_to_node_restriction() {
     let (code, body) = {
         let out = env
             .kubectl_as(
-                KUBECTL,
+                KUBECTL.as_str(),
                 &kc,
                 &["get", "--raw", "/api/v1/namespaces/default/pods/p2"],
             )

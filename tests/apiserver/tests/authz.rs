@@ -294,7 +294,7 @@ async fn can_i_says_yes_exactly_where_the_request_is_allowed_for_every_identity(
             // system:basic-user is bound to system:authenticated only: anonymous may not ask.
             let e = err(&env
                 .kubectl_as(
-                    KUBECTL,
+                    KUBECTL.as_str(),
                     &who.kubeconfig,
                     &["auth", "can-i", "get", "/healthz"],
                 )
@@ -311,7 +311,7 @@ async fn can_i_says_yes_exactly_where_the_request_is_allowed_for_every_identity(
             continue;
         }
         for t in TUPLES {
-            let said = can_i(&env, KUBECTL, who, t).await;
+            let said = can_i(&env, KUBECTL.as_str(), who, t).await;
             let (real, code) = really_allowed(&env, who, t).await;
             yes += usize::from(said);
             if said != real {
@@ -360,7 +360,7 @@ async fn can_i_from_kubectl_127_matches_too() {
         ),
     ] {
         assert_eq!(
-            can_i(&env, KUBECTL_OLD, who, &t).await,
+            can_i(&env, KUBECTL_OLD.as_str(), who, &t).await,
             want,
             "{} {t:?}",
             who.name
@@ -470,7 +470,7 @@ async fn can_i_list_prints_the_rules_the_authorizer_uses_and_nodes_are_incomplet
     seed(&env);
     let ids = identities(&env).await;
     let by = |n: &str| ids.iter().find(|w| w.name == n).unwrap();
-    for bin in [KUBECTL, KUBECTL_OLD] {
+    for bin in [KUBECTL.as_str(), KUBECTL_OLD.as_str()] {
         let out = ok(&env
             .kubectl_as(bin, &by("admin").kubeconfig, &["auth", "can-i", "--list"])
             .await);
@@ -575,7 +575,11 @@ async fn whoami_reports_every_identity_and_anonymous_is_forbidden() {
     let ids = identities(&env).await;
     for who in &ids {
         let o = env
-            .kubectl_as(KUBECTL, &who.kubeconfig, &["auth", "whoami", "-o", "json"])
+            .kubectl_as(
+                KUBECTL.as_str(),
+                &who.kubeconfig,
+                &["auth", "whoami", "-o", "json"],
+            )
             .await;
         if who.name == "anonymous" {
             // 403 (system:basic-user is for system:authenticated), as kubectl words it.
@@ -614,7 +618,7 @@ async fn whoami_reports_every_identity_and_anonymous_is_forbidden() {
         }
     }
     let out = ok(&env
-        .kubectl_as(KUBECTL, &ids[0].kubeconfig, &["auth", "whoami"])
+        .kubectl_as(KUBECTL.as_str(), &ids[0].kubeconfig, &["auth", "whoami"])
         .await);
     assert!(out.contains("Username    kubernetes-admin"), "{out}");
     assert!(
@@ -623,7 +627,7 @@ async fn whoami_reports_every_identity_and_anonymous_is_forbidden() {
     );
     let out = ok(&env
         .kubectl_as(
-            KUBECTL,
+            KUBECTL.as_str(),
             &ids[3].kubeconfig,
             &["auth", "whoami", "-o", "yaml"],
         )
@@ -640,7 +644,7 @@ async fn nodes_read_only_their_own_node_and_pods_bound_to_them() {
     seed(&env);
     let ids = identities(&env).await;
     let node = &ids.iter().find(|w| w.name == "node").unwrap().kubeconfig;
-    for bin in [KUBECTL, KUBECTL_OLD] {
+    for bin in [KUBECTL.as_str(), KUBECTL_OLD.as_str()] {
         let e = err(&env.kubectl_as(bin, node, &["get", "pods", "-A"]).await);
         assert!(e.contains("pods is forbidden: User \"system:node:n1\" cannot list resource \"pods\" in API group \"\" at the cluster scope: can only list/watch pods with spec.nodeName field selector"), "{e}");
         let out = ok(&env
@@ -709,15 +713,21 @@ async fn nodes_read_only_their_own_node_and_pods_bound_to_them() {
     );
     // A deleted pod is no longer related to the node: 403, not 404, as upstream's graph.
     assert!(env.srv.delete("/api/v1/namespaces/default/pods/web"));
-    let e = err(&env.kubectl_as(KUBECTL, node, &["get", "pod", "web"]).await);
+    let e = err(&env
+        .kubectl_as(KUBECTL.as_str(), node, &["get", "pod", "web"])
+        .await);
     assert!(
         e.contains("no relationship found between node 'n1' and this object"),
         "{e}"
     );
     // With the feature gate off, nodes read all pods and nodes again (v1.31 and before).
     env.srv.set_authorize_node_with_selectors(false);
-    ok(&env.kubectl_as(KUBECTL, node, &["get", "pods", "-A"]).await);
-    ok(&env.kubectl_as(KUBECTL, node, &["get", "nodes"]).await);
+    ok(&env
+        .kubectl_as(KUBECTL.as_str(), node, &["get", "pods", "-A"])
+        .await);
+    ok(&env
+        .kubectl_as(KUBECTL.as_str(), node, &["get", "nodes"])
+        .await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,7 +736,7 @@ async fn cluster_info_is_readable_by_anonymous_only_through_kubeadm_s_role() {
     seed(&env);
     let ids = identities(&env).await;
     let by = |n: &str| ids.iter().find(|w| w.name == n).unwrap();
-    for bin in [KUBECTL, KUBECTL_OLD] {
+    for bin in [KUBECTL.as_str(), KUBECTL_OLD.as_str()] {
         // Anonymous may not read discovery (system:discovery is for system:authenticated), so
         // kubectl reads by path, as `kubeadm join` does.
         let anon = &by("anonymous").kubeconfig;

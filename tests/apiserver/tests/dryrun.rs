@@ -200,12 +200,12 @@ async fn dry_runs_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_server_dry_runs_change_nothing() {
-    dry_runs_with(KUBECTL).await;
+    dry_runs_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_127_server_dry_runs_change_nothing() {
-    dry_runs_with(KUBECTL_OLD).await;
+    dry_runs_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +213,7 @@ async fn a_live_watch_sees_no_event_from_dry_runs_but_sees_the_real_write() {
     let env = Env::start().await;
     seed(&env);
     let kc = env.path("admin.kubeconfig");
-    let mut w = tokio::process::Command::new(KUBECTL);
+    let mut w = tokio::process::Command::new(KUBECTL.as_str());
     w.env("HOME", env.dir.path())
         .args([
             "--kubeconfig",
@@ -369,7 +369,7 @@ async fn dry_runs_are_validated_admitted_and_preconditioned_like_real_writes() {
         out.contains("node \\\"n1\\\" is not allowed to modify node \\\"n2\\\""),
         "{out}"
     );
-    for bin in [KUBECTL, KUBECTL_OLD] {
+    for bin in [KUBECTL.as_str(), KUBECTL_OLD.as_str()] {
         let o = ok(&env
             .kubectl_as(
                 bin,

@@ -167,18 +167,18 @@ async fn finalizer_lifecycle_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_finalizer_keeps_object_until_removed() {
-    finalizer_lifecycle_with(KUBECTL).await;
+    finalizer_lifecycle_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_finalizer_keeps_object_until_removed() {
-    finalizer_lifecycle_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_finalizer_keeps_object_until_removed() {
+    finalizer_lifecycle_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_removing_the_last_finalizer_deletes() {
     let env = Env::start().await;
-    create_file(&env, KUBECTL, &kept_cm("u", "default")).await;
+    create_file(&env, KUBECTL.as_str(), &kept_cm("u", "default")).await;
     ok(&env.kubectl(&["delete", "cm", "u", "--wait=false"]).await);
     let mut cm = env
         .srv
@@ -321,12 +321,12 @@ async fn namespace_termination_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_namespace_terminates_after_finalized_content() {
-    namespace_termination_with(KUBECTL).await;
+    namespace_termination_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_namespace_terminates_after_finalized_content() {
-    namespace_termination_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_namespace_terminates_after_finalized_content() {
+    namespace_termination_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,17 +78,17 @@ async fn node_lifecycle_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_gets_labels_taints_cordons_describes_and_deletes_nodes() {
-    node_lifecycle_with(KUBECTL).await;
+    node_lifecycle_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_gets_labels_taints_cordons_describes_and_deletes_nodes() {
-    node_lifecycle_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_gets_labels_taints_cordons_describes_and_deletes_nodes() {
+    node_lifecycle_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_33_gets_labels_taints_cordons_describes_and_deletes_nodes() {
-    node_lifecycle_with(KUBECTL_133).await;
+async fn kubectl_newest_gets_labels_taints_cordons_describes_and_deletes_nodes() {
+    node_lifecycle_with(KUBECTL_NEW.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,7 @@ async fn kubectl_drain_is_refused_by_pdb_with_429_then_evicts() {
         let kc = kc.clone();
         let home = env.dir.path().to_path_buf();
         tokio::spawn(async move {
-            let c = tokio::process::Command::new(KUBECTL)
+            let c = tokio::process::Command::new(KUBECTL.as_str())
                 .env("HOME", home)
                 .arg("--kubeconfig")
                 .arg(kc)
@@ -189,7 +189,7 @@ async fn kubectl_get_watch_prints_changes() {
     let kc = env.path("admin.kubeconfig");
     let home = env.dir.path().to_path_buf();
     let watch = tokio::spawn(async move {
-        let c = tokio::process::Command::new(KUBECTL)
+        let c = tokio::process::Command::new(KUBECTL.as_str())
             .env("HOME", home)
             .arg("--kubeconfig")
             .arg(kc)
@@ -260,4 +260,26 @@ async fn kubectl_certificate_approve_and_deny() {
         out.contains("Approved,Issued") && out.contains("Denied"),
         "{out}"
     );
+}
+
+/// Every version tests/kubectl-versions lists is installed and is the minor its name says, so a machine
+/// with a different kubectl set fails here by name rather than in some unrelated test.
+#[tokio::test]
+async fn every_listed_kubectl_version_is_installed() {
+    for minor in kubectl_versions() {
+        let bin = kubectl_for(&minor);
+        let out = tokio::process::Command::new(&bin)
+            .args(["version", "--client", "-o", "json"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{bin} version: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = format!(
+            "{}.{}",
+            v["clientVersion"]["major"].as_str().unwrap_or(""),
+            v["clientVersion"]["minor"].as_str().unwrap_or("")
+        );
+        assert_eq!(got, minor, "{bin} reports {got}");
+    }
 }

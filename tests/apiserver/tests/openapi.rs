@@ -164,12 +164,12 @@ async fn create_apply_replace_diff_explain(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_creates_applies_replaces_diffs_and_explains_with_openapi() {
-    create_apply_replace_diff_explain(KUBECTL).await;
+    create_apply_replace_diff_explain(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_127_creates_applies_replaces_diffs_and_explains_with_openapi() {
-    create_apply_replace_diff_explain(KUBECTL_OLD).await;
+    create_apply_replace_diff_explain(KUBECTL_OLD.as_str()).await;
 }
 
 async fn unknown_fields(bin: &str) {
@@ -242,12 +242,12 @@ async fn unknown_fields(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_unknown_fields_follow_validate_flag() {
-    unknown_fields(KUBECTL).await;
+    unknown_fields(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_127_unknown_fields_follow_validate_flag() {
-    unknown_fields(KUBECTL_OLD).await;
+    unknown_fields(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,12 +210,12 @@ async fn load_balancer_lifecycle_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_load_balancer_gets_cluster_ip_node_port_health_check_and_status() {
-    load_balancer_lifecycle_with(KUBECTL).await;
+    load_balancer_lifecycle_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_load_balancer_gets_cluster_ip_node_port_health_check_and_status() {
-    load_balancer_lifecycle_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_load_balancer_gets_cluster_ip_node_port_health_check_and_status() {
+    load_balancer_lifecycle_with(KUBECTL_OLD.as_str()).await;
 }
 
 async fn node_port_conflicts_with(bin: &str) {
@@ -369,12 +369,12 @@ async fn node_port_conflicts_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_node_port_and_cluster_ip_conflicts_are_refused_and_freed_by_delete() {
-    node_port_conflicts_with(KUBECTL).await;
+    node_port_conflicts_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_node_port_and_cluster_ip_conflicts_are_refused_and_freed_by_delete() {
-    node_port_conflicts_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_node_port_and_cluster_ip_conflicts_are_refused_and_freed_by_delete() {
+    node_port_conflicts_with(KUBECTL_OLD.as_str()).await;
 }
 
 async fn spec_variants_with(bin: &str) {
@@ -546,12 +546,12 @@ async fn spec_variants_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_service_spec_variants_and_validation() {
-    spec_variants_with(KUBECTL).await;
+    spec_variants_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_service_spec_variants_and_validation() {
-    spec_variants_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_service_spec_variants_and_validation() {
+    spec_variants_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,11 +612,11 @@ async fn endpointslices_are_watched_by_service_name_label() {
                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]})
     };
-    ok(&create_obj(&env, KUBECTL, &slice("web-a", "web", "10.0.0.1")).await);
+    ok(&create_obj(&env, KUBECTL.as_str(), &slice("web-a", "web", "10.0.0.1")).await);
     let kc = env.path("admin.kubeconfig");
     let home = env.dir.path().to_path_buf();
     let watch = tokio::spawn(async move {
-        let c = tokio::process::Command::new(KUBECTL)
+        let c = tokio::process::Command::new(KUBECTL.as_str())
             .env("HOME", home)
             .arg("--kubeconfig")
             .arg(kc)
@@ -637,8 +637,8 @@ async fn endpointslices_are_watched_by_service_name_label() {
             .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    ok(&create_obj(&env, KUBECTL, &slice("web-b", "web", "10.0.0.2")).await);
-    ok(&create_obj(&env, KUBECTL, &slice("db-a", "db", "10.0.0.3")).await);
+    ok(&create_obj(&env, KUBECTL.as_str(), &slice("web-b", "web", "10.0.0.2")).await);
+    ok(&create_obj(&env, KUBECTL.as_str(), &slice("db-a", "db", "10.0.0.3")).await);
     ok(&env.kubectl(&["delete", "endpointslice", "web-a"]).await);
     let out = watch.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -726,10 +726,10 @@ async fn printed_headers_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_prints_upstream_headers() {
-    printed_headers_with(KUBECTL).await;
+    printed_headers_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_prints_upstream_headers() {
-    printed_headers_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_prints_upstream_headers() {
+    printed_headers_with(KUBECTL_OLD.as_str()).await;
 }

@@ -107,12 +107,12 @@ async fn bad_labels_and_taints_with(bin: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_current_is_refused_bad_labels_taints_and_names() {
-    bad_labels_and_taints_with(KUBECTL).await;
+    bad_labels_and_taints_with(KUBECTL.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_1_27_is_refused_bad_labels_taints_and_names() {
-    bad_labels_and_taints_with(KUBECTL_OLD).await;
+async fn kubectl_oldest_is_refused_bad_labels_taints_and_names() {
+    bad_labels_and_taints_with(KUBECTL_OLD.as_str()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

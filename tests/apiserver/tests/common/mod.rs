@@ -7,9 +7,88 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
-pub const KUBECTL_OLD: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
-pub const KUBECTL_133: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-pub const KUBECTL: &str = "/usr/bin/kubectl";
+/// The default `kubectl` on PATH (or `$KEEL_KUBECTL`).
+pub static KUBECTL: LazyPath = LazyPath::new(|| kubectl_default().display().to_string());
+/// The oldest kubectl minor listed in tests/kubectl-versions.
+pub static KUBECTL_OLD: LazyPath = LazyPath::new(|| kubectl_minor(0));
+/// The newest kubectl minor listed in tests/kubectl-versions.
+pub static KUBECTL_NEW: LazyPath = LazyPath::new(|| kubectl_minor(usize::MAX));
+
+pub type LazyPath = std::sync::LazyLock<String>;
+
+/// Finds `kubectl`: `$KEEL_KUBECTL` if set, else the first executable `kubectl` on PATH. Panics naming
+/// where it looked, so a machine without kubectl fails these tests instead of skipping them.
+pub fn kubectl_default() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEEL_KUBECTL") {
+        let p = PathBuf::from(p);
+        assert!(
+            is_executable(&p),
+            "KEEL_KUBECTL={} is not an executable file",
+            p.display()
+        );
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "kubectl not found on PATH ({}); install it (see .ci/run) or set KEEL_KUBECTL",
+                path.to_string_lossy()
+            )
+        })
+}
+
+/// The minors listed in tests/kubectl-versions, oldest first.
+pub fn kubectl_versions() -> Vec<String> {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kubectl-versions");
+    let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    let mut v: Vec<(u32, u32, String)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (maj, min) = l
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .unwrap_or_else(|| panic!("{}: {l:?} is not <major>.<minor>", f.display()));
+            (maj, min, l.to_string())
+        })
+        .collect();
+    assert!(!v.is_empty(), "{} lists no kubectl versions", f.display());
+    v.sort();
+    v.into_iter().map(|(_, _, s)| s).collect()
+}
+
+/// `kubectl.<minor>` beside the resolved default kubectl, for the `i`th listed minor (clamped).
+fn kubectl_minor(i: usize) -> String {
+    let versions = kubectl_versions();
+    kubectl_for(&versions[i.min(versions.len() - 1)])
+}
+
+/// `kubectl.<minor>` (e.g. `kubectl.1.27`) in the directory of the resolved default kubectl; panics
+/// naming the missing path.
+pub fn kubectl_for(minor: &str) -> String {
+    let default = kubectl_default();
+    let dir = std::fs::canonicalize(&default)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| panic!("cannot resolve {}", default.display()));
+    let p = dir.join(format!("kubectl.{minor}"));
+    assert!(
+        is_executable(&p),
+        "{} is missing: tests/kubectl-versions asks for kubectl {minor} beside {}",
+        p.display(),
+        default.display()
+    );
+    p.display().to_string()
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 pub struct Env {
     pub srv: TestServer,
@@ -52,7 +131,7 @@ impl Env {
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_as(KUBECTL, &self.path("admin.kubeconfig"), args)
+        self.kubectl_as(KUBECTL.as_str(), &self.path("admin.kubeconfig"), args)
             .await
     }
 
