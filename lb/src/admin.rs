@@ -161,6 +161,16 @@ fn services_json(s: &crate::services::controller::Shared) -> serde_json::Value {
     use serde_json::json;
     let applied = s.applied();
     let sync = s.sync();
+    let by_addr: std::collections::HashMap<std::net::IpAddr, &str> = applied
+        .rules
+        .nodes
+        .iter()
+        .flat_map(|(n, a)| {
+            a.v4.iter()
+                .chain(a.v6.iter())
+                .map(move |ip| (*ip, n.as_str()))
+        })
+        .collect();
     let mut keys: std::collections::BTreeSet<String> = sync.keys().cloned().collect();
     keys.extend(applied.rules.services.keys().cloned());
     let list: Vec<serde_json::Value> = keys
@@ -173,11 +183,12 @@ fn services_json(s: &crate::services::controller::Shared) -> serde_json::Value {
                         .iter()
                         .map(|p| {
                             let backends: Vec<serde_json::Value> = applied
-                                .backends
+                                .pools
                                 .get(&pool_name(k, p))
                                 .into_iter()
-                                .flatten()
-                                .map(|(node, b)| {
+                                .flat_map(|pool| pool.backends.iter())
+                                .map(|b| {
+                                    let node = by_addr.get(&b.addr.ip()).copied().unwrap_or("");
                                     json!({"address": b.addr.to_string(), "node": node,
                                            "up": b.healthy(), "active": b.active()})
                                 })

@@ -20,7 +20,9 @@ pub struct Backend {
     active: AtomicUsize,
     /// Rise/fall counting; touched by health checks and failed connects only, never on success paths.
     check: Mutex<HealthState>,
-    pub metrics: BackendMetrics,
+    /// Per-backend series; None for Services' pools, whose Services x ports x nodes would swamp
+    /// /metrics (their frontends, pools and checks still have series).
+    pub metrics: Option<BackendMetrics>,
     /// Woken on every health transition so the control plane can recompute pool health (VRRP).
     changed: Option<Arc<Notify>>,
 }
@@ -31,7 +33,7 @@ impl Backend {
         addr: SocketAddr,
         weight: u32,
         state: AdminState,
-        metrics: BackendMetrics,
+        metrics: Option<BackendMetrics>,
         changed: Arc<Notify>,
     ) -> Backend {
         let b = Backend {
@@ -47,7 +49,9 @@ impl Backend {
             metrics,
             changed: Some(changed),
         };
-        b.metrics.up.set(1);
+        if let Some(m) = &b.metrics {
+            m.up.set(1);
+        }
         b
     }
 
@@ -61,7 +65,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             check: Mutex::new(HealthState::new(true)),
-            metrics: BackendMetrics::detached(),
+            metrics: None,
             changed: None,
         }
     }
@@ -104,7 +108,9 @@ impl Backend {
 
     pub fn set_healthy(&self, up: bool) {
         self.healthy.store(up, Ordering::Relaxed);
-        self.metrics.up.set(i64::from(up));
+        if let Some(m) = &self.metrics {
+            m.up.set(i64::from(up));
+        }
         if let Some(n) = &self.changed {
             n.notify_one();
         }
@@ -125,8 +131,10 @@ impl Backend {
     /// Counts a connection for least-connections and metrics until the guard drops.
     pub fn connection_started(self: &Arc<Self>) -> ConnGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.metrics.current.inc();
-        self.metrics.total.inc();
+        if let Some(m) = &self.metrics {
+            m.current.inc();
+            m.total.inc();
+        }
         ConnGuard(self.clone())
     }
 }
@@ -136,7 +144,9 @@ pub struct ConnGuard(Arc<Backend>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.current.dec();
+        if let Some(m) = &self.0.metrics {
+            m.current.dec();
+        }
     }
 }
 

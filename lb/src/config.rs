@@ -132,7 +132,7 @@ pub enum AdminState {
     Disabled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Tcp,
@@ -195,7 +195,7 @@ pub struct Backend {
     pub state: AdminState,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub kind: CheckKind,
     /// Port to check when it differs from the backend's.

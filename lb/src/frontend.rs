@@ -228,19 +228,21 @@ async fn handle(
             tracing::debug!(backend = %backend.addr, error = %e, "writing PROXY header failed");
             return;
         }
-        backend.metrics.bytes_out.inc_by(n as u64);
+        if let Some(m) = &backend.metrics {
+            m.bytes_out.inc_by(n as u64);
+        }
     }
     let m = &fe.metrics;
-    let bm = &backend.metrics;
+    let bm = backend.metrics.as_ref();
     let r = relay::relay(
         &client,
         &upstream,
         fe.cfg.timeouts.idle,
         Counters {
-            from_src: [&m.bytes_in, &bm.bytes_out],
+            from_src: [Some(&m.bytes_in), bm.map(|b| &b.bytes_out)],
         },
         Counters {
-            from_src: [&bm.bytes_in, &m.bytes_out],
+            from_src: [bm.map(|b| &b.bytes_in), Some(&m.bytes_out)],
         },
     )
     .await;

@@ -1,9 +1,11 @@
 //! Active health checks: TCP connect, or an HTTP(S) GET of a path expecting a status. One task per
-//! checked backend, started per pool version and cancelled when the pool changes. Results feed the
-//! backend's rise/fall counter; transitions flip its atomic health flag, which the data plane reads.
+//! distinct target and check settings, shared by every pool whose backends it speaks for
+//! ([`Checks`]); pool versions subscribe and unsubscribe. Results feed each backend's rise/fall
+//! counter; transitions flip its atomic health flag, which the data plane reads.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,73 +82,204 @@ pub fn tls_connector(cfg: &HealthCheck) -> Result<TlsConnector, TlsSetupError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Starts one check task per backend in rotation (or draining: its health still matters to its
-/// established clients' metrics); they stop when `cancel` fires.
-pub fn spawn_checks(pool: &Arc<Pool>, cancel: &CancellationToken) {
-    let cfg = pool.cfg.health.clone();
+/// Every distinct check (target address plus check settings) runs once, however many pools'
+/// backends it speaks for: with Services, every port of every Service on a node shares kube-proxy's
+/// healthz, so checks grow with nodes, not with Services x nodes. Each result is fed to every
+/// subscribed backend, which keeps its own rise/fall (passive connect failures count there too).
+#[derive(Clone, Default)]
+pub struct Checks {
+    inner: Arc<Mutex<Hub>>,
+}
+
+#[derive(Default)]
+struct Hub {
+    targets: HashMap<Key, Arc<Target>>,
+    next_id: u64,
+}
+
+type Key = (SocketAddr, HealthCheck);
+
+struct Target {
+    key: Key,
+    /// Subscription id -> the backends it checks here.
+    subs: Mutex<HashMap<u64, Vec<Weak<Backend>>>>,
+    stop: CancellationToken,
+}
+
+/// A pool version's checks; dropping it unsubscribes its backends (a target nobody needs stops).
+pub struct Subscription {
+    hub: Weak<Mutex<Hub>>,
+    id: u64,
+    targets: Vec<Arc<Target>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Checks {
+    /// Subscribes `pool`'s checked backends (not disabled ones) to their targets.
+    pub fn subscribe(&self, pool: &Arc<Pool>) -> Subscription {
+        let cfg = &pool.cfg.health;
+        let mut hub = locked(&self.inner);
+        hub.next_id += 1;
+        let id = hub.next_id;
+        let mut per_target: HashMap<SocketAddr, Vec<Weak<Backend>>> = HashMap::new();
+        for b in &pool.backends {
+            if b.state() == AdminState::Disabled {
+                continue;
+            }
+            let addr = SocketAddr::new(b.addr.ip(), cfg.port.unwrap_or(b.addr.port()));
+            per_target.entry(addr).or_default().push(Arc::downgrade(b));
+        }
+        let mut targets = Vec::with_capacity(per_target.len());
+        for (addr, backends) in per_target {
+            let key = (addr, cfg.clone());
+            let t = match hub.targets.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(Target {
+                        key: key.clone(),
+                        subs: Mutex::new(HashMap::new()),
+                        stop: CancellationToken::new(),
+                    });
+                    spawn_target(t.clone(), pool.name());
+                    hub.targets.insert(key, t.clone());
+                    t
+                }
+            };
+            locked(&t.subs).insert(id, backends);
+            targets.push(t);
+        }
+        Subscription {
+            hub: Arc::downgrade(&self.inner),
+            id,
+            targets,
+        }
+    }
+
+    /// Distinct checks running (the admin API and tests read it).
+    pub fn running(&self) -> usize {
+        locked(&self.inner).targets.len()
+    }
+
+    /// Stops every check (shutdown).
+    pub fn stop_all(&self) {
+        for (_, t) in locked(&self.inner).targets.drain() {
+            t.stop.cancel();
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let mut hub = locked(&hub);
+        for t in self.targets.drain(..) {
+            let mut subs = locked(&t.subs);
+            subs.remove(&self.id);
+            if subs.is_empty() {
+                t.stop.cancel();
+                if hub.targets.get(&t.key).is_some_and(|x| Arc::ptr_eq(x, &t)) {
+                    hub.targets.remove(&t.key);
+                }
+            }
+        }
+    }
+}
+
+fn spawn_target(t: Arc<Target>, first_pool: &str) {
+    let cfg = t.key.1.clone();
     let tls = if cfg.kind == CheckKind::Https {
         match tls_connector(&cfg) {
             Ok(t) => Some(t),
             Err(e) => {
                 // Validation checked the file exists; it may have changed since. Checks then fail,
                 // which is the honest outcome: we cannot verify the backends.
-                tracing::error!(pool = %pool.name(), error = %e, "https health checks cannot verify backends");
+                tracing::error!(pool = %first_pool, error = %e, "https health checks cannot verify backends");
                 None
             }
         }
     } else {
         None
     };
-    for b in &pool.backends {
-        if b.state() == AdminState::Disabled {
-            continue;
+    tokio::spawn(async move {
+        let stop = t.stop.clone();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = run(t, cfg, tls) => {}
         }
-        let b = b.clone();
-        let cfg = cfg.clone();
-        let tls = tls.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = run(b, cfg, tls) => {}
-            }
-        });
-    }
+    });
 }
 
-async fn run(b: Arc<Backend>, cfg: HealthCheck, tls: Option<TlsConnector>) {
-    // Spread the first checks of a pool over one interval so they do not fire in lockstep.
+async fn run(t: Arc<Target>, cfg: HealthCheck, tls: Option<TlsConnector>) {
+    let addr = t.key.0;
+    // Spread the first checks over one interval so they do not fire in lockstep.
     let jitter = rand::random_range(0..=cfg.interval.as_millis().min(u64::MAX as u128) as u64 / 4);
     tokio::time::sleep(Duration::from_millis(jitter)).await;
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: std::collections::HashSet<usize> = std::collections::HashSet::new();
     loop {
         tick.tick().await;
-        let addr = SocketAddr::new(b.addr.ip(), cfg.port.unwrap_or(b.addr.port()));
         let started = Instant::now();
         let result =
             match tokio::time::timeout(cfg.timeout, check_once(&cfg, addr, tls.as_ref())).await {
                 Ok(r) => r,
                 Err(_) => Err(CheckError::Timeout(cfg.timeout)),
             };
-        b.metrics
-            .check_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
         if let Err(e) = &result {
-            b.metrics.check_failures.inc();
-            tracing::debug!(pool = %b.pool, backend = %b.addr, error = %e, "health check failed");
+            tracing::debug!(target = %addr, error = %e, "health check failed");
         }
-        match b.record(result.is_ok(), cfg.rise, cfg.fall) {
-            Some(true) => {
-                tracing::info!(pool = %b.pool, backend = %b.addr, "backend up: health checks pass")
+        // Collected first: a backend's rise/fall may wake the control loop, which may subscribe.
+        let backends: Vec<Arc<Backend>> = {
+            let subs = locked(&t.subs);
+            subs.values().flatten().filter_map(Weak::upgrade).collect()
+        };
+        seen.clear();
+        let (mut ups, mut downs) = (0usize, 0usize);
+        for b in &backends {
+            // A backend in two pool versions (mid-reload) counts one result once.
+            if !seen.insert(Arc::as_ptr(b) as usize) {
+                continue;
             }
-            Some(false) => tracing::warn!(
-                pool = %b.pool,
-                backend = %b.addr,
+            if let Some(m) = &b.metrics {
+                m.check_seconds.observe(took);
+                if result.is_err() {
+                    m.check_failures.inc();
+                }
+            }
+            match b.record(result.is_ok(), cfg.rise, cfg.fall) {
+                Some(true) => ups += 1,
+                Some(false) => downs += 1,
+                None => {}
+            }
+        }
+        if ups + downs == 0 {
+            continue;
+        }
+        // One line per target, not per backend: a node behind every Service is one event.
+        let first = backends.first().map(|b| b.pool.as_str()).unwrap_or("");
+        let shown = |n: usize| {
+            if n == 1 {
+                format!("pool {first}")
+            } else {
+                format!("{n} backends (pool {first}, ...)")
+            }
+        };
+        if ups > 0 {
+            tracing::info!(target = %addr, backends = %shown(ups), "backend up: health checks pass");
+        }
+        if downs > 0 {
+            tracing::warn!(
+                target = %addr,
+                backends = %shown(downs),
                 error = %result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
                 "backend down: health checks fail"
-            ),
-            None => {}
+            );
         }
     }
 }
@@ -370,5 +503,131 @@ mod tests {
             check_once(&c2, addr, Some(&tls2)).await,
             Err(CheckError::Tls(_))
         ));
+    }
+
+    /// A healthz that counts requests and answers 200 or 503 as told.
+    async fn counting_server(
+        ok: Arc<std::sync::atomic::AtomicBool>,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> SocketAddr {
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let status = if ok.load(Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn pool_on(name: &str, backend_port: u16, check: &HealthCheck) -> Arc<Pool> {
+        let cfg = crate::config::Pool {
+            name: name.into(),
+            balance: crate::config::Balance::RoundRobin,
+            health: check.clone(),
+            backends: vec![crate::config::Backend {
+                addr: SocketAddr::from(([127, 0, 0, 1], backend_port)),
+                weight: 1,
+                state: AdminState::Active,
+            }],
+        };
+        let m = crate::metrics::Metrics::new();
+        Arc::new(Pool::build(
+            &cfg,
+            None,
+            &m,
+            false,
+            &Arc::new(tokio::sync::Notify::new()),
+        ))
+    }
+
+    /// Fifty pools whose backends share one check target (kube-proxy's healthz on a node) cost one
+    /// check per interval, and every backend follows its result; the check stops with its last user.
+    #[tokio::test]
+    async fn pools_sharing_a_target_share_one_check() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let ok = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let hz = counting_server(ok.clone(), hits.clone()).await;
+        let mut check = cfg(CheckKind::Http, "/healthz");
+        check.port = Some(hz.port());
+        check.interval = Duration::from_millis(50);
+        check.timeout = Duration::from_millis(500);
+        check.rise = 1;
+        check.fall = 1;
+        let checks = Checks::default();
+        let pools: Vec<Arc<Pool>> = (0..50)
+            .map(|i| pool_on(&format!("ns/svc-{i}:80/TCP"), 30000 + i, &check))
+            .collect();
+        let subs: Vec<Subscription> = pools.iter().map(|p| checks.subscribe(p)).collect();
+        assert_eq!(checks.running(), 1);
+
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let n = hits.load(Ordering::SeqCst);
+        assert!(
+            (3..=20).contains(&n),
+            "{n} checks in 600 ms at a 50 ms interval: not shared"
+        );
+
+        ok.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pools.iter().any(|p| p.backends[0].healthy()) {
+            assert!(
+                Instant::now() < deadline,
+                "backends did not follow the shared check"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        drop(subs);
+        assert_eq!(checks.running(), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = hits.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            after,
+            "checks went on with no pool left"
+        );
+    }
+
+    /// A new pool version subscribes before the old one lets go: the target keeps running.
+    #[tokio::test]
+    async fn a_new_pool_version_keeps_the_shared_check() {
+        let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hz = counting_server(ok, Arc::default()).await;
+        let mut check = cfg(CheckKind::Tcp, "/");
+        check.port = Some(hz.port());
+        let checks = Checks::default();
+        let p1 = pool_on("a", 1, &check);
+        let s1 = checks.subscribe(&p1);
+        let s2 = checks.subscribe(&pool_on("a", 1, &check));
+        drop(s1);
+        assert_eq!(checks.running(), 1);
+        let mut other = check.clone();
+        other.path = "/other".into();
+        let s3 = checks.subscribe(&pool_on("b", 1, &other));
+        assert_eq!(
+            checks.running(),
+            2,
+            "different settings are a different check"
+        );
+        drop((s2, s3));
+        assert_eq!(checks.running(), 0);
     }
 }

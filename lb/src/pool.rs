@@ -19,11 +19,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool version, reusing `old`'s backends with the same address.
+    /// Builds a pool version, reusing `old`'s backends with the same address. `per_backend`: whether
+    /// its backends get their own series in /metrics.
     pub fn build(
         cfg: &config::Pool,
         old: Option<&Pool>,
         metrics: &Metrics,
+        per_backend: bool,
         changed: &Arc<Notify>,
     ) -> Pool {
         let mut reuse: HashMap<_, &Arc<Backend>> = old
@@ -42,13 +44,15 @@ impl Pool {
                     b.addr,
                     b.weight,
                     b.state,
-                    metrics.backend(&cfg.name, &b.addr.to_string()),
+                    per_backend.then(|| metrics.backend(&cfg.name, &b.addr.to_string())),
                     changed.clone(),
                 )),
             })
             .collect();
         for gone in reuse.values() {
-            metrics.forget_backend(&cfg.name, &gone.addr.to_string());
+            if gone.metrics.is_some() {
+                metrics.forget_backend(&cfg.name, &gone.addr.to_string());
+            }
         }
         let selector = Selector::new(cfg.balance, &backends);
         Pool {
@@ -73,7 +77,9 @@ impl Pool {
 
     /// A proxied connect failed: it counts against the backend like a failed check.
     pub fn connect_failed(&self, b: &Backend) {
-        b.metrics.connect_errors.inc();
+        if let Some(m) = &b.metrics {
+            m.connect_errors.inc();
+        }
         if b.record(false, self.cfg.health.rise, self.cfg.health.fall) == Some(false) {
             tracing::warn!(pool = %self.cfg.name, backend = %b.addr, "backend down after failed connects");
         }

@@ -2,7 +2,7 @@
 //! reloads as a diff; runs the shutdown sequence. The data plane never waits on it: it publishes new
 //! frontend versions through watch channels and health through atomics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use crate::frontend::{self, Frontend};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::services::controller::{self as svc_ctl, FileView, Shared};
-use crate::services::rules::{self, ClusterRules, Problems};
+use crate::services::rules::{self, ClusterRules, FileLimits, RouterVips, SvcParts, SvcRule};
 use crate::{health, listener, udp};
 
 /// Requests from the admin API to the control loop.
@@ -35,20 +35,34 @@ pub enum ApplyError {
     },
 }
 
+type ListenKey = (Protocol, SocketAddr);
+
 struct RunningListener {
     name: String,
+    pool: String,
     version: watch::Sender<Arc<Frontend>>,
     stop: CancellationToken,
 }
 
 struct RunningPool {
     pool: Arc<Pool>,
-    checks: CancellationToken,
+    /// Dropping it unsubscribes this version's backends from the shared checks.
+    _checks: health::Subscription,
 }
 
 enum Bound {
     Tcp(tokio::net::TcpListener),
     Udp(tokio::net::UdpSocket),
+}
+
+/// What changes in the running state: pools and frontends put (added or changed) or taken out.
+/// A reload computes it against everything; a Service change only from that Service's parts.
+#[derive(Default)]
+struct Delta {
+    pools_put: Vec<config::Pool>,
+    pools_gone: Vec<String>,
+    fronts_put: Vec<config::Frontend>,
+    fronts_gone: Vec<ListenKey>,
 }
 
 /// The Services provider as the server sees it: the file view it publishes, the rules it receives.
@@ -60,22 +74,28 @@ struct Services {
 }
 
 pub struct Server {
-    /// What is running: the file plus the Services' rules.
-    cfg: Option<Config>,
     /// The config file as loaded.
     file: Option<Config>,
     /// The cluster rules last applied (from the controller or the state file).
     cluster: Arc<ClusterRules>,
-    /// Why some Services' rules are not running (clash with the file, bind failure, ...).
-    problems: Arc<Problems>,
+    /// Each applied Service's frontends, pools, VIPs and problems.
+    parts: HashMap<String, SvcParts>,
+    /// Services' VIPs per VRRP router, counted (shared IPs).
+    router_vips: RouterVips,
+    /// The VRRP config running: the file's plus the Services' VIPs.
+    vrrp_cfg: Option<keel_vrrp::VrrpConfig>,
     services: Option<Services>,
+    state_writer: Option<crate::services::state::Writer>,
     pub metrics: Arc<Metrics>,
     /// Every client connection and UDP session; shutdown waits on it to drain.
     tracker: TaskTracker,
     /// Woken by backends on health transitions.
     health_changed: Arc<Notify>,
+    checks: health::Checks,
     pools: HashMap<String, RunningPool>,
-    listeners: HashMap<(Protocol, SocketAddr), RunningListener>,
+    listeners: HashMap<ListenKey, RunningListener>,
+    /// Pool name -> listeners whose frontend uses it (a changed pool refreshes exactly those).
+    pool_users: HashMap<String, HashSet<ListenKey>>,
     pool_up: HashMap<String, bool>,
     /// Shared with blocking tasks: keel-vrrp's start/reload/shutdown wait on its thread, which must
     /// never stall the data plane (it may share one thread with it).
@@ -87,16 +107,20 @@ impl Server {
     /// this node wins is served at once).
     pub async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
         let mut s = Server {
-            cfg: None,
             file: None,
             cluster: Arc::new(ClusterRules::default()),
-            problems: Arc::new(Problems::new()),
+            parts: HashMap::new(),
+            router_vips: RouterVips::new(),
+            vrrp_cfg: None,
             services: None,
+            state_writer: None,
             metrics,
             tracker: TaskTracker::new(),
             health_changed: Arc::new(Notify::new()),
+            checks: health::Checks::default(),
             pools: HashMap::new(),
             listeners: HashMap::new(),
+            pool_users: HashMap::new(),
             pool_up: HashMap::new(),
             vrrp: None,
         };
@@ -112,19 +136,26 @@ impl Server {
                     tracing::error!(error = %e, "services: kept rules unreadable; starting without them")
                 }
             }
+            s.state_writer = Some(crate::services::state::Writer::spawn(path));
         }
         s.apply(cfg).await?;
         s.start_services();
         Ok(s)
     }
 
+    /// The config file running.
     pub fn config(&self) -> Option<&Config> {
-        self.cfg.as_ref()
+        self.file.as_ref()
     }
 
     /// Shared Services state (sync results, rules) for the admin API; None without `services:`.
     pub fn services_shared(&self) -> Option<Arc<Shared>> {
         self.services.as_ref().map(|s| s.shared.clone())
+    }
+
+    /// Distinct health checks running (shared between pools).
+    pub fn checks_running(&self) -> usize {
+        self.checks.running()
     }
 
     fn file_view(file: &Config) -> Option<FileView> {
@@ -156,6 +187,7 @@ impl Server {
             shared,
             running: Some(running),
         });
+        self.publish_all();
     }
 
     /// Applies a validated config file as a difference against the running state, with the Services'
@@ -169,7 +201,7 @@ impl Server {
             .as_ref()
             .and_then(|f| f.services.as_ref())
             .map(|s| s.kubeconfig.clone());
-        self.apply_with(file.clone(), &cluster, true).await?;
+        self.apply_full(file.clone(), &cluster, true).await?;
         if let (Some(svc), Some(view)) = (&self.services, Self::file_view(&file)) {
             if before_kubeconfig.as_ref() != Some(&view.services.kubeconfig) {
                 tracing::warn!("services: a new kubeconfig takes effect at the next restart");
@@ -187,41 +219,61 @@ impl Server {
         Ok(())
     }
 
-    /// Renders `file` + `cluster` and applies it. A Service whose listener cannot be bound is left
-    /// out (and reported) rather than failing everything; the file's own frontends must all bind.
-    async fn apply_with(
+    /// Renders `file` + every Service of `cluster` and applies the difference to what runs. A Service
+    /// whose listener cannot be bound is left out (and reported) rather than failing everything; the
+    /// file's own frontends must all bind. Cost grows with the total: reloads and node changes only.
+    async fn apply_full(
         &mut self,
         file: Config,
         cluster: &ClusterRules,
         file_changed: bool,
     ) -> Result<(), ApplyError> {
-        let health = file
+        let limits = FileLimits::of(&file, default_svc_health());
+        let mut parts: HashMap<String, SvcParts> = cluster
             .services
-            .as_ref()
-            .map(|s| s.health.clone())
-            .unwrap_or_else(default_svc_health);
-        let mut cluster = cluster.clone();
-        let mut extra: Problems = Problems::new();
-        // Bounded: each round drops at least one Service.
-        for _ in 0..=cluster.services.len() {
-            let (merged, mut problems) = rules::render(&file, &cluster, &health, file.timeouts);
-            match self.apply_config(merged).await {
+            .iter()
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    rules::render_service(k, r, &cluster.nodes, &limits),
+                )
+            })
+            .collect();
+        // Bounded: each round leaves one more Service out.
+        for _ in 0..=parts.len() {
+            let mut want_fronts: Vec<config::Frontend> = file.frontends.clone();
+            let mut want_pools: Vec<config::Pool> = file.pools.values().cloned().collect();
+            for p in parts.values() {
+                want_fronts.extend(p.frontends.iter().cloned());
+                want_pools.extend(p.pools.iter().cloned());
+            }
+            let delta = self.diff(want_fronts, want_pools);
+            match self.apply_delta(delta).await {
                 Ok(()) => {
-                    for (k, v) in extra {
-                        problems.entry(k).or_default().extend(v);
+                    let mut vips = RouterVips::new();
+                    for p in parts.values() {
+                        rules::count_vips(&mut vips, p, true);
                     }
-                    for (k, v) in &problems {
-                        tracing::warn!(service = %k, problems = %v.join("; "), "services: rule not (fully) applied");
+                    for (k, p) in &parts {
+                        if !p.problems.is_empty() {
+                            tracing::warn!(service = %k, problems = %p.problems.join("; "), "services: rule not (fully) applied");
+                        }
                     }
-                    self.problems = Arc::new(problems);
+                    self.parts = parts;
+                    self.router_vips = vips;
+                    let old_vrrp = self.vrrp_cfg.take();
+                    self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
+                    self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+                    if let Some(old) = &self.file {
+                        if old.admin != file.admin {
+                            tracing::warn!(
+                                "admin listener changes take effect at the next restart"
+                            );
+                        }
+                    }
                     self.file = Some(file);
-                    if let Some(s) = &self.services {
-                        s.shared
-                            .metrics
-                            .applied_rules
-                            .set(cluster.services.len() as i64);
-                        s.shared.set_applied(self.applied_view(&cluster));
-                    }
+                    self.publish_pool_health(true, None);
+                    self.publish_all();
                     return Ok(());
                 }
                 Err(ApplyError::Bind {
@@ -231,19 +283,21 @@ impl Server {
                     err,
                 }) if rules::is_service_name(&frontend) => {
                     let key = frontend.split(':').next().unwrap_or_default().to_string();
-                    if cluster.services.remove(&key).is_none() {
+                    let Some(p) = parts.get_mut(&key) else {
                         return Err(ApplyError::Bind {
                             frontend,
                             proto,
                             addr,
                             err,
                         });
-                    }
+                    };
                     tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
-                    extra
-                        .entry(key)
-                        .or_default()
-                        .push(format!("cannot listen on {proto:?} {addr}: {err}"));
+                    let mut problems = std::mem::take(&mut p.problems);
+                    problems.push(format!("cannot listen on {proto:?} {addr}: {err}"));
+                    *p = SvcParts {
+                        problems,
+                        ..SvcParts::default()
+                    };
                 }
                 Err(e) => {
                     if !file_changed {
@@ -261,82 +315,212 @@ impl Server {
         })
     }
 
-    fn applied_view(&self, cluster: &ClusterRules) -> svc_ctl::Applied {
-        let by_addr: HashMap<std::net::IpAddr, &str> = cluster
-            .nodes
-            .iter()
-            .flat_map(|(n, a)| {
-                a.v4.iter()
-                    .chain(a.v6.iter())
-                    .map(move |ip| (*ip, n.as_str()))
-            })
-            .collect();
-        let backends = self
+    /// What to put and take out so the running state becomes `fronts` + `pools`.
+    fn diff(&self, fronts: Vec<config::Frontend>, pools: Vec<config::Pool>) -> Delta {
+        let want_pools: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let want_keys: HashSet<ListenKey> = fronts.iter().map(|f| (f.protocol, f.listen)).collect();
+        let pools_gone = self
             .pools
-            .iter()
-            .filter(|(name, _)| rules::is_service_name(name))
-            .map(|(name, rp)| {
-                let list = rp
-                    .pool
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let node = by_addr.get(&b.addr.ip()).copied().unwrap_or("").to_string();
-                        (node, b.clone())
-                    })
-                    .collect();
-                (name.clone(), list)
-            })
+            .keys()
+            .filter(|n| !want_pools.contains(n.as_str()))
+            .cloned()
             .collect();
-        svc_ctl::Applied {
-            rules: Arc::new(cluster.clone()),
-            problems: self.problems.clone(),
-            backends,
+        let fronts_gone = self
+            .listeners
+            .keys()
+            .filter(|k| !want_keys.contains(k))
+            .copied()
+            .collect();
+        Delta {
+            pools_put: pools
+                .into_iter()
+                .filter(|p| self.pools.get(&p.name).is_none_or(|r| r.pool.cfg != *p))
+                .collect(),
+            pools_gone,
+            fronts_put: fronts
+                .into_iter()
+                .filter(|f| {
+                    self.listeners
+                        .get(&(f.protocol, f.listen))
+                        .is_none_or(|l| l.version.borrow().cfg != *f)
+                })
+                .collect(),
+            fronts_gone,
         }
     }
 
-    /// New cluster rules from the controller: rendered with the file and applied; then kept on disk.
+    /// New cluster rules from the controller. Node changes touch every Service's pools, so they go
+    /// through the full render; otherwise only the Services that changed are rendered and applied.
+    /// Then kept on disk (coalesced, off the control loop).
     async fn apply_cluster(&mut self, rules: Arc<ClusterRules>) {
         let Some(file) = self.file.clone() else {
             return;
         };
         let started = std::time::Instant::now();
-        match self.apply_with(file, &rules, false).await {
-            Ok(()) => {
-                self.cluster = rules.clone();
-                tracing::debug!(services = rules.services.len(), took = ?started.elapsed(), "services: rules applied");
-                if let Some(path) = self
-                    .file
-                    .as_ref()
-                    .and_then(|f| f.services.as_ref())
-                    .and_then(|s| s.state_file.clone())
-                {
-                    let r = rules.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        crate::services::state::save(&path, &r)
-                    })
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "services: rules not kept on disk")
-                        }
-                        Err(e) => tracing::error!(error = %e, "services: state writer failed"),
-                    }
+        let changed: Vec<String> = if rules.nodes != self.cluster.nodes {
+            match self.apply_full(file, &rules, false).await {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    tracing::error!(error = %e, "services: rules not applied; the previous ones keep running");
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "services: rules not applied; the previous ones keep running")
+        } else {
+            let old = self.cluster.clone();
+            let mut changed: Vec<String> = rules
+                .services
+                .iter()
+                .filter(|(k, r)| {
+                    old.services
+                        .get(*k)
+                        .is_none_or(|o| !Arc::ptr_eq(o, r) && o != *r)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            changed.extend(
+                old.services
+                    .keys()
+                    .filter(|k| !rules.services.contains_key(*k))
+                    .cloned(),
+            );
+            let limits = FileLimits::of(&file, default_svc_health());
+            let vips_before = self.router_vips.clone();
+            for key in &changed {
+                let rule = rules.services.get(key);
+                self.apply_service(key, rule.map(|r| &**r), &rules.nodes, &limits)
+                    .await;
             }
+            if self.router_vips != vips_before {
+                let old_vrrp = self.vrrp_cfg.take();
+                self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
+                self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+            }
+            changed
+        };
+        self.cluster = rules.clone();
+        if changed.is_empty() {
+            self.publish_all();
+        } else {
+            self.publish(&changed);
+        }
+        tracing::debug!(services = rules.services.len(), changed = changed.len(), took = ?started.elapsed(), "services: rules applied");
+        if let Some(w) = &self.state_writer {
+            w.save(rules);
         }
     }
 
-    /// Applies a complete (rendered) config as a difference against the running one.
-    async fn apply_config(&mut self, new: Config) -> Result<(), ApplyError> {
-        let mut fresh: HashMap<(Protocol, SocketAddr), Bound> = HashMap::new();
-        for f in &new.frontends {
+    /// Puts one Service's rule (or removes it: None) into the running state: only its own frontends,
+    /// pools and VIPs are touched. A listener it cannot bind leaves the whole Service out, reported.
+    async fn apply_service(
+        &mut self,
+        key: &str,
+        rule: Option<&SvcRule>,
+        nodes: &std::collections::BTreeMap<String, rules::NodeAddrs>,
+        limits: &FileLimits,
+    ) {
+        let mut new = rule
+            .map(|r| rules::render_service(key, r, nodes, limits))
+            .unwrap_or_default();
+        let old = self.parts.remove(key).unwrap_or_default();
+        // Two rounds at most: as rendered, then (bind failed) without any of it.
+        for _ in 0..2 {
+            let new_pools: HashSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
+            let new_keys: HashSet<ListenKey> = new
+                .frontends
+                .iter()
+                .map(|f| (f.protocol, f.listen))
+                .collect();
+            let delta = Delta {
+                pools_put: new.pools.clone(),
+                pools_gone: old
+                    .pools
+                    .iter()
+                    .filter(|p| !new_pools.contains(p.name.as_str()))
+                    .map(|p| p.name.clone())
+                    .collect(),
+                fronts_put: new.frontends.clone(),
+                fronts_gone: old
+                    .frontends
+                    .iter()
+                    .map(|f| (f.protocol, f.listen))
+                    .filter(|k| !new_keys.contains(k))
+                    .collect(),
+            };
+            match self.apply_delta(delta).await {
+                Ok(()) => break,
+                Err(ApplyError::Bind {
+                    proto, addr, err, ..
+                }) => {
+                    tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
+                    let mut problems = std::mem::take(&mut new.problems);
+                    problems.push(format!("cannot listen on {proto:?} {addr}: {err}"));
+                    new = SvcParts {
+                        problems,
+                        ..SvcParts::default()
+                    };
+                }
+            }
+        }
+        if !new.problems.is_empty() {
+            tracing::warn!(service = %key, problems = %new.problems.join("; "), "services: rule not (fully) applied");
+        }
+        let changed_pools: Vec<String> = new.pools.iter().map(|p| p.name.clone()).collect();
+        rules::count_vips(&mut self.router_vips, &old, false);
+        rules::count_vips(&mut self.router_vips, &new, true);
+        if rule.is_some() {
+            self.parts.insert(key.to_string(), new);
+        }
+        self.publish_pool_health(true, Some(&changed_pools));
+    }
+
+    /// Tells the admin API and the metrics what now runs, for every Service.
+    fn publish_all(&self) {
+        let keys: Vec<String> = self.parts.keys().cloned().collect();
+        if let Some(s) = &self.services {
+            s.shared.reset_applied(self.cluster.clone());
+        }
+        self.publish(&keys);
+    }
+
+    /// Tells the admin API and the metrics what now runs for these Services.
+    fn publish(&self, keys: &[String]) {
+        let Some(s) = &self.services else {
+            return;
+        };
+        s.shared.metrics.applied_rules.set(
+            self.parts
+                .values()
+                .filter(|p| !p.frontends.is_empty())
+                .count() as i64,
+        );
+        s.shared.update_applied(
+            self.cluster.clone(),
+            keys.iter().map(|k| {
+                let parts = self.parts.get(k);
+                let pools = parts
+                    .into_iter()
+                    .flat_map(|p| p.pools.iter())
+                    .filter_map(|p| {
+                        self.pools
+                            .get(&p.name)
+                            .map(|r| (p.name.clone(), r.pool.clone()))
+                    })
+                    .collect();
+                let problems = parts.map(|p| p.problems.clone()).unwrap_or_default();
+                (k.clone(), problems, pools)
+            }),
+        );
+    }
+
+    /// Applies a difference. Listeners are bound first: a failure changes nothing. Changed pools
+    /// get a new version reusing their backends (health and connection counts survive); every
+    /// frontend put, or whose pool changed, gets a new version; removed ones stop accepting and
+    /// their connections drain on their own.
+    async fn apply_delta(&mut self, d: Delta) -> Result<(), ApplyError> {
+        let mut fresh: HashMap<ListenKey, Bound> = HashMap::new();
+        for f in &d.fronts_put {
             let key = (f.protocol, f.listen);
-            if self.listeners.contains_key(&key) {
+            if self.listeners.contains_key(&key) || fresh.contains_key(&key) {
                 continue;
             }
             let bound = match f.protocol {
@@ -352,52 +536,71 @@ impl Server {
             fresh.insert(key, bound);
         }
 
-        // Pools: unchanged ones keep running as they are; changed ones get a new version that reuses
-        // their backends; removed ones stop checking (their connections drain on their own).
-        let mut pools = HashMap::new();
-        for (name, pc) in &new.pools {
-            match self.pools.remove(name) {
-                Some(old) if old.pool.cfg == *pc => {
-                    pools.insert(name.clone(), old);
+        let mut changed_pools: Vec<String> = Vec::new();
+        for pc in d.pools_put {
+            let name = pc.name.clone();
+            match self.pools.remove(&name) {
+                Some(o) if o.pool.cfg == pc => {
+                    self.pools.insert(name, o);
                 }
                 old => {
-                    if let Some(o) = &old {
-                        o.checks.cancel();
-                    }
                     let pool = Arc::new(Pool::build(
-                        pc,
+                        &pc,
                         old.as_ref().map(|o| &*o.pool),
                         &self.metrics,
+                        !rules::is_service_name(&name),
                         &self.health_changed,
                     ));
-                    let checks = CancellationToken::new();
-                    health::spawn_checks(&pool, &checks);
+                    // Subscribed before the old version lets go: checks both share keep running.
+                    let checks = self.checks.subscribe(&pool);
+                    drop(old);
                     tracing::info!(pool = %name, backends = pool.backends.len(), balance = ?pc.balance, "pool configured");
-                    pools.insert(name.clone(), RunningPool { pool, checks });
+                    self.pools.insert(
+                        name.clone(),
+                        RunningPool {
+                            pool,
+                            _checks: checks,
+                        },
+                    );
+                    changed_pools.push(name);
                 }
             }
         }
-        for (name, old) in self.pools.drain() {
-            old.checks.cancel();
-            for b in &old.pool.backends {
-                self.metrics.forget_backend(&name, &b.addr.to_string());
+        for name in &d.pools_gone {
+            if let Some(old) = self.pools.remove(name) {
+                for b in &old.pool.backends {
+                    if b.metrics.is_some() {
+                        self.metrics.forget_backend(name, &b.addr.to_string());
+                    }
+                }
+                let _ = self.metrics.pool_up.remove_label_values(&[name]);
+                self.pool_up.remove(name);
+                tracing::info!(pool = %name, "pool removed; its connections drain");
             }
-            let _ = self.metrics.pool_up.remove_label_values(&[&name]);
-            self.pool_up.remove(&name);
-            tracing::info!(pool = %name, "pool removed; its connections drain");
         }
-        self.pools = pools;
 
-        // Frontends: every one gets a new version (its pool may have changed); the connection limit's
-        // semaphore is kept when the limit is unchanged.
-        let old_cfg = self.cfg.take();
-        let mut listeners = HashMap::new();
-        // Names whose series leave /metrics, unless a frontend of the new config still uses them.
-        let mut forget = Vec::new();
-        for f in &new.frontends {
+        let put_keys: HashSet<ListenKey> = d
+            .fronts_put
+            .iter()
+            .map(|f| (f.protocol, f.listen))
+            .collect();
+        let put_names: HashSet<String> = d.fronts_put.iter().map(|f| f.name.clone()).collect();
+        let mut refresh = d.fronts_put;
+        for p in &changed_pools {
+            for k in self.pool_users.get(p).into_iter().flatten() {
+                if put_keys.contains(k) {
+                    continue;
+                }
+                if let Some(l) = self.listeners.get(k) {
+                    refresh.push(l.version.borrow().cfg.clone());
+                }
+            }
+        }
+        for f in refresh {
             let key = (f.protocol, f.listen);
             let Some(pool) = self.pools.get(&f.pool).map(|p| p.pool.clone()) else {
-                continue; // validation guarantees the pool exists
+                tracing::error!(frontend = %f.name, pool = %f.pool, "frontend without its pool; not changed");
+                continue;
             };
             let old_version = self.listeners.get(&key).map(|l| l.version.borrow().clone());
             let limit = match &old_version {
@@ -410,18 +613,22 @@ impl Server {
                 limit,
                 metrics: self.metrics.frontend(&f.name),
             });
-            if let Some(running) = self.listeners.remove(&key) {
-                if running.name != f.name {
-                    forget.push(running.name.clone());
+            if let Some(running) = self.listeners.get_mut(&key) {
+                if running.name != f.name && !put_names.contains(&running.name) {
+                    self.metrics.forget_frontend(&running.name);
                 }
+                if running.pool != f.pool {
+                    if let Some(u) = self.pool_users.get_mut(&running.pool) {
+                        u.remove(&key);
+                    }
+                    self.pool_users
+                        .entry(f.pool.clone())
+                        .or_default()
+                        .insert(key);
+                }
+                running.name = f.name.clone();
+                running.pool = f.pool.clone();
                 running.version.send_replace(version);
-                listeners.insert(
-                    key,
-                    RunningListener {
-                        name: f.name.clone(),
-                        ..running
-                    },
-                );
                 continue;
             }
             let (tx, rx) = watch::channel(version);
@@ -441,39 +648,39 @@ impl Server {
                 None => continue,
             }
             tracing::info!(frontend = %f.name, listen = %f.listen, protocol = ?f.protocol, pool = %f.pool, "listening");
-            listeners.insert(
+            self.pool_users
+                .entry(f.pool.clone())
+                .or_default()
+                .insert(key);
+            self.listeners.insert(
                 key,
                 RunningListener {
                     name: f.name.clone(),
+                    pool: f.pool.clone(),
                     version: tx,
                     stop,
                 },
             );
         }
-        for ((proto, addr), old) in self.listeners.drain() {
+        for key in d.fronts_gone {
+            if put_keys.contains(&key) {
+                continue;
+            }
+            let Some(old) = self.listeners.remove(&key) else {
+                continue;
+            };
             old.stop.cancel();
-            forget.push(old.name.clone());
-            tracing::info!(frontend = %old.name, listen = %addr, protocol = ?proto, "listener removed; its connections drain");
-        }
-        self.listeners = listeners;
-        for name in forget {
-            if new.frontend(&name).is_none() {
-                self.metrics.forget_frontend(&name);
+            if let Some(u) = self.pool_users.get_mut(&old.pool) {
+                u.remove(&key);
+                if u.is_empty() {
+                    self.pool_users.remove(&old.pool);
+                }
             }
-        }
-
-        if let Some(old) = &old_cfg {
-            if old.admin != new.admin {
-                tracing::warn!("admin listener changes take effect at the next restart");
+            if !put_names.contains(&old.name) {
+                self.metrics.forget_frontend(&old.name);
             }
+            tracing::info!(frontend = %old.name, listen = %key.1, protocol = ?key.0, "listener removed; its connections drain");
         }
-        self.apply_vrrp(
-            old_cfg.as_ref().and_then(|c| c.vrrp.clone()),
-            new.vrrp.clone(),
-        )
-        .await;
-        self.cfg = Some(new);
-        self.publish_pool_health(true);
         Ok(())
     }
 
@@ -523,8 +730,16 @@ impl Server {
     }
 
     /// Recomputes each pool's "has a healthy backend" and tells VRRP and the metrics what changed.
-    fn publish_pool_health(&mut self, quiet_first: bool) {
-        for (name, rp) in &self.pools {
+    /// `only`: just these pools (a Service's own), else all.
+    fn publish_pool_health(&mut self, quiet_first: bool, only: Option<&[String]>) {
+        let names: Vec<String> = match only {
+            Some(n) => n.to_vec(),
+            None => self.pools.keys().cloned().collect(),
+        };
+        for name in &names {
+            let Some(rp) = self.pools.get(name) else {
+                continue;
+            };
             let up = rp.pool.has_available();
             let before = self.pool_up.insert(name.clone(), up);
             if before == Some(up) {
@@ -547,7 +762,7 @@ impl Server {
 
     /// Reads the config file again; a bad file leaves everything running as it was.
     pub async fn reload(&mut self) -> Result<(), String> {
-        let Some(path) = self.cfg.as_ref().map(|c| c.path.clone()) else {
+        let Some(path) = self.file.as_ref().map(|c| c.path.clone()) else {
             return Err("no running config".into());
         };
         let result = match config::load(&path) {
@@ -570,7 +785,7 @@ impl Server {
     }
 
     async fn handover(&self) -> String {
-        match (&self.vrrp, &self.cfg) {
+        match (&self.vrrp, &self.file) {
             (Some(v), Some(c)) => {
                 let outcome = v.handover(c.handover_timeout).await;
                 tracing::info!(?outcome, "vrrp handover finished");
@@ -603,7 +818,7 @@ impl Server {
                         let _ = reply.send(r);
                     }
                 },
-                _ = self.health_changed.notified() => self.publish_pool_health(false),
+                _ = self.health_changed.notified() => self.publish_pool_health(false, None),
                 Some(rules) = next_rules(&mut self.services) => self.apply_cluster(rules).await,
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
@@ -620,7 +835,7 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
         }
         let (drain, handover) = self
-            .cfg
+            .file
             .as_ref()
             .map(|c| (c.shutdown_drain, c.handover_timeout))
             .unwrap_or((config::DEFAULT_DRAIN, config::DEFAULT_HANDOVER));
@@ -632,8 +847,9 @@ impl Server {
         for l in self.listeners.values() {
             l.stop.cancel();
         }
-        for p in self.pools.values() {
-            p.checks.cancel();
+        self.checks.stop_all();
+        if let Some(w) = self.state_writer.take() {
+            w.flush().await;
         }
         self.tracker.close();
         let open = self.tracker.len();

@@ -171,7 +171,9 @@ fn send(fe: &Frontend, s: &Session, data: &[u8]) {
     match socket2::SockRef::from(&s.sock).send(data) {
         Ok(n) => {
             fe.metrics.bytes_in.inc_by(n as u64);
-            s.backend.metrics.bytes_out.inc_by(n as u64);
+            if let Some(m) = &s.backend.metrics {
+                m.bytes_out.inc_by(n as u64);
+            }
         }
         Err(e) => {
             // UDP may drop; a full socket buffer or an ICMP error from the backend drops this one.
@@ -213,7 +215,9 @@ async fn replies(
         match r {
             Ok(n) => {
                 s.touch();
-                s.backend.metrics.bytes_in.inc_by(n as u64);
+                if let Some(m) = &s.backend.metrics {
+                    m.bytes_in.inc_by(n as u64);
+                }
                 fe.metrics.bytes_out.inc_by(n as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

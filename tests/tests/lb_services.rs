@@ -361,3 +361,175 @@ fn local_traffic_policy_reaches_only_nodes_with_endpoints_and_excluded_nodes_dro
         (!s.contains("node3") && s.len() == 2).then_some(())
     });
 }
+
+#[test]
+fn dual_stack_and_mixed_protocol_services_answer_on_every_family_and_protocol() {
+    require_root!();
+    let mut lab = Lab::new("svc-dual", &["lb1"]);
+    lab.nodes(&[30080], &[30053], &[]);
+    let _lb1 = lab.keel("lb1", 200);
+    lab.create(&service(
+        "default",
+        "dual",
+        &[("http", "TCP", 80, 30080), ("dns", "UDP", 53, 30053)],
+        "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n",
+        "",
+    ));
+    let ips = lab.wait("dual gets one address per family", SOON, || {
+        let i = lab.ingress("default", "dual");
+        (i.len() == 2).then_some(i)
+    });
+    let v4 = ips.iter().find(|i| !i.contains(':')).cloned().unwrap();
+    let v6 = ips.iter().find(|i| i.contains(':')).cloned().unwrap();
+    assert_eq!(v4, POOL_FIRST);
+    assert!(v6.starts_with("2001:db8:2::10"), "{ips:?}");
+    lab.wait("TCP answers on the IPv4 address", SOON, || lab.tcp(&v4, 80));
+    lab.wait("TCP answers on the IPv6 address", SOON, || lab.tcp(&v6, 80));
+    lab.wait("UDP answers on the IPv4 address", SOON, || lab.udp(&v4, 53));
+    // Each (address, port, protocol) is its own frontend, named for the Service.
+    let m = lab.admin("lb1", "/metrics");
+    for f in [
+        format!("default/dual:80/TCP@{v4}"),
+        format!("default/dual:80/TCP@{v6}"),
+        format!("default/dual:53/UDP@{v4}"),
+    ] {
+        assert!(m.contains(&format!("frontend=\"{f}\"")), "{f} missing");
+    }
+    // Services' backends have no per-backend series (Services x ports x nodes); checks are shared:
+    // the three nodes' kube-proxy healthz serve every port of every Service.
+    assert!(!m.contains("pool=\"default/dual:80/TCP\",backend="), "{m}");
+}
+
+#[test]
+fn a_killed_writer_is_replaced_and_addresses_it_handed_out_stay() {
+    require_root!();
+    let mut lab = Lab::new("svc-writer", &["lb1", "lb2"]);
+    lab.nodes(&[30080, 30081], &[], &[]);
+    let mut lbs = [Some(lab.keel("lb1", 200)), Some(lab.keel("lb2", 100))];
+    lab.create(&service(
+        "default",
+        "first",
+        &[("http", "TCP", 80, 30080)],
+        "",
+        "",
+    ));
+    let first = lab.wait("first gets an address", SOON, || {
+        lab.ingress("default", "first").first().cloned()
+    });
+    let writer = lab.wait("one LB writes", SOON, || {
+        ["lb1", "lb2"].into_iter().position(|lb| {
+            let v: serde_json::Value =
+                serde_json::from_str(&lab.admin(lb, "/services")).unwrap_or_default();
+            v["writer"].as_bool().unwrap_or(false)
+        })
+    });
+    let survivor = ["lb1", "lb2"][1 - writer];
+    // Killed: it cannot give the Lease up; the survivor takes it when it expires (3 s here).
+    if let Some(mut p) = lbs[writer].take() {
+        p.kill();
+    }
+    lab.create(&service(
+        "default",
+        "second",
+        &[("http", "TCP", 81, 30081)],
+        "",
+        "",
+    ));
+    let second = lab.wait("second gets an address from the new writer", SOON, || {
+        lab.ingress("default", "second").first().cloned()
+    });
+    assert_ne!(first, second, "an address was handed out twice");
+    let v: serde_json::Value = serde_json::from_str(&lab.admin(survivor, "/services")).unwrap();
+    assert_eq!(v["writer"], true, "{v}");
+    assert_eq!(lab.ingress("default", "first"), vec![first.clone()]);
+    lab.wait("both answer through the survivor", SOON, || {
+        (lab.tcp(&first, 80).is_some() && lab.tcp(&second, 81).is_some()).then_some(())
+    });
+}
+
+#[test]
+fn a_shrunk_pool_keeps_its_live_address_says_so_and_pool_metrics_count() {
+    require_root!();
+    let mut lab = Lab::new("svc-shrink", &["lb1"]);
+    lab.nodes(&[30080, 30081], &[], &[]);
+    let _lb1 = lab.keel("lb1", 200);
+    lab.create(&service(
+        "default",
+        "old",
+        &[("http", "TCP", 80, 30080)],
+        "",
+        "",
+    ));
+    let ip = lab.wait("old gets an address", SOON, || {
+        lab.ingress("default", "old").first().cloned()
+    });
+    assert_eq!(ip, POOL_FIRST);
+    let pool_lines = || -> Vec<String> {
+        lab.admin("lb1", "/metrics")
+            .lines()
+            .filter(|l| l.starts_with("keel_lb_address_pool_addresses{"))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut last = Vec::new();
+    let counted = (0..100).any(|_| {
+        last = pool_lines();
+        let ok = last
+            .iter()
+            .any(|l| l == "keel_lb_address_pool_addresses{pool=\"default\",state=\"used\"} 1")
+            && last
+                .iter()
+                .any(|l| l == "keel_lb_address_pool_addresses{pool=\"default\",state=\"size\"} 8");
+        if !ok {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(counted, "pool metrics: {last:?}");
+    // The pool shrinks under the live address (reload): it stays, answers, and is reported.
+    let cfg = lab.path("lb1.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let shrunk = text.replace(POOL, "198.18.2.102-198.18.2.103");
+    assert_ne!(text, shrunk);
+    std::fs::write(&cfg, shrunk).unwrap();
+    let out = lab.t.exec(
+        "lb1",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            "POST",
+            "http://127.0.0.1:9100/reload",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    lab.wait("an AddressOutsidePools event", SOON, || {
+        lab.event_reasons("default", "old")
+            .iter()
+            .any(|r| r == "AddressOutsidePools")
+            .then_some(())
+    });
+    assert_eq!(lab.ingress("default", "old"), vec![ip.clone()]);
+    assert!(
+        lab.tcp(&ip, 80).is_some(),
+        "the live address stopped answering"
+    );
+    lab.create(&service(
+        "default",
+        "new",
+        &[("http", "TCP", 81, 30081)],
+        "",
+        "",
+    ));
+    let ip2 = lab.wait("new gets an address of the shrunk pool", SOON, || {
+        lab.ingress("default", "new").first().cloned()
+    });
+    assert_eq!(ip2, "198.18.2.102");
+    lab.wait("pool size follows the reload", SOON, || {
+        lab.admin("lb1", "/metrics")
+            .contains("keel_lb_address_pool_addresses{pool=\"default\",state=\"size\"} 6")
+            .then_some(())
+    });
+}

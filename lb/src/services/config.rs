@@ -203,6 +203,16 @@ impl ServicesConfig {
             Some(c) => self.load_balancer_class.as_deref() == Some(c),
         }
     }
+
+    /// The VRRP router that carries `ip`: its pool's for that family, or, for an address outside
+    /// every pool (a pool shrank under it), the first pool's router of its family, so it stays up.
+    pub fn router_for(&self, ip: IpAddr) -> Option<&str> {
+        self.pools
+            .iter()
+            .find(|p| p.contains(ip))
+            .and_then(|p| p.router_for(ip))
+            .or_else(|| self.pools.iter().find_map(|p| p.router_for(ip)))
+    }
 }
 
 /// A host name as a Lease holder and Event reporter (falls back to "keel-lb").

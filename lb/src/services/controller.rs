@@ -85,13 +85,13 @@ fn unix_now() -> u64 {
 }
 
 /// State shared between the controller's tasks, the server and the admin API.
-/// What the data plane runs now, for the admin API (set by the server after each apply).
+/// What the data plane runs now, for the admin API (updated by the server per Service applied).
 #[derive(Clone, Default)]
 pub struct Applied {
     pub rules: Arc<ClusterRules>,
-    pub problems: Arc<super::rules::Problems>,
-    /// Service pool name → (node name, backend) of the running pool: health is read live.
-    pub backends: BTreeMap<String, Vec<(String, Arc<crate::backend::Backend>)>>,
+    pub problems: super::rules::Problems,
+    /// Service pool name -> the running pool version: backends' health is read live.
+    pub pools: BTreeMap<String, Arc<crate::pool::Pool>>,
 }
 
 pub struct Shared {
@@ -121,8 +121,41 @@ impl Shared {
         lock(&self.applied).clone()
     }
 
-    pub fn set_applied(&self, a: Applied) {
-        *lock(&self.applied) = a;
+    /// Forgets every Service (a full apply publishes them all again).
+    pub fn reset_applied(&self, rules: Arc<ClusterRules>) {
+        *lock(&self.applied) = Applied {
+            rules,
+            ..Applied::default()
+        };
+    }
+
+    /// Replaces what runs for these Services: (key, problems, its pools by name).
+    pub fn update_applied(
+        &self,
+        rules: Arc<ClusterRules>,
+        services: impl Iterator<Item = (String, Vec<String>, Vec<(String, Arc<crate::pool::Pool>)>)>,
+    ) {
+        let mut a = lock(&self.applied);
+        a.rules = rules;
+        for (key, problems, pools) in services {
+            let prefix = format!("{key}:");
+            // A Service's pools are named `<key>:<port>/<proto>`: drop the old ones first.
+            let stale: Vec<String> = a
+                .pools
+                .range(prefix.clone()..)
+                .take_while(|(n, _)| n.starts_with(&prefix))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in stale {
+                a.pools.remove(&n);
+            }
+            a.pools.extend(pools);
+            if problems.is_empty() {
+                a.problems.remove(&key);
+            } else {
+                a.problems.insert(key, problems);
+            }
+        }
     }
 
     fn set_sync(&self, key: &str, ok: bool, message: impl Into<String>) {
@@ -154,6 +187,8 @@ struct Ctx {
     ready: Ready,
     /// A reconcile ran: the Controller's cache has listed.
     reconciled: std::sync::atomic::AtomicBool,
+    /// Services holding an address no pool contains any more (reported once per occurrence).
+    outside: Mutex<HashSet<String>>,
 }
 
 /// The first rules are published only when Services, Nodes and EndpointSlices have all been listed:
@@ -366,40 +401,10 @@ impl Ctx {
         let pool = ips
             .iter()
             .find_map(|ip| view.services.pools.iter().find(|p| p.contains(*ip)));
-        let mut with_router = Vec::new();
-        for ip in ips {
-            let router = view
-                .services
-                .pools
-                .iter()
-                .find(|p| p.contains(*ip))
-                .and_then(|p| p.router_for(*ip))
-                // An address outside every pool (a pool shrank) stays on a router of its family.
-                .or_else(|| view.services.pools.iter().find_map(|p| p.router_for(*ip)))
-                .map(str::to_string);
-            with_router.push((*ip, router));
-            for p in &ports {
-                let l = SocketAddr::new(*ip, p.port);
-                if view.listeners.contains(&(p.protocol.into(), l)) {
-                    problems.push(format!(
-                        "{}/{l} is a frontend of keel-lb's config file; the file wins",
-                        if p.protocol == Proto::TCP {
-                            "TCP"
-                        } else {
-                            "UDP"
-                        }
-                    ));
-                }
-            }
-        }
-        for p in &ports {
-            if p.node_port == 0 {
-                problems.push(format!(
-                    "port {} has no nodePort (allocateLoadBalancerNodePorts: false); it is not served",
-                    p.port
-                ));
-            }
-        }
+        let with_router: Vec<(IpAddr, Option<String>)> = ips
+            .iter()
+            .map(|ip| (*ip, view.services.router_for(*ip).map(str::to_string)))
+            .collect();
         let local = (spec.external_traffic_policy.as_deref() == Some("Local")).then(|| Local {
             health_check_node_port: spec
                 .health_check_node_port
@@ -418,26 +423,32 @@ impl Ctx {
                 "externalTrafficPolicy is Local but the Service has no healthCheckNodePort".into(),
             );
         }
-        (
-            SvcRule {
-                key,
-                ips: with_router,
-                ports,
-                local,
-                proxy_protocol: pool.is_some_and(|p| p.proxy_protocol),
-                balance: pool
-                    .map(|p| p.balance.into())
-                    .unwrap_or(super::rules::BalanceName::RoundRobin),
-            },
-            problems,
-        )
+        let rule = SvcRule {
+            key,
+            ips: with_router,
+            ports,
+            local,
+            proxy_protocol: pool.is_some_and(|p| p.proxy_protocol),
+            balance: pool
+                .map(|p| p.balance.into())
+                .unwrap_or(super::rules::BalanceName::RoundRobin),
+        };
+        // The same words the server logs and /services shows when it renders the rule.
+        problems.extend(super::rules::rule_problems(&rule, &view.listeners));
+        (rule, problems)
     }
 
     /// Puts (or removes) a Service's rule; true when it changed.
     fn set_rule(&self, key: &str, rule: Option<SvcRule>) -> bool {
         let mut r = lock(&self.rules);
         let changed = match rule {
-            Some(rule) => r.services.insert(key.to_string(), rule.clone()) != Some(rule),
+            Some(rule) => match r.services.get(key) {
+                Some(old) if **old == rule => false,
+                _ => {
+                    r.services.insert(key.to_string(), Arc::new(rule));
+                    true
+                }
+            },
             None => r.services.remove(key).is_some(),
         };
         if changed {
@@ -578,10 +589,32 @@ async fn ensure(svc: &Service, ctx: &Ctx, view: &FileView) -> Result<Action, Err
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    // A pool that shrank under a live address never moves or drops it: it is reported, once.
+    let outside: Vec<String> = {
+        let ipam = lock(&ctx.ipam);
+        ips.iter()
+            .filter(|ip| ipam.pool_of(**ip).is_none())
+            .map(IpAddr::to_string)
+            .collect()
+    };
+    if outside.is_empty() {
+        lock(&ctx.outside).remove(&key);
+    } else if lock(&ctx.outside).insert(key.clone()) {
+        ctx.event(
+            svc,
+            true,
+            "AddressOutsidePools",
+            format!(
+                "{} is in no address pool any more (a pool shrank or was removed); it stays with this Service until the Service lets it go",
+                outside.join(",")
+            ),
+        )
+        .await;
+    }
     let (rule, problems) = ctx.rule_for(svc, &ips, view);
     let before = lock(&ctx.rules).services.get(&key).cloned();
     let changing =
-        before.as_ref() != Some(&rule) || ann(svc, ANN_ALLOCATED) != Some(ip_text.as_str());
+        before.as_deref() != Some(&rule) || ann(svc, ANN_ALLOCATED) != Some(ip_text.as_str());
     if changing {
         ctx.event(
             svc,
@@ -678,6 +711,7 @@ async fn cleanup(svc: &Service, ctx: &Ctx, deleting: bool) -> Result<Action, Err
     }
     ctx.set_rule(&key, None);
     lock(&ctx.ipam).release(&key);
+    lock(&ctx.outside).remove(&key);
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     if !deleting {
@@ -837,6 +871,7 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
         seeded: watch::channel(false).0,
         ready: Ready::default(),
         reconciled: std::sync::atomic::AtomicBool::new(false),
+        outside: Mutex::new(HashSet::new()),
     });
 
     // Writer election.
@@ -1050,6 +1085,13 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
                 }
                 let snap = Arc::new(lock(&ctx.rules).clone());
                 ctx.shared.metrics.services.set(snap.services.len() as i64);
+                for (pool, used, size) in lock(&ctx.ipam).usage() {
+                    let m = &ctx.shared.metrics.pool_addresses;
+                    m.with_label_values(&[pool.as_str(), "used"])
+                        .set(used as i64);
+                    m.with_label_values(&[pool.as_str(), "size"])
+                        .set(i64::try_from(size).unwrap_or(i64::MAX));
+                }
                 let same = ctx.shared.rules.borrow().as_deref() == Some(&*snap);
                 if !same {
                     ctx.shared.rules.send_replace(Some(snap));

@@ -2,9 +2,9 @@
 //!
 //! `config` (the `services:` section) → `controller` (kube runtime: Services, Nodes,
 //! EndpointSlices; `leader` elects the one writer; `ipam` chooses addresses) → [`rules::ClusterRules`]
-//! through a watch channel → the server renders them next to the file's frontends
-//! ([`rules::render`]) and applies the result with the same diff as a reload; `state` keeps the last
-//! applied rules on disk so a restart during an API outage still serves.
+//! through a watch channel → the server renders each changed Service next to the file's frontends
+//! ([`rules::render_service`]) and applies only that (a reload or a node change renders all);
+//! `state` keeps the last applied rules on disk so a restart during an API outage still serves.
 
 pub mod config;
 pub mod controller;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +101,8 @@ pub struct NodeAddrs {
 /// Everything the data plane needs from the cluster: persisted as is to the state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRules {
-    pub services: BTreeMap<String, SvcRule>,
+    /// Shared, so a snapshot costs pointers and an unchanged rule compares by address.
+    pub services: BTreeMap<String, Arc<SvcRule>>,
     pub nodes: BTreeMap<String, NodeAddrs>,
 }
 
@@ -171,114 +173,348 @@ fn health_for(rule: &SvcRule, port: &SvcPort, h: &SvcHealth) -> HealthCheck {
     }
 }
 
-/// The file's config with every Service's frontends, pools and VIPs added. Rules that collide with
-/// the file (same protocol and VIP:port) are left out and reported: the file wins.
-pub fn render(
-    file: &Config,
-    rules: &ClusterRules,
-    health: &SvcHealth,
-    timeouts: Timeouts,
-) -> (Config, Problems) {
-    let mut cfg = file.clone();
-    let mut problems: Problems = BTreeMap::new();
-    let taken = file_listeners(file);
-    let mut extra: BTreeMap<String, BTreeSet<(IpAddr, u8)>> = BTreeMap::new();
-    for (key, rule) in &rules.services {
-        let mut report = |m: String| problems.entry(key.clone()).or_default().push(m);
-        for port in &rule.ports {
-            let proto: Protocol = port.protocol.into();
-            if port.node_port == 0 {
-                report(format!(
-                    "port {}/{} has no nodePort (allocateLoadBalancerNodePorts is false); it is not served",
-                    port.port,
+/// One Service's share of the running config: what it adds next to the config file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SvcParts {
+    pub frontends: Vec<Frontend>,
+    pub pools: Vec<Pool>,
+    /// Each VIP with the VRRP router that carries it.
+    pub vips: Vec<(IpAddr, String)>,
+    /// Why some of the Service is not served (the file wins a clash, no nodePort, no such router).
+    pub problems: Vec<String>,
+}
+
+/// What Services may not take and which VRRP routers exist: read from the file once per apply.
+pub struct FileLimits {
+    pub listeners: HashSet<(Protocol, SocketAddr)>,
+    pub routers: HashSet<String>,
+    pub health: SvcHealth,
+    pub timeouts: Timeouts,
+}
+
+impl FileLimits {
+    pub fn of(file: &Config, default_health: SvcHealth) -> FileLimits {
+        FileLimits {
+            listeners: file_listeners(file),
+            routers: file
+                .vrrp
+                .iter()
+                .flat_map(|v| v.routers.iter().map(|r| r.name.clone()))
+                .collect(),
+            health: file
+                .services
+                .as_ref()
+                .map(|s| s.health.clone())
+                .unwrap_or(default_health),
+            timeouts: file.timeouts,
+        }
+    }
+}
+
+/// What in a rule cannot be served whatever the nodes: a port without nodePort, a VIP:port the config
+/// file already listens on (the file wins). The controller reports these as Events, the server logs
+/// them and leaves those parts out.
+pub fn rule_problems(rule: &SvcRule, file: &HashSet<(Protocol, SocketAddr)>) -> Vec<String> {
+    let mut out = Vec::new();
+    for port in &rule.ports {
+        let proto: Protocol = port.protocol.into();
+        if port.node_port == 0 {
+            out.push(format!(
+                "port {}/{} has no nodePort (allocateLoadBalancerNodePorts is false); it is not served",
+                port.port,
+                proto_name(proto)
+            ));
+            continue;
+        }
+        for (ip, _) in &rule.ips {
+            let listen = SocketAddr::new(*ip, port.port);
+            if file.contains(&(proto, listen)) {
+                out.push(format!(
+                    "{}/{listen} is a frontend of keel-lb's config file; the file wins",
                     proto_name(proto)
                 ));
-                continue;
             }
-            let mut fronts = Vec::new();
-            for (ip, _) in &rule.ips {
-                let listen = SocketAddr::new(*ip, port.port);
-                if taken.contains(&(proto, listen)) {
-                    report(format!(
-                        "{}/{listen} is a frontend of keel-lb's config file; the file wins",
-                        proto_name(proto)
-                    ));
+        }
+    }
+    out
+}
+
+/// Renders one Service: a frontend per port and VIP, a pool per port over the eligible nodes'
+/// InternalIP:nodePort. Costs what this Service has (ports x VIPs x nodes), never the others.
+pub fn render_service(
+    key: &str,
+    rule: &SvcRule,
+    nodes: &BTreeMap<String, NodeAddrs>,
+    limits: &FileLimits,
+) -> SvcParts {
+    let mut out = SvcParts {
+        problems: rule_problems(rule, &limits.listeners),
+        ..SvcParts::default()
+    };
+    for port in &rule.ports {
+        let proto: Protocol = port.protocol.into();
+        if port.node_port == 0 {
+            continue;
+        }
+        let fronts: Vec<Frontend> = rule
+            .ips
+            .iter()
+            .map(|(ip, _)| SocketAddr::new(*ip, port.port))
+            .filter(|listen| !limits.listeners.contains(&(proto, *listen)))
+            .map(|listen| Frontend {
+                name: frontend_name(key, port, listen.ip()),
+                listen,
+                protocol: proto,
+                pool: pool_name(key, port),
+                max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+                proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
+                timeouts: limits.timeouts,
+            })
+            .collect();
+        if fronts.is_empty() {
+            continue;
+        }
+        let v4_front = rule.ips.first().is_some_and(|(ip, _)| ip.is_ipv4());
+        let mut backends = Vec::new();
+        for (node, addrs) in nodes {
+            if let Some(l) = &rule.local {
+                if !l.nodes.contains(node) {
                     continue;
                 }
-                fronts.push(Frontend {
-                    name: frontend_name(key, port, *ip),
-                    listen,
-                    protocol: proto,
-                    pool: pool_name(key, port),
-                    max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-                    proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
-                    timeouts,
+            }
+            // Same family first; a full proxy may cross families when a node has only the other.
+            let ip = if v4_front {
+                addrs.v4.or(addrs.v6)
+            } else {
+                addrs.v6.or(addrs.v4)
+            };
+            if let Some(ip) = ip {
+                backends.push(Backend {
+                    addr: SocketAddr::new(ip, port.node_port),
+                    weight: 1,
+                    state: AdminState::Active,
                 });
             }
-            if fronts.is_empty() {
-                continue;
+        }
+        let name = pool_name(key, port);
+        out.pools.push(Pool {
+            name,
+            balance: rule.balance.into(),
+            health: health_for(rule, port, &limits.health),
+            backends,
+        });
+        out.frontends.extend(fronts);
+    }
+    for (ip, router) in &rule.ips {
+        let Some(r) = router else { continue };
+        if limits.routers.contains(r) {
+            out.vips.push((*ip, r.clone()));
+        } else {
+            out.problems
+                .push(format!("{ip}: VRRP router {r:?} is not in the config file"));
+        }
+    }
+    out
+}
+
+/// How many Services hold each VIP, per VRRP router (two Services may share one IP).
+pub type RouterVips = BTreeMap<String, BTreeMap<IpAddr, u32>>;
+
+pub fn count_vips(vips: &mut RouterVips, parts: &SvcParts, add: bool) {
+    for (ip, r) in &parts.vips {
+        let per = vips.entry(r.clone()).or_default();
+        if add {
+            *per.entry(*ip).or_default() += 1;
+        } else if let Some(n) = per.get_mut(ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(ip);
             }
-            let v4_front = rule.ips.first().is_some_and(|(ip, _)| ip.is_ipv4());
-            let mut backends = Vec::new();
-            for (node, addrs) in &rules.nodes {
-                if let Some(l) = &rule.local {
-                    if !l.nodes.contains(node) {
-                        continue;
-                    }
-                }
-                // Same family first; a full proxy may cross families when a node has only the other.
-                let ip = if v4_front {
-                    addrs.v4.or(addrs.v6)
-                } else {
-                    addrs.v6.or(addrs.v4)
-                };
-                if let Some(ip) = ip {
-                    backends.push(Backend {
-                        addr: SocketAddr::new(ip, port.node_port),
-                        weight: 1,
-                        state: AdminState::Active,
-                    });
-                }
-            }
-            let name = pool_name(key, port);
-            cfg.pools.insert(
-                name.clone(),
-                Pool {
-                    name,
-                    balance: rule.balance.into(),
-                    health: health_for(rule, port, health),
-                    backends,
+        }
+    }
+}
+
+/// The file's VRRP config with the Services' VIPs as each router's `excluded_vips` (carried with
+/// mastership, never in adverts, so peers need not agree on them).
+pub fn vrrp_with(
+    file: Option<&keel_vrrp::VrrpConfig>,
+    vips: &RouterVips,
+) -> Option<keel_vrrp::VrrpConfig> {
+    let mut v = file?.clone();
+    for r in &mut v.routers {
+        r.excluded_vips = vips
+            .get(&r.name)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|ip| !r.vips.iter().any(|v| v.addr == **ip))
+            .map(|ip| keel_vrrp::config::Vip {
+                addr: *ip,
+                prefix: if ip.is_ipv4() { 32 } else { 128 },
+            })
+            .collect();
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(listeners: &[(Protocol, &str)], routers: &[&str]) -> FileLimits {
+        FileLimits {
+            listeners: listeners
+                .iter()
+                .map(|(p, a)| (*p, a.parse().unwrap()))
+                .collect(),
+            routers: routers.iter().map(|r| r.to_string()).collect(),
+            health: SvcHealth {
+                cluster: ClusterHealth::KubeProxy,
+                kube_proxy_port: 10256,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 2,
+            },
+            timeouts: Timeouts {
+                connect: Duration::from_secs(5),
+                idle: Duration::from_secs(60),
+                udp_session: Duration::from_secs(60),
+            },
+        }
+    }
+
+    fn nodes() -> BTreeMap<String, NodeAddrs> {
+        [
+            ("n1", Some("198.18.0.21"), Some("2001:db8::21")),
+            ("n2", Some("198.18.0.22"), None),
+            ("n3", None, Some("2001:db8::23")),
+        ]
+        .into_iter()
+        .map(|(n, a, b)| {
+            (
+                n.to_string(),
+                NodeAddrs {
+                    v4: a.map(|x| x.parse().unwrap()),
+                    v6: b.map(|x| x.parse().unwrap()),
                 },
-            );
-            cfg.frontends.extend(fronts);
-        }
-        for (ip, router) in &rule.ips {
-            if let Some(r) = router {
-                let prefix = if ip.is_ipv4() { 32 } else { 128 };
-                extra.entry(r.clone()).or_default().insert((*ip, prefix));
-            }
+            )
+        })
+        .collect()
+    }
+
+    fn rule(ips: &[&str], ports: &[(Proto, u16, u16)]) -> SvcRule {
+        SvcRule {
+            key: "ns/web".into(),
+            ips: ips
+                .iter()
+                .map(|i| (i.parse().unwrap(), Some("vi".to_string())))
+                .collect(),
+            ports: ports
+                .iter()
+                .map(|(p, port, np)| SvcPort {
+                    name: format!("p{port}"),
+                    protocol: *p,
+                    port: *port,
+                    node_port: *np,
+                })
+                .collect(),
+            local: None,
+            proxy_protocol: false,
+            balance: BalanceName::RoundRobin,
         }
     }
-    if let Some(v) = cfg.vrrp.as_mut() {
-        for r in &mut v.routers {
-            if let Some(set) = extra.remove(&r.name) {
-                r.excluded_vips = set
-                    .into_iter()
-                    .filter(|(ip, _)| !r.vips.iter().any(|v| v.addr == *ip))
-                    .map(|(addr, prefix)| keel_vrrp::config::Vip { addr, prefix })
-                    .collect();
-            }
-        }
+
+    #[test]
+    fn a_port_per_vip_becomes_a_frontend_over_every_node_same_family_first() {
+        let r = rule(
+            &["198.18.5.1"],
+            &[(Proto::TCP, 53, 30053), (Proto::UDP, 53, 30054)],
+        );
+        let p = render_service("ns/web", &r, &nodes(), &limits(&[], &["vi"]));
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.frontends.len(), 2);
+        assert_eq!(p.pools.len(), 2);
+        assert_eq!(p.frontends[0].name, "ns/web:53/TCP@198.18.5.1");
+        let addrs: Vec<String> = p.pools[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        // n3 has only IPv6: a full proxy crosses families rather than dropping the node.
+        assert_eq!(
+            addrs,
+            [
+                "198.18.0.21:30053",
+                "198.18.0.22:30053",
+                "[2001:db8::23]:30053"
+            ]
+        );
+        // kube-proxy's healthz speaks for UDP nodePorts.
+        assert_eq!(p.pools[1].health.port, Some(10256));
+        assert_eq!(
+            p.vips,
+            vec![("198.18.5.1".parse().unwrap(), "vi".to_string())]
+        );
     }
-    for (router, ips) in extra {
-        for (ip, _) in ips {
-            problems
-                .entry(format!("vrrp:{router}"))
-                .or_default()
-                .push(format!(
-                    "{ip}: VRRP router {router:?} is not in the config file"
-                ));
-        }
+
+    #[test]
+    fn the_file_wins_and_missing_node_ports_and_routers_are_reported() {
+        let r = rule(
+            &["198.18.5.1"],
+            &[(Proto::TCP, 443, 30443), (Proto::TCP, 80, 0)],
+        );
+        let p = render_service(
+            "ns/web",
+            &r,
+            &nodes(),
+            &limits(&[(Protocol::Tcp, "198.18.5.1:443")], &[]),
+        );
+        assert!(p.frontends.is_empty() && p.pools.is_empty() && p.vips.is_empty());
+        let all = p.problems.join("\n");
+        assert!(all.contains("the file wins"), "{all}");
+        assert!(all.contains("no nodePort"), "{all}");
+        assert!(
+            all.contains("VRRP router \"vi\" is not in the config file"),
+            "{all}"
+        );
     }
-    (cfg, problems)
+
+    #[test]
+    fn local_traffic_policy_keeps_only_nodes_with_endpoints_checked_on_the_health_port() {
+        let mut r = rule(&["198.18.5.1"], &[(Proto::TCP, 80, 30080)]);
+        r.local = Some(Local {
+            health_check_node_port: 32000,
+            nodes: ["n2".to_string()].into(),
+        });
+        let p = render_service("ns/web", &r, &nodes(), &limits(&[], &["vi"]));
+        assert_eq!(p.pools[0].backends.len(), 1);
+        assert_eq!(p.pools[0].backends[0].addr.to_string(), "198.18.0.22:30080");
+        assert_eq!(p.pools[0].health.port, Some(32000));
+        assert_eq!(p.pools[0].health.kind, CheckKind::Http);
+    }
+
+    #[test]
+    fn shared_vips_stay_until_their_last_service_goes() {
+        let l = limits(&[], &["vi"]);
+        let a = render_service(
+            "ns/a",
+            &rule(&["198.18.5.1"], &[(Proto::TCP, 53, 30053)]),
+            &nodes(),
+            &l,
+        );
+        let b = render_service(
+            "ns/b",
+            &rule(&["198.18.5.1"], &[(Proto::UDP, 53, 30054)]),
+            &nodes(),
+            &l,
+        );
+        let mut v = RouterVips::new();
+        count_vips(&mut v, &a, true);
+        count_vips(&mut v, &b, true);
+        count_vips(&mut v, &a, false);
+        assert_eq!(v["vi"].len(), 1);
+        count_vips(&mut v, &b, false);
+        assert!(v["vi"].is_empty());
+    }
 }

@@ -1,7 +1,11 @@
 //! The last applied cluster rules on disk (JSON, written atomically), read at start so keel-lb serves
 //! Services before, or without, reaching the API server.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::rules::ClusterRules;
 
@@ -16,10 +20,16 @@ pub enum StateError {
     },
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct File {
     version: u32,
     rules: ClusterRules,
+}
+
+#[derive(serde::Serialize)]
+struct FileRef<'a> {
+    version: u32,
+    rules: &'a ClusterRules,
 }
 
 const VERSION: u32 = 1;
@@ -53,9 +63,9 @@ pub fn save(path: &Path, rules: &ClusterRules) -> Result<(), StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let body = serde_json::to_vec(&File {
+    let body = serde_json::to_vec(&FileRef {
         version: VERSION,
-        rules: rules.clone(),
+        rules,
     })
     .map_err(|e| io(std::io::Error::other(e)))?;
     let tmp = path.with_extension("tmp");
@@ -63,6 +73,57 @@ pub fn save(path: &Path, rules: &ClusterRules) -> Result<(), StateError> {
     f.write_all(&body).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Keeps the newest rules on disk off the control loop. Writes are coalesced: a burst of changes
+/// costs one write per `COALESCE`, not one per change (each write is the whole set).
+pub struct Writer {
+    tx: watch::Sender<Option<Arc<ClusterRules>>>,
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const COALESCE: Duration = Duration::from_millis(500);
+
+impl Writer {
+    pub fn spawn(path: PathBuf) -> Writer {
+        let (tx, mut rx) = watch::channel::<Option<Arc<ClusterRules>>>(None);
+        let p = path.clone();
+        let task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(rules) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let p = p.clone();
+                match tokio::task::spawn_blocking(move || save(&p, &rules)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "services: rules not kept on disk"),
+                    Err(e) => tracing::error!(error = %e, "services: state writer failed"),
+                }
+                tokio::time::sleep(COALESCE).await;
+            }
+        });
+        Writer { tx, path, task }
+    }
+
+    pub fn save(&self, rules: Arc<ClusterRules>) {
+        self.tx.send_replace(Some(rules));
+    }
+
+    /// Writes the newest rules now (shutdown: a coalesced write may still be pending).
+    pub async fn flush(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let rules = self.tx.borrow().clone();
+        if let Some(rules) = rules {
+            let p = self.path;
+            match tokio::task::spawn_blocking(move || save(&p, &rules)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "services: rules not kept on disk"),
+                Err(e) => tracing::error!(error = %e, "services: state writer failed"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -85,7 +146,7 @@ mod tests {
         );
         r.services.insert(
             "default/web".into(),
-            SvcRule {
+            Arc::new(SvcRule {
                 key: "default/web".into(),
                 ips: vec![("198.18.100.1".parse().unwrap(), Some("vi".into()))],
                 ports: vec![SvcPort {
@@ -97,7 +158,7 @@ mod tests {
                 local: None,
                 proxy_protocol: false,
                 balance: BalanceName::RoundRobin,
-            },
+            }),
         );
         save(&p, &r).unwrap();
         assert_eq!(load(&p).unwrap(), Some(r));

@@ -465,14 +465,17 @@ impl Router {
             .retain(|p| self.cfg.track_interfaces.iter().any(|t| &t.name == p));
         if self.state == State::Master && !self.stopped {
             let (now_owned, was_owned) = (self.cfg.owned_vips(), old.owned_vips());
+            // Sets: a router may carry a thousand Services' VIPs.
+            let now_set: std::collections::HashSet<Vip> = now_owned.iter().copied().collect();
+            let was_set: std::collections::HashSet<Vip> = was_owned.iter().copied().collect();
             let added: Vec<Vip> = now_owned
                 .iter()
-                .filter(|v| !was_owned.contains(v))
+                .filter(|v| !was_set.contains(v))
                 .copied()
                 .collect();
             let removed: Vec<Vip> = was_owned
                 .iter()
-                .filter(|v| !now_owned.contains(v))
+                .filter(|v| !now_set.contains(v))
                 .copied()
                 .collect();
             if !removed.is_empty() {
