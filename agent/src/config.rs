@@ -653,7 +653,7 @@ metrics:
             "agent.yaml:3: cluster.token",
             "agent.yaml:4: cluster.ca_pins[0]",
             "agent.yaml:6: node.name",
-            "agent.yaml:7: node.labels.node-role.kubernetes.io/worker",
+            "agent.yaml:8: node.labels.node-role.kubernetes.io/worker",
             "NodeRestriction",
             "set by the agent itself",
             "node.taints[0].effect",

@@ -260,21 +260,45 @@ fn validate_timeouts(
     diag: &mut Diagnostics,
 ) -> Timeouts {
     let mut t = base;
-    for (name, value, slot) in [
-        ("connect", raw.connect, &mut t.connect),
-        ("idle", raw.idle, &mut t.idle),
-        ("udp_session", raw.udp_session, &mut t.udp_session),
+    for (name, value, slot, min, max) in [
+        ("connect", raw.connect, &mut t.connect, ms(10), mins(5)),
+        ("idle", raw.idle, &mut t.idle, secs(1), hours(168)),
+        (
+            "udp_session",
+            raw.udp_session,
+            &mut t.udp_session,
+            secs(1),
+            hours(1),
+        ),
     ] {
         if let Some(v) = value {
-            if v.0.is_zero() {
-                diag.error(format!("{field}.{name}"), "must be greater than 0");
-            } else {
-                *slot = v.0;
+            if let Some(v) = diag.duration_in(format!("{field}.{name}"), v.0, min, max) {
+                *slot = v;
             }
         }
     }
     t
 }
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const fn mins(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+/// Bounds on what one file may hold: far above any real LB VM's config (the Services' rules come
+/// from the cluster, not the file), low enough that an alias-amplified file cannot exhaust memory.
+pub const MAX_FRONTENDS: usize = 1_000;
+pub const MAX_POOLS: usize = 1_000;
+pub const MAX_BACKENDS_PER_POOL: usize = 1_000;
+pub const MAX_BACKENDS: usize = 10_000;
 
 /// Turns the raw file into the typed model, or reports every problem at once.
 pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
@@ -305,14 +329,32 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         .shutdown
         .as_ref()
         .and_then(|s| s.drain)
-        .map(|d| d.0)
+        .and_then(|d| diag.duration_in("shutdown.drain", d.0, secs(1), hours(1)))
         .unwrap_or(DEFAULT_DRAIN);
     let handover_timeout = raw
         .shutdown
         .as_ref()
         .and_then(|s| s.handover_timeout)
-        .map(|d| d.0)
+        .and_then(|d| diag.duration_in("shutdown.handover_timeout", d.0, ms(100), mins(5)))
         .unwrap_or(DEFAULT_HANDOVER);
+
+    // Counted before anything is built from them.
+    let total_backends: usize = raw.pools.values().map(|p| p.backends.len()).sum();
+    for (field, n, max) in [
+        ("frontends", raw.frontends.len(), MAX_FRONTENDS),
+        ("pools", raw.pools.len(), MAX_POOLS),
+        ("pools", total_backends, MAX_BACKENDS),
+    ] {
+        if n > max {
+            diag.error(
+                field,
+                format!("{n} is more than keel-lb takes from one file ({max}); refusing it"),
+            );
+        }
+    }
+    if !diag.is_empty() {
+        return Err(diag.into_errors());
+    }
 
     // Pools first, so frontends can be checked against them.
     let mut pools = BTreeMap::new();
@@ -329,6 +371,15 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             diag.error(
                 format!("{field}.backends"),
                 "a pool needs at least one backend",
+            );
+        }
+        if rp.backends.len() > MAX_BACKENDS_PER_POOL {
+            diag.error(
+                format!("{field}.backends"),
+                format!(
+                    "{} backends; a pool takes at most {MAX_BACKENDS_PER_POOL}",
+                    rp.backends.len()
+                ),
             );
         }
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -654,17 +705,13 @@ fn validate_health(h: &RawHealth, field: &str, diag: &mut Diagnostics) -> Health
         c.server_name = Some(n.clone());
     }
     if let Some(i) = h.interval {
-        if i.0 < Duration::from_millis(10) {
-            diag.error(format!("{field}.interval"), "must be at least 10ms");
-        } else {
-            c.interval = i.0;
+        if let Some(i) = diag.duration_in(format!("{field}.interval"), i.0, ms(10), hours(1)) {
+            c.interval = i;
         }
     }
     if let Some(t) = h.timeout {
-        if t.0.is_zero() {
-            diag.error(format!("{field}.timeout"), "must be greater than 0");
-        } else {
-            c.timeout = t.0;
+        if let Some(t) = diag.duration_in(format!("{field}.timeout"), t.0, ms(1), mins(1)) {
+            c.timeout = t;
         }
     }
     if c.timeout > c.interval {
@@ -878,5 +925,59 @@ pools:
         .unwrap_err()
         .to_string();
         assert!(e.contains("lb.yaml:6: frontends[0].proxy_protocol"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_and_a_pool_named_twice_are_refused() {
+        let e = check("# nothing yet\n").unwrap_err().to_string();
+        assert!(e.contains("lb.yaml: the file is empty"), "{e}");
+        let e = check(
+            "pools:\n  p:\n    backends: [{address: \"1.2.3.4:80\"}]\n  p:\n    backends: [{address: \"1.2.3.5:80\"}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("lb.yaml:4") && e.contains("duplicate entry with key \"p\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_that_break_everything_are_refused_in_words() {
+        let e = check(
+            "timeouts:\n  idle: 1us\nshutdown:\n  drain: 0s\n  handover_timeout: 87000h\npools:\n  p:\n    backends: [{address: \"1.2.3.4:80\"}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "lb.yaml:2: timeouts.idle: must be between 1s and 168h, not 1us",
+            "lb.yaml:4: shutdown.drain: must be between 1s and 1h, not 0s",
+            "lb.yaml:5: shutdown.handover_timeout: must be between 100ms and 5m, not 87000h",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+    }
+
+    /// An alias-amplified file: a few lines that expand to more backends than one file may hold.
+    #[test]
+    fn object_counts_are_capped_before_anything_is_built() {
+        let mut text = String::from("pools:\n  p0: &p\n    backends:\n");
+        for i in 0..100 {
+            text.push_str(&format!(
+                "      - address: \"198.18.0.{}:{}\"\n",
+                i % 250 + 1,
+                1000 + i
+            ));
+        }
+        for i in 1..120 {
+            text.push_str(&format!("  p{i}: *p\n"));
+        }
+        let e = check(&text).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "pools: 12000 is more than keel-lb takes from one file (10000); refusing it"
+            ),
+            "{e}"
+        );
     }
 }

@@ -765,9 +765,15 @@ impl Server {
         let Some(path) = self.file.as_ref().map(|c| c.path.clone()) else {
             return Err("no running config".into());
         };
-        let result = match config::load(&path) {
-            Ok(c) => self.apply(c).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        // Parsed off the runtime: a big or hostile file must never stall the data plane.
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&p))
+            .await
+            .map_err(|e| format!("loading the config failed: {e}"));
+        let result = match loaded {
+            Ok(Ok(c)) => self.apply(c).await.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         match &result {
             Ok(()) => {

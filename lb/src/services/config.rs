@@ -345,17 +345,42 @@ pub fn validate(
     let lease_duration = raw
         .writer_lease
         .duration
-        .map(|d| d.0)
+        .and_then(|d| {
+            diag.duration_in(
+                format!("{f}.writer_lease.duration"),
+                d.0,
+                Duration::from_secs(2),
+                Duration::from_secs(300),
+            )
+        })
         .unwrap_or(Duration::from_secs(15));
-    if lease_duration < Duration::from_secs(2) || lease_duration > Duration::from_secs(300) {
-        diag.error(
-            format!("{f}.writer_lease.duration"),
-            format!("{lease_duration:?} is not in [2s, 5m]"),
-        );
-    }
 
     let h = &raw.health;
-    let dur = |d: Option<Dur>, def: u64| d.map(|d| d.0).unwrap_or(Duration::from_millis(def));
+    let mut dur = |name: &str, d: Option<Dur>, def: u64, min: Duration, max: Duration| {
+        d.and_then(|d| diag.duration_in(format!("{f}.health.{name}"), d.0, min, max))
+            .unwrap_or(Duration::from_millis(def))
+    };
+    let interval = dur(
+        "interval",
+        h.interval,
+        2000,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let timeout = dur(
+        "timeout",
+        h.timeout,
+        1000,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    let mut count = |name: &str, v: Option<u32>| {
+        v.and_then(|v| diag.count_in(format!("{f}.health.{name}"), u64::from(v), 1, 100))
+            .map(|v| v as u32)
+            .unwrap_or(2)
+    };
+    let rise = count("rise", h.rise);
+    let fall = count("fall", h.fall);
     let health = SvcHealth {
         cluster: h.cluster.unwrap_or(ClusterHealth::KubeProxy),
         kube_proxy_port: match h.kube_proxy_port {
@@ -371,19 +396,16 @@ pub fn validate(
                 }
             },
         },
-        interval: dur(h.interval, 2000),
-        timeout: dur(h.timeout, 1000),
-        rise: h.rise.unwrap_or(2),
-        fall: h.fall.unwrap_or(2),
+        interval,
+        timeout,
+        rise,
+        fall,
     };
-    if health.interval.is_zero() || health.timeout.is_zero() {
+    if health.timeout > health.interval {
         diag.error(
-            format!("{f}.health"),
-            "interval and timeout must be above 0",
+            format!("{f}.health.timeout"),
+            "must not be longer than the interval",
         );
-    }
-    if health.rise == 0 || health.fall == 0 {
-        diag.error(format!("{f}.health"), "rise and fall must be at least 1");
     }
 
     let mut pools: Vec<AddressPool> = Vec::new();
