@@ -99,7 +99,11 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/healthz") => match admin.metrics.vrrp_healthy() {
+            Ok(()) => reply(StatusCode::OK, "ok\n"),
+            // Serving, but without failover: whoever watches this node must know.
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        },
         (&Method::GET, "/services") => match &admin.services {
             Some(s) => {
                 let mut r = reply(StatusCode::OK, services_json(s).to_string());

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub pool_up: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub last_reload_ok: IntGauge,
+    pub vrrp_configured: IntGauge,
+    pub vrrp_running: IntGauge,
 }
 
 #[derive(Clone)]
@@ -191,7 +193,33 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            vrrp_configured: reg(
+                &r,
+                IntGauge::new(
+                    "keel_lb_vrrp_routers_configured",
+                    "VRRP routers the config asks for.",
+                )
+                .expect("static metric definition"),
+            ),
+            vrrp_running: reg(
+                &r,
+                IntGauge::new(
+                    "keel_lb_vrrp_routers_running",
+                    "VRRP routers running (backup or master); below configured while VRRP failed to start, an interface is missing or after a handover.",
+                )
+                .expect("static metric definition"),
+            ),
             registry: r,
+        }
+    }
+
+    /// Whether every configured VRRP router runs (`/healthz` answers 503 otherwise).
+    pub fn vrrp_healthy(&self) -> Result<(), String> {
+        let (want, got) = (self.vrrp_configured.get(), self.vrrp_running.get());
+        if got < want {
+            Err(format!("vrrp: {got} of {want} routers running"))
+        } else {
+            Ok(())
         }
     }
 

@@ -33,6 +33,8 @@ pub enum ApplyError {
         addr: SocketAddr,
         err: std::io::Error,
     },
+    #[error("vrrp: {0}")]
+    Vrrp(String),
 }
 
 type ListenKey = (Protocol, SocketAddr);
@@ -84,6 +86,9 @@ pub struct Server {
     router_vips: RouterVips,
     /// The VRRP config running: the file's plus the Services' VIPs.
     vrrp_cfg: Option<keel_vrrp::VrrpConfig>,
+    /// A failed VRRP start is retried from the control loop at these times.
+    vrrp_backoff: keel_common::Backoff,
+    vrrp_retry_at: Option<tokio::time::Instant>,
     services: Option<Services>,
     state_writer: Option<crate::services::state::Writer>,
     pub metrics: Arc<Metrics>,
@@ -112,6 +117,11 @@ impl Server {
             parts: HashMap::new(),
             router_vips: RouterVips::new(),
             vrrp_cfg: None,
+            vrrp_backoff: keel_common::Backoff::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(30),
+            ),
+            vrrp_retry_at: None,
             services: None,
             state_writer: None,
             metrics,
@@ -229,6 +239,17 @@ impl Server {
         file_changed: bool,
     ) -> Result<(), ApplyError> {
         let limits = FileLimits::of(&file, default_svc_health());
+        // A reload whose VRRP part cannot run (an interface missing) fails before anything changes.
+        // At boot it does not stop serving: the start is retried.
+        if let (true, Some(_), Some(v)) = (file_changed, &self.file, file.vrrp.clone()) {
+            if self.vrrp_cfg.as_ref().map(|c| &c.routers) != Some(&v.routers) {
+                match tokio::task::spawn_blocking(move || keel_vrrp::Vrrp::preflight(&v)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(ApplyError::Vrrp(e.to_string())),
+                    Err(e) => return Err(ApplyError::Vrrp(e.to_string())),
+                }
+            }
+        }
         let mut parts: HashMap<String, SvcParts> = cluster
             .services
             .iter()
@@ -263,7 +284,8 @@ impl Server {
                     self.router_vips = vips;
                     let old_vrrp = self.vrrp_cfg.take();
                     self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
-                    self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+                    let booting = self.file.is_none();
+                    let vrrp = self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
                     if let Some(old) = &self.file {
                         if old.admin != file.admin {
                             tracing::warn!(
@@ -274,7 +296,10 @@ impl Server {
                     self.file = Some(file);
                     self.publish_pool_health(true, None);
                     self.publish_all();
-                    return Ok(());
+                    return match vrrp {
+                        Err(e) if file_changed && !booting => Err(ApplyError::Vrrp(e)),
+                        _ => Ok(()),
+                    };
                 }
                 Err(ApplyError::Bind {
                     frontend,
@@ -393,7 +418,8 @@ impl Server {
             if self.router_vips != vips_before {
                 let old_vrrp = self.vrrp_cfg.take();
                 self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
-                self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+                // Failures are logged (and a failed start retried); the Services' rules stand.
+                let _ = self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
             }
             changed
         };
@@ -458,6 +484,11 @@ impl Server {
                         problems,
                         ..SvcParts::default()
                     };
+                }
+                // apply_delta binds; it has no VRRP part.
+                Err(e @ ApplyError::Vrrp(_)) => {
+                    tracing::error!(service = %key, error = %e, "services: rule not applied");
+                    break;
                 }
             }
         }
@@ -684,21 +715,31 @@ impl Server {
         Ok(())
     }
 
+    /// Starts, reloads or stops VRRP to run `new`. A start that fails is retried with backoff from
+    /// the control loop (keel-lb serves meanwhile, without failover, and says so on /healthz).
     async fn apply_vrrp(
         &mut self,
         old: Option<keel_vrrp::VrrpConfig>,
         new: Option<keel_vrrp::VrrpConfig>,
-    ) {
-        match (self.vrrp.clone(), new) {
+    ) -> Result<(), String> {
+        self.metrics
+            .vrrp_configured
+            .set(new.as_ref().map_or(0, |n| n.routers.len() as i64));
+        let result = match (self.vrrp.clone(), new) {
             (Some(v), Some(n)) => {
                 if old.as_ref() != Some(&n) {
                     match tokio::task::spawn_blocking(move || v.reload(n)).await {
-                        Ok(Ok(())) => tracing::info!("vrrp reloaded"),
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "vrrp reload failed; routers keep their previous config")
+                        Ok(Ok(())) => {
+                            tracing::info!("vrrp reloaded");
+                            Ok(())
                         }
-                        Err(e) => tracing::error!(error = %e, "vrrp reload task failed"),
+                        Ok(Err(e)) => Err(format!(
+                            "reload failed; routers keep their previous config: {e}"
+                        )),
+                        Err(e) => Err(format!("reload task failed: {e}")),
                     }
+                } else {
+                    Ok(())
                 }
             }
             (Some(_), None) => {
@@ -706,6 +747,7 @@ impl Server {
                     tracing::info!("vrrp section removed; stopping virtual routers");
                     stop_vrrp(v).await;
                 }
+                Ok(())
             }
             (None, Some(n)) => {
                 let registry = self.metrics.registry.clone();
@@ -715,18 +757,56 @@ impl Server {
                     Ok(Ok(v)) => {
                         tracing::info!("vrrp started");
                         self.vrrp = Some(Arc::new(v));
+                        self.vrrp_backoff.reset();
+                        self.vrrp_retry_at = None;
                         self.pool_up.clear(); // re-announce every pool's health to the new routers
+                        Ok(())
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "VRRP failed to start; serving WITHOUT virtual-IP failover")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "VRRP start task failed; serving WITHOUT virtual-IP failover")
-                    }
+                    Ok(Err(e)) => Err(format!("failed to start: {e}")),
+                    Err(e) => Err(format!("start task failed: {e}")),
                 }
             }
-            (None, None) => {}
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = &result {
+            if self.vrrp.is_none() && self.vrrp_cfg.is_some() {
+                let wait = self.vrrp_backoff.next_delay();
+                self.vrrp_retry_at = Some(tokio::time::Instant::now() + wait);
+                tracing::error!(error = %e, retry_in = ?wait, "VRRP is not running; serving WITHOUT virtual-IP failover");
+            } else {
+                tracing::error!(error = %e, "vrrp");
+            }
         }
+        self.update_vrrp_gauges();
+        result
+    }
+
+    /// Retries a VRRP start that failed, when its backoff is due; refreshes the routers gauges.
+    async fn vrrp_tick(&mut self) {
+        let due = self
+            .vrrp_retry_at
+            .is_some_and(|t| tokio::time::Instant::now() >= t);
+        if due && self.vrrp.is_none() && self.vrrp_cfg.is_some() {
+            tracing::info!(
+                attempt = self.vrrp_backoff.attempts(),
+                "retrying the VRRP start"
+            );
+            let cfg = self.vrrp_cfg.clone();
+            if self.apply_vrrp(None, cfg).await.is_ok() {
+                self.publish_pool_health(true, None);
+            }
+        }
+        self.update_vrrp_gauges();
+    }
+
+    fn update_vrrp_gauges(&self) {
+        let running = self.vrrp.as_ref().map_or(0, |v| {
+            v.status()
+                .iter()
+                .filter(|r| r.state != keel_vrrp::State::Initialize)
+                .count() as i64
+        });
+        self.metrics.vrrp_running.set(running);
     }
 
     /// Recomputes each pool's "has a healthy backend" and tells VRRP and the metrics what changed.
@@ -808,8 +888,11 @@ impl Server {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         self.metrics.last_reload_ok.set(1);
+        let mut vrrp_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        vrrp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = vrrp_tick.tick() => self.vrrp_tick().await,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
                     let _ = self.reload().await;

@@ -298,3 +298,81 @@ fn a_new_master_announces_again_after_garp_delay_and_then_every_garp_refresh() {
         assert!((got - want).abs() < 0.3, "announcements at {rel:?}");
     }
 }
+
+/// `(status, body)` of keel-lb's admin endpoint in `host`.
+fn admin(lab: &Lab, host: &str, method: &str, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:9100{path}");
+    let o = lab.t.exec(
+        host,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_failed_vrrp_start_is_retried_and_reported_and_a_reload_vrrp_cannot_run_fails_whole() {
+    require_root!();
+    let lab = Lab::new("vrrp-retry", &["lb1"]);
+    // The router's interface does not exist yet: keel-lb serves, without failover, and says so.
+    let on = |iface: &str| routers(&[router("web", 51, 200, VIP4_CIDR, "")]).replace("eth0", iface);
+    let _lb = lab.keel("lb1", &on("vx0"), &[VIP4]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (code, body) = admin(&lab, "lb1", "GET", "/healthz");
+            code == 503 && body.contains("vrrp: 0 of 1 routers running")
+        }),
+        "{}",
+        lab.log("lb1")
+    );
+    let m = lab.metrics("lb1");
+    assert!(m.contains("keel_lb_vrrp_routers_configured 1"), "{m}");
+    assert!(m.contains("keel_lb_vrrp_routers_running 0"), "{m}");
+    // The interface appears: the start is retried (backoff up to 30 s) and the router runs.
+    for cmd in [
+        "ip link add vx0 type veth peer name vx0p",
+        "ip link set vx0p up",
+        "ip link set vx0 up",
+        "ip addr add 198.18.77.1/24 dev vx0",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        assert!(lab.t.exec("lb1", &args).status.success(), "{cmd}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(45), || admin(
+            &lab, "lb1", "GET", "/healthz"
+        )
+        .0 == 200),
+        "{}",
+        lab.log("lb1")
+    );
+    assert!(lab.log("lb1").contains("retrying the VRRP start"));
+    assert!(wait_until(TAKEOVER, || lab.has_vip_on("lb1", "vx0", VIP4)));
+
+    // A reload whose VRRP part cannot run (another missing interface) fails as a whole: 422,
+    // counted, and the new frontend it brings is not listening.
+    lab.write_keel_config("lb1", &on("vx9"), &[VIP4, "198.18.1.101"], "127.0.0.1:9000");
+    let (code, body) = admin(&lab, "lb1", "POST", "/reload");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("vx9"), "{body}");
+    let m = lab.metrics("lb1");
+    assert!(
+        m.contains("keel_lb_reloads_total{result=\"failure\"} 1"),
+        "{m}"
+    );
+    let ss = lab.t.exec("lb1", &["ss", "-ltnH"]);
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(!ss.contains("198.18.1.101:8080"), "{ss}");
+    assert_eq!(admin(&lab, "lb1", "GET", "/healthz").0, 200);
+}

@@ -109,6 +109,12 @@ impl Vrrp {
         }
     }
 
+    /// What `start` or `reload` would fail on, without changing anything: every interface exists and
+    /// a raw VRRP socket opens on it. A reload runs this before it touches the running state.
+    pub fn preflight(cfg: &VrrpConfig) -> Result<(), Error> {
+        open_sockets(cfg).map(drop)
+    }
+
     /// Tracks a pool's health: a pool named in a router's `track` with no healthy backend lowers
     /// that router's priority by the configured weight.
     pub fn set_pool_health(&self, pool: &str, healthy: bool) {

@@ -132,9 +132,11 @@ impl Lab {
     }
 
     pub fn has_vip(&self, host: &str, vip: &str) -> bool {
-        let out = self
-            .t
-            .exec(host, &["ip", "-o", "addr", "show", "dev", "eth0"]);
+        self.has_vip_on(host, "eth0", vip)
+    }
+
+    pub fn has_vip_on(&self, host: &str, dev: &str, vip: &str) -> bool {
+        let out = self.t.exec(host, &["ip", "-o", "addr", "show", "dev", dev]);
         String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
     }
 
