@@ -15,9 +15,10 @@ if [ -x "$src/keel-agent" ]; then
     install -d -m 0700 /var/lib/keel
     case "${2:-}" in
     *agent*.yaml)
+        # Checked before it replaces anything: a bad file never overwrites a good one.
+        /usr/local/bin/keel-agent check --config "$2" || { echo "$2 refused; /etc/keel/agent.yaml unchanged" >&2; exit 1; }
         # The bootstrap token lives in its own file (token_file), readable by root only.
         install -m 0600 "$2" /etc/keel/agent.yaml
-        /usr/local/bin/keel-agent check --config /etc/keel/agent.yaml
         ;;
     esac
     install -m 0644 "$here/keel-agent.service" /etc/systemd/system/keel-agent.service
@@ -27,8 +28,8 @@ if [ -x "$src/keel-lb" ]; then
     install -m 0755 "$src/keel-lb" /usr/local/bin/keel-lb
     case "${2:-}" in
     *lb*.yaml)
+        /usr/local/bin/keel-lb check --config "$2" || { echo "$2 refused; /etc/keel/lb.yaml unchanged" >&2; exit 1; }
         install -m 0644 "$2" /etc/keel/lb.yaml
-        /usr/local/bin/keel-lb check --config /etc/keel/lb.yaml
         ;;
     esac
     install -m 0644 "$here/keel-lb.service" /etc/systemd/system/keel-lb.service

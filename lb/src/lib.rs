@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod frontend;
 pub mod health;

@@ -1,4 +1,4 @@
-//! keel-lb's command line: `run`, `check`, `demo`. Thin: everything lives in the library.
+//! keel-lb's command line: `run`, `check`, `reload`, `demo`. Thin: everything lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,12 @@ enum Cmd {
     },
     /// Validates a config file and prints every error (file:line: field: message).
     Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validates the config file, then asks the running keel-lb (its admin API) to reload it and
+    /// exits non-zero unless the reload succeeded: systemd's ExecReload.
+    Reload {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -90,6 +96,23 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Reload { config } => match keel_lb::config::load(&config) {
+            Ok(c) => match keel_lb::control::reload(&c, std::time::Duration::from_secs(30)) {
+                Ok(answer) => {
+                    println!("{}: {answer}", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keel-lb reload: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("keel-lb reload: not sent; the running config stays");
                 ExitCode::from(1)
             }
         },

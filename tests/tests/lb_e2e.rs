@@ -663,6 +663,53 @@ fn a_bad_reload_keeps_the_old_config_and_is_counted() {
     assert_eq!(ask(lb_addr(port)).unwrap(), "a");
 }
 
+/// `keel-lb reload` (systemd's ExecReload): exit status and output are the reload's real outcome.
+#[test]
+fn the_reload_command_reports_the_real_outcome() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let admin = free_port();
+    let good = config(port, admin, "round_robin", SLOW_TCP, &[(&a, 1)], "");
+    let lb = Lb::start(&good);
+    let run = || {
+        std::process::Command::new(keel_e2e::bin("keel-lb"))
+            .args(["reload", "--config"])
+            .arg(&lb.cfg)
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("reloaded"),
+        "{o:?}"
+    );
+    // A file the running keel-lb refuses (a listener it cannot bind): non-zero, with its reason.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    lb.rewrite(&good.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{busy}")));
+    let o = run();
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("422") && err.contains("cannot listen"),
+        "{err}"
+    );
+    // An invalid file is not even sent.
+    lb.rewrite("# nothing\n");
+    let o = run();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not sent"),
+        "{o:?}"
+    );
+    assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    assert_eq!(
+        metric(&lb.metrics(), "keel_lb_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+}
+
 #[test]
 fn drain_state_takes_no_new_connections_but_keeps_established_ones() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
