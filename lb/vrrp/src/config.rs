@@ -225,6 +225,10 @@ impl VrrpConfig {
 
 const DEFAULT_ADVERT_CS: u16 = 100;
 const DEFAULT_GARP_REPEAT: u32 = 5;
+/// VIPs one advert carries: IPv4 by its one-byte count, IPv6 by the 1280-byte minimum MTU.
+pub const MAX_VIPS_V4: usize = 255;
+pub const MAX_VIPS_V6: usize = (1280 - 40 - 8) / 16;
+
 const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_GARP_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_GARP_REFRESH: Duration = Duration::from_secs(60);
@@ -482,6 +486,24 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
                 ),
             );
         }
+    }
+
+    // One advert lists every VIP: its count is one byte, and an IPv6 advert must fit the minimum
+    // link MTU (1280 bytes: 40 IPv6 + 8 VRRP + 16 per address). The encoder would cut the rest.
+    let max_vips = match family {
+        Family::V4 => MAX_VIPS_V4,
+        Family::V6 => MAX_VIPS_V6,
+    };
+    if vips.len() > max_vips {
+        fail(
+            diag,
+            "vips",
+            format!(
+                "{} VIPs; one {} advert carries at most {max_vips}: split them over routers",
+                vips.len(),
+                family.as_str()
+            ),
+        );
     }
 
     let unicast_src = match r.unicast_src.as_deref() {
@@ -862,6 +884,40 @@ mod tests {
         assert_eq!(ok.routers[0].advert_interval_cs, 4095);
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 41s }\n").is_err());
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 0s }\n").is_err());
+    }
+
+    #[test]
+    fn more_vips_than_one_advert_carries_are_refused() {
+        let list = |n: usize, v6: bool| -> String {
+            (0..n)
+                .map(|i| {
+                    if v6 {
+                        format!("\"2001:db8::{:x}\"", i + 1)
+                    } else {
+                        format!("198.18.{}.{}", i / 250, i % 250 + 1)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let yaml = |n, v6| {
+            format!(
+                "vrrp:\n  routers:\n    - {{ name: a, vrid: 1, interface: e, vips: [{}] }}\n",
+                list(n, v6)
+            )
+        };
+        assert!(check(&yaml(255, false)).is_ok());
+        let e = check(&yaml(256, false)).unwrap_err().to_string();
+        assert!(
+            e.contains("256 VIPs; one ipv4 advert carries at most 255"),
+            "{e}"
+        );
+        assert!(check(&yaml(77, true)).is_ok());
+        let e = check(&yaml(78, true)).unwrap_err().to_string();
+        assert!(
+            e.contains("78 VIPs; one ipv6 advert carries at most 77"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub(crate) struct Driver {
     failed_pools: BTreeMap<String, bool>,
     handover: Option<oneshot::Sender<HandoverOutcome>>,
     status: Arc<Mutex<Vec<RouterStatus>>>,
-    pkt_tx: mpsc::UnboundedSender<(SockKey, Received)>,
+    pkt_tx: mpsc::Sender<(SockKey, Received)>,
 }
 
 /// Body of the VRRP thread.
@@ -130,7 +130,9 @@ pub(crate) fn run(
                 return;
             }
         };
-        let (pkt_tx, pkt_rx) = mpsc::unbounded_channel();
+        // Bounded: a flood faster than the routers can judge packets is dropped and counted at the
+        // socket, never queued without limit.
+        let (pkt_tx, pkt_rx) = mpsc::channel(RECEIVE_QUEUE);
         let mut d = Driver {
             slots: Vec::new(),
             sockets: BTreeMap::new(),
@@ -171,7 +173,12 @@ impl Driver {
                 .map_err(|e| format!("socket: {}", e.into_parts().1))?;
             let fd = Arc::new(fd);
             self.sockets.insert(key.clone(), fd.clone());
-            tokio::spawn(read_loop(key, fd, self.pkt_tx.clone()));
+            let dropped = self.metrics.packet_errors.with_label_values(&[
+                key.0.as_str(),
+                key.1.as_str(),
+                "queue_full",
+            ]);
+            tokio::spawn(read_loop(key, fd, self.pkt_tx.clone(), dropped));
         }
         Ok(())
     }
@@ -243,7 +250,7 @@ impl Driver {
     async fn event_loop(
         &mut self,
         mut cmds: mpsc::UnboundedReceiver<Command>,
-        mut pkts: mpsc::UnboundedReceiver<(SockKey, Received)>,
+        mut pkts: mpsc::Receiver<(SockKey, Received)>,
     ) {
         let mut next_link_poll = Instant::now() + LINK_POLL;
         loop {
@@ -694,10 +701,14 @@ impl Driver {
     }
 }
 
+/// Packets waiting for the router thread; beyond this a flood is dropped (counted as `queue_full`).
+const RECEIVE_QUEUE: usize = 1024;
+
 async fn read_loop(
     key: SockKey,
     fd: Arc<AsyncFd<VrrpSocket>>,
-    tx: mpsc::UnboundedSender<(SockKey, Received)>,
+    tx: mpsc::Sender<(SockKey, Received)>,
+    dropped: prometheus::IntCounter,
 ) {
     loop {
         let mut guard = match fd.readable().await {
@@ -710,11 +721,11 @@ async fn read_loop(
         // Bounded batch per wake-up so one flood cannot starve timers.
         for _ in 0..64 {
             match guard.get_inner().recv() {
-                Ok(Some(rx)) => {
-                    if tx.send((key.clone(), rx)).is_err() {
-                        return;
-                    }
-                }
+                Ok(Some(rx)) => match tx.try_send((key.clone(), rx)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => dropped.inc(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
                 Ok(None) => {
                     guard.clear_ready();
                     break;
