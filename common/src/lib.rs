@@ -1,9 +1,11 @@
 //! What keel-lb and keel-agent share, and nothing else: config diagnostics that name file, line and
-//! field; human durations (`100ms`, `5s`); a jittered exponential backoff.
+//! field; human durations (`100ms`, `5s`); a jittered exponential backoff; HTTP serving with
+//! connection and time limits.
 
 pub mod backoff;
 pub mod config;
 pub mod duration;
+pub mod http;
 
 pub use backoff::Backoff;
 pub use config::{ConfigError, ConfigErrors, Diagnostics, Source};

@@ -2,7 +2,6 @@
 //! POST endpoints require `Authorization: Bearer <token>` when `admin.token_file` is set (the file is
 //! read per request, so the token can be rotated without a restart).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,27 +29,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves the admin API with the shared limits: at most 64 connections (idle ones cannot take the
+/// fds health checks and the data plane need), bounded header reads, backoff on accept errors.
 pub async fn serve(listener: TcpListener, admin: Admin) {
-    loop {
-        let (sock, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(sock), svc)
-                .await;
-        });
-    }
+    keel_common::http::serve_plain(
+        listener,
+        keel_common::http::Limits::default(),
+        tokio_util::sync::CancellationToken::new(),
+        move |req| {
+            let admin = admin.clone();
+            async move { route(&admin, req).await }
+        },
+    )
+    .await
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -43,6 +43,18 @@ pub enum TlsSetupError {
     Cert { path: String, err: String },
 }
 
+impl CheckError {
+    /// The check could not run for a reason on this host (no fd, no memory, no buffer), not because
+    /// of the backend.
+    pub fn is_local(&self) -> bool {
+        let io = match self {
+            CheckError::Connect(e) | CheckError::Tls(e) | CheckError::Io(e) => e,
+            _ => return false,
+        };
+        crate::frontend::local_exhaustion(io)
+    }
+}
+
 /// Builds the TLS client for https checks: trust exactly the configured CA.
 pub fn tls_connector(cfg: &HealthCheck) -> Result<TlsConnector, TlsSetupError> {
     let path = cfg.ca_file.as_ref().ok_or(TlsSetupError::NoCa)?;
@@ -232,6 +244,12 @@ async fn run(t: Arc<Target>, cfg: HealthCheck, tls: Option<TlsConnector>) {
             };
         let took = started.elapsed().as_secs_f64();
         if let Err(e) = &result {
+            // Out of fds or memory here says nothing about the backend: never mark it down for it
+            // (with VRRP tracking that would give the VIP away).
+            if e.is_local() {
+                tracing::warn!(target = %addr, error = %e, "health check could not run (local resources); result ignored");
+                continue;
+            }
             tracing::debug!(target = %addr, error = %e, "health check failed");
         }
         // Collected first: a backend's rise/fall may wake the control loop, which may subscribe.
@@ -458,6 +476,15 @@ mod tests {
         let mut c = cfg(CheckKind::Http, "/livez");
         c.expect_status = 500;
         check_once(&c, addr, None).await.unwrap();
+    }
+
+    #[test]
+    fn running_out_of_fds_is_not_the_backends_fault() {
+        let e = CheckError::Connect(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(e.is_local());
+        let e = CheckError::Connect(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(!e.is_local());
+        assert!(!CheckError::Timeout(Duration::from_secs(1)).is_local());
     }
 
     #[tokio::test]

@@ -1033,6 +1033,45 @@ fn running_out_of_file_descriptors_is_survived_without_spinning() {
     assert!(lb.child_alive());
 }
 
+/// Idle clients of the admin API cannot take the fds health checks need: with a low fd limit and
+/// hundreds of idle admin connections, a healthy backend stays up and traffic flows.
+#[test]
+fn idle_admin_connections_never_mark_a_healthy_backend_down() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let admin = free_port();
+    let lb = Lb::start_limited(
+        &config(port, admin, "round_robin", FAST_TCP, &[(&a, 1)], ""),
+        Some(200),
+    );
+    assert!(wait_until(T, || ask(lb_addr(port)).is_ok()));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect_timeout(&admin_addr, Duration::from_millis(50)) {
+            idle.push(s);
+        }
+    }
+    // Several check intervals (100 ms, fall 2) with the idle connections held.
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        assert_eq!(ask(lb_addr(port)).unwrap(), "a");
+    }
+    drop(idle);
+    let m = lb.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "keel_lb_backend_up{backend=\"127.0.0.1:PORT\",pool=\"p\"}"
+                .replace("PORT", &a.addr.port().to_string())
+                .as_str()
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(!lb.log().contains("backend down"), "{}", lb.log());
+}
+
 #[test]
 fn admin_post_endpoints_require_the_bearer_token() {
     let a = Backend::start("a");
