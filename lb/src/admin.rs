@@ -1,9 +1,9 @@
-//! The admin listener (HTTP/1.1): `GET /metrics`, `GET /healthz`, `POST /reload`, `POST /handover`.
-//! POST endpoints require `Authorization: Bearer <token>` when `admin.token_file` is set (the file is
-//! read per request, so the token can be rotated without a restart).
+//! The admin listener (HTTP/1.1): `GET /metrics`, `GET /healthz`, `GET /services`, and control:
+//! `POST /reload`, `POST /handover`, `POST /resume`. Control requires `Authorization: Bearer <token>`
+//! when a token is configured (read per request, so it can be rotated without a restart), and a
+//! config without one may only listen on loopback. The `metrics:` listener serves the reads only.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +22,9 @@ pub struct Admin {
     /// The Services provider's state (None without a `services:` section).
     pub services: Option<Arc<crate::services::controller::Shared>>,
     pub commands: mpsc::Sender<Command>,
-    pub token_file: Option<PathBuf>,
+    pub token: Option<crate::config::Token>,
+    /// Control endpoints (reload, handover, resume) served here; false on the metrics listener.
+    pub control: bool,
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -52,11 +54,10 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 /// The refusal to send, if the request lacks the admin token.
 fn refuse(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-    let path = admin.token_file.as_ref()?;
-    let token = match std::fs::read_to_string(path) {
+    let token = match admin.token.as_ref()?.read() {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "cannot read admin token file");
+            tracing::error!(error = %e, "cannot read the admin token");
             return Some(reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "admin token unavailable\n",
@@ -80,6 +81,13 @@ fn refuse(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>
 }
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !admin.control && matches!(path, "/reload" | "/handover" | "/resume") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "control endpoints are on the admin listener, not the metrics listener\n",
+        );
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut r = reply(StatusCode::OK, admin.metrics.encode());
@@ -138,12 +146,26 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             }
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/handover" | "/services") => {
+        (&Method::POST, "/resume") => {
+            if let Some(r) = refuse(admin, &req) {
+                return r;
+            }
+            let (tx, rx) = oneshot::channel();
+            if admin.commands.send(Command::Resume(tx)).await.is_err() {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match rx.await {
+                Ok(Ok(())) => reply(StatusCode::OK, "vrrp running again\n"),
+                Ok(Err(e)) => reply(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/reload" | "/handover" | "/resume" | "/services") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /services, POST /reload, POST /handover\n",
+            "not found: try /metrics, /healthz, /services, POST /reload, POST /handover, POST /resume\n",
         ),
     }
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetricsListener>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub shutdown: Option<RawShutdown>,
@@ -33,6 +34,16 @@ pub struct RawFile {
 pub struct RawAdmin {
     pub listen: String,
     pub token_file: Option<PathBuf>,
+    /// A systemd credential (`LoadCredential=NAME:...`), read from `$CREDENTIALS_DIRECTORY/NAME`.
+    pub token_credential: Option<String>,
+}
+
+/// A read-only listener (`/metrics`, `/healthz`, `/services`) to expose to Prometheus, apart from
+/// the admin listener's control endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsListener {
+    pub listen: String,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -144,6 +155,8 @@ pub enum CheckKind {
 pub struct Config {
     pub path: PathBuf,
     pub admin: Option<Admin>,
+    /// Read-only endpoints on their own listener (`metrics:`).
+    pub metrics_listen: Option<SocketAddr>,
     pub shutdown_drain: Duration,
     /// How long SIGTERM waits for a VRRP peer to take the VIPs over before releasing them anyway.
     pub handover_timeout: Duration,
@@ -159,7 +172,36 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
-    pub token_file: Option<PathBuf>,
+    pub token: Option<Token>,
+}
+
+/// Where the admin bearer token is read from (per request, so it can be rotated).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Token {
+    File(PathBuf),
+    /// A systemd credential's name: works with `DynamicUser=`, which cannot read root's files.
+    Credential(String),
+}
+
+impl Token {
+    pub fn path(&self) -> Result<PathBuf, String> {
+        match self {
+            Token::File(p) => Ok(p.clone()),
+            Token::Credential(name) => std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join(name))
+                .ok_or_else(|| {
+                    format!("admin token credential {name:?}: CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={name}:...)")
+                }),
+        }
+    }
+
+    /// The token, trimmed; an error names the file.
+    pub fn read(&self) -> Result<String, String> {
+        let p = self.path()?;
+        std::fs::read_to_string(&p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("reading the admin token {}: {e}", p.display()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,10 +350,45 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         let listen = parse_addr(&a.listen)
             .map_err(|e| diag.error("admin.listen", e))
             .ok()?;
-        Some(Admin {
-            listen,
-            token_file: a.token_file.clone(),
-        })
+        let token = match (&a.token_file, &a.token_credential) {
+            (Some(_), Some(_)) => {
+                diag.error(
+                    "admin.token_credential",
+                    "give token_file or token_credential, not both",
+                );
+                None
+            }
+            (Some(f), None) => Some(Token::File(f.clone())),
+            (None, Some(c)) if c.is_empty() || c.contains('/') => {
+                diag.error(
+                    "admin.token_credential",
+                    format!("{c:?} is not a credential name"),
+                );
+                None
+            }
+            (None, Some(c)) => Some(Token::Credential(c.clone())),
+            (None, None) => None,
+        };
+        // Control (reload, handover) reachable from the network without a token is an open door.
+        if token.is_none() && !listen.ip().is_loopback() {
+            diag.error(
+                "admin.listen",
+                format!("{listen} is reachable beyond this host: set admin.token_file or admin.token_credential, or listen on loopback (expose metrics with a metrics: listener)"),
+            );
+        }
+        Some(Admin { listen, token })
+    });
+    let metrics_listen = raw.metrics.as_ref().and_then(|m| {
+        let a = parse_addr(&m.listen)
+            .map_err(|e| diag.error("metrics.listen", e))
+            .ok()?;
+        if admin.as_ref().is_some_and(|ad| ad.listen == a) {
+            diag.error(
+                "metrics.listen",
+                format!("{a} is the admin listener; the metrics listener needs its own"),
+            );
+        }
+        Some(a)
     });
 
     let defaults = validate_timeouts(
@@ -447,6 +524,12 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                         format!("{a} is the admin listener"),
                     );
                 }
+                if rf.protocol == Protocol::Tcp && metrics_listen == Some(a) {
+                    diag.error(
+                        format!("{field}.listen"),
+                        format!("{a} is the metrics listener"),
+                    );
+                }
                 Some(a)
             }
             Err(e) => {
@@ -550,6 +633,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
     diag.finish(Config {
         path: src.path.clone(),
         admin,
+        metrics_listen,
         shutdown_drain,
         handover_timeout,
         frontends,
@@ -752,14 +836,21 @@ impl Config {
                 w.push(format!("{what}: {} does not exist (yet)", p.display()));
             }
         };
-        if let Some(t) = self.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-            file("admin.token_file".into(), t);
+        let mut unset = None;
+        match self.admin.as_ref().and_then(|a| a.token.as_ref()) {
+            Some(Token::File(t)) => file("admin.token_file".into(), t),
+            Some(t @ Token::Credential(_)) => match t.path() {
+                Ok(p) => file("admin.token_credential".into(), &p),
+                Err(e) => unset = Some(e),
+            },
+            None => {}
         }
         for (name, p) in &self.pools {
             if let Some(ca) = &p.health.ca_file {
                 file(format!("pools.{name}.health.ca_file"), ca);
             }
         }
+        w.extend(unset);
         w
     }
 
@@ -977,6 +1068,36 @@ pools:
             e.contains(
                 "pools: 12000 is more than keel-lb takes from one file (10000); refusing it"
             ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn control_beyond_loopback_needs_a_token() {
+        let pools = "pools:\n  p:\n    backends: [{address: \"1.2.3.4:80\"}]\n";
+        let e = check(&format!("admin:\n  listen: 0.0.0.0:9100\n{pools}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lb.yaml:2: admin.listen: 0.0.0.0:9100 is reachable beyond this host"),
+            "{e}"
+        );
+        let c = check(&format!(
+            "admin:\n  listen: 0.0.0.0:9100\n  token_credential: admin-token\nmetrics:\n  listen: 0.0.0.0:9090\n{pools}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.admin.unwrap().token,
+            Some(Token::Credential("admin-token".into()))
+        );
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        let e = check(&format!(
+            "admin:\n  listen: 127.0.0.1:9100\n  token_file: /x\n  token_credential: y\nmetrics:\n  listen: 127.0.0.1:9100\n{pools}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("not both") && e.contains("is the admin listener"),
             "{e}"
         );
     }

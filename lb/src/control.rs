@@ -13,8 +13,8 @@ pub enum ControlError {
         "the config has no admin listener: send SIGHUP instead (systemctl kill -s HUP keel-lb)"
     )]
     NoAdmin,
-    #[error("reading the admin token {path}: {err}")]
-    Token { path: String, err: std::io::Error },
+    #[error("{0}")]
+    Token(String),
     #[error("admin API at {addr}: {err}")]
     Io {
         addr: SocketAddr,
@@ -43,16 +43,8 @@ fn reach(listen: SocketAddr) -> SocketAddr {
 /// `POST /reload` to the running keel-lb that `cfg` describes; its answer on success.
 pub fn reload(cfg: &Config, timeout: Duration) -> Result<String, ControlError> {
     let admin = cfg.admin.as_ref().ok_or(ControlError::NoAdmin)?;
-    let token = match &admin.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|err| ControlError::Token {
-                    path: p.display().to_string(),
-                    err,
-                })?
-                .trim()
-                .to_string(),
-        ),
+    let token = match &admin.token {
+        Some(t) => Some(t.read().map_err(ControlError::Token)?),
         None => None,
     };
     let addr = reach(admin.listen);

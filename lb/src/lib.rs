@@ -25,21 +25,34 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let metrics = Arc::new(metrics::Metrics::new());
     let admin_cfg = cfg.admin.clone();
+    let metrics_listen = cfg.metrics_listen;
     let server = server::Server::start(cfg, metrics.clone()).await?;
     let services = server.services_shared();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let base = admin::Admin {
+        metrics,
+        services,
+        commands: tx,
+        token: admin_cfg.as_ref().and_then(|a| a.token.clone()),
+        control: true,
+    };
     if let Some(a) = admin_cfg {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("admin listener {}", a.listen))?;
-        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, /services, POST /reload, POST /handover)");
+        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, /services, POST /reload, POST /handover, POST /resume)");
+        tokio::spawn(admin::serve(l, base.clone()));
+    }
+    if let Some(listen) = metrics_listen {
+        let l = admin::bind(listen)
+            .await
+            .with_context(|| format!("metrics listener {listen}"))?;
+        tracing::info!(%listen, "metrics listening (/metrics, /healthz, /services; no control)");
         tokio::spawn(admin::serve(
             l,
             admin::Admin {
-                metrics,
-                services,
-                commands: tx,
-                token_file: a.token_file,
+                control: false,
+                ..base
             },
         ));
     }

@@ -22,6 +22,8 @@ use crate::{health, listener, udp};
 pub enum Command {
     Reload(oneshot::Sender<Result<(), String>>),
     Handover(oneshot::Sender<String>),
+    /// After a handover: start the routers again (they stay stopped until then).
+    Resume(oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -874,11 +876,30 @@ impl Server {
         match (&self.vrrp, &self.file) {
             (Some(v), Some(c)) => {
                 let outcome = v.handover(c.handover_timeout).await;
-                tracing::info!(?outcome, "vrrp handover finished");
+                tracing::info!(
+                    ?outcome,
+                    "vrrp handover finished; POST /resume starts the routers again"
+                );
+                self.update_vrrp_gauges();
                 format!("{outcome:?}")
             }
             _ => "vrrp is not running".into(),
         }
+    }
+
+    /// Starts the routers again after a handover stopped them (a fresh VRRP with the running config).
+    async fn resume(&mut self) -> Result<(), String> {
+        if self.vrrp_cfg.is_none() {
+            return Err("no vrrp section: nothing to resume".into());
+        }
+        if let Some(v) = self.vrrp.take() {
+            stop_vrrp(v).await;
+        }
+        let cfg = self.vrrp_cfg.clone();
+        self.apply_vrrp(None, cfg).await?;
+        self.publish_pool_health(true, None);
+        tracing::info!("vrrp resumed after a handover");
+        Ok(())
     }
 
     /// The control loop: signals, admin commands, health changes; returns after graceful shutdown.
@@ -904,6 +925,10 @@ impl Server {
                     }
                     Command::Handover(reply) => {
                         let r = self.handover().await;
+                        let _ = reply.send(r);
+                    }
+                    Command::Resume(reply) => {
+                        let r = self.resume().await;
                         let _ = reply.send(r);
                     }
                 },

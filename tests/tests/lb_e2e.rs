@@ -158,6 +158,14 @@ impl Lb {
 
     /// Starts keel-lb with at most `nofile` file descriptors.
     fn start_limited(yaml: &str, nofile: Option<u64>) -> Lb {
+        Lb::start_with(yaml, nofile, &[])
+    }
+
+    fn start_env(yaml: &str, env: &[(&str, &str)]) -> Lb {
+        Lb::start_with(yaml, None, env)
+    }
+
+    fn start_with(yaml: &str, nofile: Option<u64>, env: &[(&str, &str)]) -> Lb {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("lb.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -186,6 +194,7 @@ impl Lb {
                 })
             };
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .args(["run", "--workers", "2", "--config"])
             .arg(&cfg)
@@ -1105,6 +1114,36 @@ fn admin_post_endpoints_require_the_bearer_token() {
     // Reading stays open to Prometheus.
     assert_eq!(http(lb.admin, "GET", "/metrics").unwrap().0, 200);
     assert_eq!(http(lb.admin, "GET", "/reload").unwrap().0, 405);
+}
+
+/// The `metrics:` listener serves reads to Prometheus and never control; a token can come from a
+/// systemd credential.
+#[test]
+fn the_metrics_listener_serves_reads_only_and_tokens_come_from_credentials() {
+    let a = Backend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "from-systemd\n").unwrap();
+    let (port, admin, metrics) = (free_port(), free_port(), free_port());
+    let yaml = config(port, admin, "round_robin", SLOW_TCP, &[(&a, 1)], "").replacen(
+        "\nshutdown:",
+        &format!(
+            "\n  token_credential: admin-token\nmetrics:\n  listen: 127.0.0.1:{metrics}\nshutdown:"
+        ),
+        1,
+    );
+    let lb = Lb::start_env(
+        &yaml,
+        &[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())],
+    );
+    let m = SocketAddr::from(([127, 0, 0, 1], metrics));
+    assert_eq!(http(m, "GET", "/metrics").unwrap().0, 200);
+    assert_eq!(http(m, "GET", "/healthz").unwrap().0, 200);
+    let auth = "Authorization: Bearer from-systemd\r\n";
+    for path in ["/reload", "/handover", "/resume"] {
+        assert_eq!(http_with(m, "POST", path, auth).unwrap().0, 404, "{path}");
+    }
+    assert_eq!(http(lb.admin, "POST", "/reload").unwrap().0, 401);
+    assert_eq!(http_with(lb.admin, "POST", "/reload", auth).unwrap().0, 200);
 }
 
 #[test]

@@ -376,3 +376,35 @@ fn a_failed_vrrp_start_is_retried_and_reported_and_a_reload_vrrp_cannot_run_fail
     assert!(!ss.contains("198.18.1.101:8080"), "{ss}");
     assert_eq!(admin(&lab, "lb1", "GET", "/healthz").0, 200);
 }
+
+#[test]
+fn after_a_handover_the_routers_stay_stopped_until_resumed() {
+    require_root!();
+    let lab = Lab::new("vrrp-resume", LBS);
+    let cfg = |p: u8| routers(&[router("web", 52, p, VIP4_CIDR, "")]);
+    let _lb1 = lab.keel("lb1", &cfg(200), &[VIP4]);
+    let _lb2 = lab.keel("lb2", &cfg(100), &[VIP4]);
+    assert!(lab.wait_owner(VIP4, "lb1", LBS, TAKEOVER));
+    let (code, body) = admin(&lab, "lb1", "POST", "/handover");
+    assert_eq!(code, 200, "{body}");
+    assert!(lab.wait_owner(VIP4, "lb2", LBS, TAKEOVER));
+    // Stopped routers: serving, without failover, and /healthz says so.
+    assert!(wait_until(Duration::from_secs(3), || {
+        let (code, body) = admin(&lab, "lb1", "GET", "/healthz");
+        (code, body.trim()) == (503, "vrrp: 0 of 1 routers running")
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.has_vip("lb2", VIP4),
+        "lb1 came back without being asked"
+    );
+    // Resumed: lb1 runs again and, with the higher priority, takes the VIP back.
+    let (code, body) = admin(&lab, "lb1", "POST", "/resume");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        lab.wait_owner(VIP4, "lb1", LBS, TAKEOVER),
+        "{}",
+        lab.log("lb1")
+    );
+    assert_eq!(admin(&lab, "lb1", "GET", "/healthz").0, 200);
+}
