@@ -36,10 +36,29 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!("skipped: this test builds network namespaces and needs root");
-            return;
+            $crate::skip!("this test builds network namespaces and needs root");
         }
     };
+}
+
+/// Leaves a test that cannot run on this machine, saying why. With `KEEL_TESTS_STRICT=1` (CI sets
+/// it) it fails instead: libtest shows an early return as `ok`, and a missing tool or privilege
+/// must never pass for a test that ran.
+#[macro_export]
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        let why = format!($($arg)*);
+        if $crate::strict() {
+            panic!("cannot run here, and KEEL_TESTS_STRICT=1 forbids skipping: {why}");
+        }
+        eprintln!("skipped: {why}");
+        return;
+    }};
+}
+
+/// Whether skipping is forbidden (`KEEL_TESTS_STRICT=1`).
+pub fn strict() -> bool {
+    std::env::var_os("KEEL_TESTS_STRICT").is_some_and(|v| v == "1")
 }
 
 /// Whether an external program (haproxy, keepalived, tshark, ...) is on PATH.

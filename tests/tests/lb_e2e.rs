@@ -886,8 +886,7 @@ fn sigterm_stops_accepting_drains_and_exits_zero() {
 #[test]
 fn metrics_pass_promtool_check() {
     if !keel_e2e::have("promtool") {
-        eprintln!("skipped: promtool not installed");
-        return;
+        keel_e2e::skip!("promtool not installed");
     }
     let a = Backend::start("a");
     let port = free_port();
@@ -934,8 +933,7 @@ fn metrics_pass_promtool_check() {
 #[test]
 fn proxy_v2_header_is_accepted_by_haproxy() {
     if !keel_e2e::have("haproxy") {
-        eprintln!("skipped: haproxy not installed");
-        return;
+        keel_e2e::skip!("haproxy not installed");
     }
     let dir = tempfile::tempdir().unwrap();
     let hport = free_port();

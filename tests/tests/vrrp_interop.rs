@@ -18,8 +18,7 @@ const TAKEOVER: Duration = Duration::from_secs(8);
 fn keepalived_and_keel_elect_by_priority_and_hand_over_to_each_other() {
     require_root!();
     if !have("keepalived") {
-        eprintln!("skipped: keepalived is not installed");
-        return;
+        keel_e2e::skip!("keepalived is not installed");
     }
     let lab = Lab::new("vrrp-ka", LBS);
     // keepalived higher: it wins; stopped, keel takes over; back, it preempts keel.
@@ -88,8 +87,7 @@ fn keepalived_and_keel_elect_by_priority_and_hand_over_to_each_other() {
 fn tshark_decodes_keel_adverts_as_valid_vrrpv3_with_good_checksums() {
     require_root!();
     if !have("tshark") || !have("tcpdump") {
-        eprintln!("skipped: tshark/tcpdump not installed");
-        return;
+        keel_e2e::skip!("tshark/tcpdump not installed");
     }
     let lab = Lab::new("vrrp-tshark", &["lb1"]);
     let cfg = routers(&[

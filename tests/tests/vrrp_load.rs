@@ -20,8 +20,7 @@ fn transitions(lab: &Lab, host: &str) -> f64 {
 fn a_saturated_data_plane_causes_no_vrrp_transition_at_50ms_adverts() {
     require_root!();
     if !keel_e2e::have("wrk") || !keel_e2e::have("nginx") {
-        eprintln!("skipped: wrk and nginx are needed");
-        return;
+        keel_e2e::skip!("wrk and nginx are needed");
     }
     let mut lab = Lab::new("vrrp-load", LBS);
     lab.add_host("backend");

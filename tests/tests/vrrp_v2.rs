@@ -21,6 +21,10 @@ fn keepalived_missing() -> bool {
     if have("keepalived") {
         return false;
     }
+    assert!(
+        !keel_e2e::strict(),
+        "cannot run here, and KEEL_TESTS_STRICT=1 forbids skipping: keepalived is not installed"
+    );
     eprintln!("skipped: keepalived is not installed");
     true
 }
@@ -276,8 +280,7 @@ fn a_v2_advert_with_another_interval_is_dropped_and_counted() {
 fn tshark_decodes_keel_v2_adverts_with_good_checksums_and_the_password() {
     require_root!();
     if !have("tshark") || !have("tcpdump") {
-        eprintln!("skipped: tshark/tcpdump not installed");
-        return;
+        keel_e2e::skip!("tshark/tcpdump not installed");
     }
     let lab = Lab::new("vrrp2-tshark", &["lb1"]);
     let _lb1 = lab.keel(

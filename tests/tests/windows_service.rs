@@ -9,8 +9,7 @@ use std::process::Command;
 fn windows_agent_installs_starts_and_stops_as_a_service_under_wine() {
     let wine = std::path::Path::new("/usr/lib/wine/wine64").exists() || keel_e2e::have("wine64");
     if !wine || !keel_e2e::have("x86_64-w64-mingw32-gcc") {
-        eprintln!("skipped: wine64 or MinGW not installed");
-        return;
+        keel_e2e::skip!("wine64 or MinGW not installed");
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/windows-service.sh");
     let out = Command::new("timeout")

@@ -9,8 +9,7 @@ use std::process::Command;
 fn windows_agent_runs_version_check_and_a_health_pass_with_metrics_served_under_wine() {
     let wine = std::path::Path::new("/usr/lib/wine/wine64").exists() || keel_e2e::have("wine64");
     if !wine || !keel_e2e::have("x86_64-w64-mingw32-gcc") {
-        eprintln!("skipped: wine64 or MinGW not installed");
-        return;
+        keel_e2e::skip!("wine64 or MinGW not installed");
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/windows-smoke.sh");
     let out = Command::new("bash")
