@@ -385,6 +385,19 @@ fn after_a_handover_the_routers_stay_stopped_until_resumed() {
     let _lb1 = lab.keel("lb1", &cfg(200), &[VIP4]);
     let _lb2 = lab.keel("lb2", &cfg(100), &[VIP4]);
     assert!(lab.wait_owner(VIP4, "lb1", LBS, TAKEOVER));
+    // Every drop reason is exported from the start, at zero, so rate() and alerts work at once.
+    let m = lab.metrics("lb1");
+    for kind in [
+        "bad_checksum",
+        "heal_rate_limited",
+        "queue_full",
+        "unknown_peer",
+    ] {
+        let line = format!(
+            "keel_vrrp_packet_errors_total{{family=\"ipv4\",interface=\"eth0\",kind=\"{kind}\"}} 0"
+        );
+        assert!(m.contains(&line), "{line} missing");
+    }
     let (code, body) = admin(&lab, "lb1", "POST", "/handover");
     assert_eq!(code, 200, "{body}");
     assert!(lab.wait_owner(VIP4, "lb2", LBS, TAKEOVER));

@@ -57,6 +57,8 @@ pub struct RouterFile {
     pub family: Option<String>,
     pub priority: Option<i64>,
     pub advert_interval: Option<Dur>,
+    /// The longest advertisement interval learned from a master (v3; default 3 x advert_interval).
+    pub max_learned_interval: Option<Dur>,
     pub preempt: Option<bool>,
     pub preempt_delay: Option<Dur>,
     #[serde(default)]
@@ -158,6 +160,9 @@ pub struct RouterConfig {
     /// Advertisement interval in centiseconds (1-4095), the unit on the v3 wire; in v2 a whole
     /// number of seconds (100-25500).
     pub advert_interval_cs: u16,
+    /// The longest Master_Adver_Interval a backup learns from an advert (centiseconds): a spoofed
+    /// advert with 40.95 s must not keep us from taking over for minutes.
+    pub max_learned_interval_cs: u16,
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub vips: Vec<Vip>,
@@ -411,6 +416,26 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
             }
         }
     };
+    let max_learned_interval_cs = match r.max_learned_interval {
+        None => advert_interval_cs.saturating_mul(3).min(4095),
+        Some(d) => {
+            let us = d.0.as_micros();
+            let own = u128::from(advert_interval_cs) * 10_000;
+            if us < own || us > 40_950_000 || us % 10_000 != 0 {
+                fail(
+                    diag,
+                    "max_learned_interval",
+                    format!(
+                        "{d} must be a multiple of 10ms between the advert_interval ({}) and 40.95s",
+                        keel_common::duration::format(Duration::from_micros(own as u64))
+                    ),
+                );
+                advert_interval_cs.saturating_mul(3).min(4095)
+            } else {
+                (us / 10_000) as u16
+            }
+        }
+    };
     let preempt_delay = match r.preempt_delay {
         None => Duration::ZERO,
         Some(d) if d.0 <= Duration::from_secs(3600) => d.0,
@@ -644,6 +669,7 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
         family,
         priority,
         advert_interval_cs,
+        max_learned_interval_cs,
         preempt: r.preempt.unwrap_or(true),
         preempt_delay,
         vips,
@@ -884,6 +910,18 @@ mod tests {
         assert_eq!(ok.routers[0].advert_interval_cs, 4095);
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 41s }\n").is_err());
         assert!(check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 0s }\n").is_err());
+    }
+
+    #[test]
+    fn the_learned_interval_is_bounded_by_default_and_by_config() {
+        let c = check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 100ms }\n").unwrap();
+        assert_eq!(c.routers[0].max_learned_interval_cs, 30);
+        let c = check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 100ms, max_learned_interval: 2s }\n").unwrap();
+        assert_eq!(c.routers[0].max_learned_interval_cs, 200);
+        let e = check("vrrp:\n  routers:\n    - { name: a, vrid: 1, interface: e, vips: [198.18.0.1], advert_interval: 1s, max_learned_interval: 500ms }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_learned_interval"), "{e}");
     }
 
     #[test]

@@ -173,6 +173,18 @@ impl Driver {
                 .map_err(|e| format!("socket: {}", e.into_parts().1))?;
             let fd = Arc::new(fd);
             self.sockets.insert(key.clone(), fd.clone());
+            // Every kind starts at zero, so rate() and alerts work before the first drop.
+            for kind in PACKET_ERROR_KINDS
+                .iter()
+                .copied()
+                .chain(crate::fsm::Ignored::ALL.iter().map(|i| i.kind()))
+            {
+                self.metrics.packet_errors.with_label_values(&[
+                    key.0.as_str(),
+                    key.1.as_str(),
+                    kind,
+                ]);
+            }
             let dropped = self.metrics.packet_errors.with_label_values(&[
                 key.0.as_str(),
                 key.1.as_str(),
@@ -700,6 +712,22 @@ impl Driver {
         }
     }
 }
+
+/// Drop reasons counted before a router is found (decode, IP header, peers, auth, queue).
+const PACKET_ERROR_KINDS: &[&str] = &[
+    "truncated",
+    "bad_version",
+    "bad_type",
+    "address_count",
+    "bad_checksum",
+    "zero_interval",
+    "family_mismatch",
+    "bad_ip_header",
+    "bad_ttl",
+    "auth",
+    "unknown_peer",
+    "queue_full",
+];
 
 /// Packets waiting for the router thread; beyond this a flood is dropped (counted as `queue_full`).
 const RECEIVE_QUEUE: usize = 1024;

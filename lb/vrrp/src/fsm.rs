@@ -82,6 +82,9 @@ pub enum Ignored {
     Stopped,
     /// VRRPv2: the advert's interval is not ours (RFC 3768 §7.1 says discard; keepalived drops).
     IntervalMismatch,
+    /// A lower-priority master's advert inside the same advert interval as the last one we
+    /// answered: not answered again (rate limit).
+    HealLimited,
 }
 
 impl Ignored {
@@ -92,8 +95,19 @@ impl Ignored {
             Ignored::OwnAdvert => "own_advert",
             Ignored::Stopped => "stopped",
             Ignored::IntervalMismatch => "interval_mismatch",
+            Ignored::HealLimited => "heal_rate_limited",
         }
     }
+
+    /// Every kind, so counters can start at zero.
+    pub const ALL: [Ignored; 6] = [
+        Ignored::WrongVrid,
+        Ignored::AddressMismatch,
+        Ignored::OwnAdvert,
+        Ignored::Stopped,
+        Ignored::IntervalMismatch,
+        Ignored::HealLimited,
+    ];
 }
 
 /// How a handover ended, per router.
@@ -132,6 +146,8 @@ pub struct Router {
     link_up: bool,
     handover: Option<HandoverState>,
     stopped: bool,
+    /// When a lower-priority master was last answered (the heal reply is rate-limited).
+    last_heal: Option<Instant>,
 }
 
 impl Router {
@@ -153,6 +169,7 @@ impl Router {
             link_up: true,
             handover: None,
             stopped: false,
+            last_heal: None,
         }
     }
 
@@ -307,7 +324,15 @@ impl Router {
                     out.push(Action::SendAdvert { priority: mine });
                 } else {
                     // Another master with lower priority (a healed partition): assert ourselves
-                    // now, and announce so clients that followed it come back.
+                    // now, and announce so clients that followed it come back. At most once per
+                    // advert interval: a flood of low adverts must not turn us into an amplifier.
+                    if self
+                        .last_heal
+                        .is_some_and(|t| now < t + cs(self.cfg.advert_interval_cs))
+                    {
+                        return Err(Ignored::HealLimited);
+                    }
+                    self.last_heal = Some(now);
                     self.send_advert(now, &mut out);
                     self.start_announcing(now, &mut out);
                 }
@@ -516,7 +541,8 @@ impl Router {
     /// (and a different interval never gets here).
     fn learn_interval(&mut self, cs: u16) {
         if self.cfg.version == Version::V3 {
-            self.master_adver_int = cs;
+            // Bounded: one spoofed advert must not buy minutes of mastership.
+            self.master_adver_int = cs.min(self.cfg.max_learned_interval_cs.max(1));
         }
     }
 
@@ -632,6 +658,7 @@ mod tests {
             family: Family::V4,
             priority,
             advert_interval_cs: 100,
+            max_learned_interval_cs: 300,
             preempt: true,
             preempt_delay: Duration::ZERO,
             vips: vec![Vip {
@@ -1069,6 +1096,45 @@ mod tests {
         let mut r = Router::new(c, ip(3));
         r.set_pool_health(lan.now, "a", false);
         assert_eq!(r.priority(), 1);
+    }
+
+    /// A spoofed priority-255 advert claiming 40.95 s intervals keeps a backup out for at most
+    /// 3 x Max_Learned_Interval (+ skew), not two minutes.
+    #[test]
+    fn a_learned_interval_is_bounded() {
+        let mut r = Router::new(cfg(200), ip(2));
+        let t = Instant::now();
+        r.start(t);
+        let mut spoof = advert(&r, 255);
+        spoof.max_adver_int = 4095;
+        r.handle_advert(t, ip(9), &spoof).unwrap();
+        assert_eq!(r.master_adver_interval(), Duration::from_secs(3));
+        let down = r.poll_timeout().unwrap() - t;
+        assert!(down <= Duration::from_secs(10), "{down:?}");
+    }
+
+    /// A master answers a lower-priority master at most once per advert interval.
+    #[test]
+    fn the_heal_reply_to_lower_masters_is_rate_limited() {
+        let mut r = Router::new(cfg(255), ip(1));
+        let t = Instant::now();
+        r.start(t);
+        assert_eq!(r.state(), State::Master);
+        let low = advert(&r, 100);
+        let first = r.handle_advert(t, ip(2), &low).unwrap();
+        assert!(first.contains(&Action::SendAdvert { priority: 255 }));
+        let mut limited = 0;
+        for i in 1..100u64 {
+            let at = t + Duration::from_micros(i * 100);
+            if r.handle_advert(at, ip(2), &low) == Err(Ignored::HealLimited) {
+                limited += 1;
+            }
+        }
+        assert_eq!(limited, 99);
+        let later = r
+            .handle_advert(t + Duration::from_secs(1), ip(2), &low)
+            .unwrap();
+        assert!(later.contains(&Action::SendAdvert { priority: 255 }));
     }
 
     #[test]
