@@ -1272,6 +1272,12 @@ fn create_token(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     crate::validation::validate_options("CreateOptions", &ctx.q, false)?;
     let req = parse_body(ctx)?;
     let store = ctx.state.store();
+    let pod = req
+        .pointer("/spec/boundObjectRef/name")
+        .and_then(|n| n.as_str())
+        .zip(resources::find("", "v1", "pods"))
+        .and_then(|(n, pods)| store.get(pods, &t.ns, n));
+    noderestriction::admit_token(&ctx.user, &t.name, &req, pod)?;
     let out = crate::serviceaccounts::token_request(
         &ctx.state.tokens.issued,
         &store,

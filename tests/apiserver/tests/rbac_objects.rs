@@ -36,13 +36,15 @@ impl Id {
             .srv
             .issue_client_cert(cn, groups, Duration::from_secs(3600))
             .unwrap();
+        // curl reads `--cert file:password`: no colons in file names.
+        let file = cn.replace(':', "_");
         let (c, k) = (
-            env.path(&format!("{cn}.crt")),
-            env.path(&format!("{cn}.key")),
+            env.path(&format!("{file}.crt")),
+            env.path(&format!("{file}.key")),
         );
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
-        let kubeconfig = env.path(&format!("{cn}.kubeconfig"));
+        let kubeconfig = env.path(&format!("{file}.kubeconfig"));
         env.srv
             .write_cert_kubeconfig(&kubeconfig, cn, groups)
             .unwrap();
@@ -1052,6 +1054,58 @@ async fn service_account_tokens_authenticate_as_the_service_account() {
         .await);
     let (code, _) = call(&env, &lb, "GET", "/api", None).await;
     assert_eq!(code, 401);
+    // A kubelet's TokenRequests: only for pods bound to it, bound to the pod (Node authorizer and
+    // NodeRestriction).
+    ok(&env.kubectl(&["create", "sa", "app", "-n", "default"]).await);
+    let mut pod = ready_pod("web", "n1", json!({"app": "web"}));
+    pod["spec"]["serviceAccountName"] = json!("app");
+    env.srv.put("/api/v1/namespaces/default/pods/web", pod);
+    let pod_uid = env.srv.get("/api/v1/namespaces/default/pods/web").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = "/api/v1/namespaces/default/serviceaccounts/app/token";
+    let tr = |bound: Value| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"audiences": [], "expirationSeconds": 3607, "boundObjectRef": bound}})
+    };
+    let n1 = Id::cert(&env, "system:node:n1", &["system:nodes"]);
+    let n2 = Id::cert(&env, "system:node:n2", &["system:nodes"]);
+    let (code, out) = call(&env, &n1, "POST", path, Some((JSON, &tr(Value::Null)))).await;
+    assert_eq!(code, 403, "{out}");
+    assert!(
+        out.contains("node requested token not bound to a pod"),
+        "{out}"
+    );
+    let bound = json!({"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": pod_uid});
+    let (code, out) = call(&env, &n2, "POST", path, Some((JSON, &tr(bound.clone())))).await;
+    assert_eq!(code, 403, "{out}");
+    let (code, out) = call(&env, &n1, "POST", path, Some((JSON, &tr(bound)))).await;
+    assert_eq!(code, 201, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let app = Id::token(
+        &env,
+        "app.kubeconfig",
+        v["status"]["token"].as_str().unwrap(),
+    );
+    let (code, out) = call(
+        &env,
+        &app,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some((
+            JSON,
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+        )),
+    )
+    .await;
+    assert_eq!(code, 201, "{out}");
+    assert!(out.contains("system:serviceaccount:default:app"), "{out}");
+    // A bound token dies with its pod.
+    assert!(env.srv.delete("/api/v1/namespaces/default/pods/web"));
+    let (code, _) = call(&env, &app, "GET", "/api", None).await;
+    assert_eq!(code, 401);
+
     // The default service account comes back when deleted.
     ok(&env
         .kubectl(&["delete", "sa", "default", "-n", "team"])
