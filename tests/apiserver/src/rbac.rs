@@ -593,11 +593,11 @@ pub fn visit_rules_for(
     visit: &mut dyn FnMut(&Source, &PolicyRule) -> bool,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    let fixed_in = |ns: &str| -> Vec<BindingRef> {
+    let fixed_in = |ns: &str| -> Vec<&'static BindingRef> {
         fixed()
             .iter()
             .filter(|(b, _)| b.namespace == ns)
-            .map(|(b, _)| b.clone())
+            .map(|(b, _)| b)
             .collect()
     };
     let mut scopes = vec![(fixed_in(""), stored(store, "clusterrolebindings", None))];
@@ -608,7 +608,7 @@ pub fn visit_rules_for(
         ));
     }
     for (fixed_bindings, stored_bindings) in scopes {
-        for b in fixed_bindings.iter().chain(&stored_bindings) {
+        for b in fixed_bindings.into_iter().chain(&stored_bindings) {
             let Some(subject) = b.subjects.iter().find(|s| s.applies_to(user, &b.namespace)) else {
                 continue;
             };
