@@ -1,5 +1,5 @@
-//! Authentication (anonymous, bearer tokens, bootstrap tokens, client certificates) and
-//! authorization (the RBAC bindings a kubeadm cluster has, plus the Node authorizer's rules).
+//! Authentication (anonymous, bearer tokens, service-account tokens, bootstrap tokens, client
+//! certificates) and the authorizer chain (Node authorizer, RBAC over fixed data and stored objects).
 
 use crate::clock;
 use crate::resources::find;
@@ -23,7 +23,7 @@ impl User {
         }
     }
 
-    fn authenticated(name: &str, groups: Vec<String>) -> User {
+    pub(crate) fn authenticated(name: &str, groups: Vec<String>) -> User {
         let mut groups = groups;
         if !groups.iter().any(|g| g == "system:authenticated") {
             groups.push("system:authenticated".into());
@@ -53,6 +53,8 @@ pub const PRIVILEGED_USER: &str = "system:serviceaccount:kube-system:keel-taint-
 pub struct Tokens {
     pub admin: String,
     pub privileged: String,
+    /// Service-account tokens from TokenRequests (serviceaccounts.rs).
+    pub issued: crate::serviceaccounts::Issued,
 }
 
 fn bootstrap_token_valid_format(t: &str) -> Option<(&str, &str)> {
@@ -154,6 +156,9 @@ pub fn authenticate(
             ],
         ));
     }
+    if let Some(r) = tokens.issued.authenticate(token, store) {
+        return r;
+    }
     if let Some((id, secret)) = bootstrap_token_valid_format(token) {
         let secrets = find("", "v1", "secrets").ok_or_else(ApiError::unauthorized)?;
         let s = store
@@ -237,7 +242,7 @@ impl Attrs {
 /// The authorizer chain of a kubeadm API server (`--authorization-mode=Node,RBAC` behind the
 /// `system:masters` privileged-group authorizer), as `union.go` combines them: the first allow
 /// wins with its reason; otherwise the non-empty "no opinion" reasons joined by newlines.
-/// `store` is what the Node authorizer's graph is computed from.
+/// `store` holds the RBAC objects and is what the Node authorizer's graph is computed from.
 pub fn decide(user: &User, a: &Attrs, store: &Store, node_selectors: bool) -> (bool, String) {
     if user.in_group("system:masters") {
         return (true, String::new());
@@ -250,8 +255,10 @@ pub fn decide(user: &User, a: &Attrs, store: &Store, node_selectors: bool) -> (b
             Err(_) => {}
         }
     }
-    if let Some(reason) = crate::rbac::authorize(user, a) {
-        return (true, reason);
+    match crate::rbac::authorize(user, a, store) {
+        Ok(reason) => return (true, reason),
+        Err(r) if !r.is_empty() => reasons.push(r),
+        Err(_) => {}
     }
     (false, reasons.join("\n"))
 }
@@ -269,15 +276,14 @@ pub fn authorize_in(
     }
 }
 
-/// [`authorize_in`] for checks that never involve the Node authorizer's graph (the CSR
-/// approver's SubjectAccessReviews).
-pub fn authorize(user: &User, a: &Attrs) -> Result<(), String> {
-    authorize_in(user, a, &Store::new(), true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chain over an empty store: the fixed RBAC data and the Node authorizer's rules.
+    fn authorize(user: &User, a: &Attrs) -> Result<(), String> {
+        authorize_in(user, a, &Store::new(), true)
+    }
 
     fn attrs(verb: &str, group: &str, res: &str, sub: &str, ns: &str, name: &str) -> Attrs {
         Attrs {

@@ -177,7 +177,7 @@ pub fn validate_kubelet_client(info: &pki::CsrInfo, usages: &[String]) -> Result
     Ok(())
 }
 
-fn sar_allows(csr: &Value, subresource: &str) -> bool {
+fn sar_allows(store: &Store, csr: &Value, subresource: &str) -> bool {
     let user = User {
         name: csr
             .pointer("/spec/username")
@@ -203,7 +203,7 @@ fn sar_allows(csr: &Value, subresource: &str) -> bool {
         subresource: subresource.into(),
         ..Default::default()
     };
-    auth::authorize(&user, &a).is_ok()
+    auth::authorize_in(&user, &a, store, true).is_ok()
 }
 
 /// The CSR approver then the signer, for one CSR.
@@ -248,10 +248,10 @@ pub fn csr_controllers(store: &mut Store, ca: &Ca, settings: &Settings, name: &s
                             .and_then(|v| v.as_str())
                             .unwrap_or("");
                         let msg = if username == info.common_name
-                            && sar_allows(&csr, "selfnodeclient")
+                            && sar_allows(store, &csr, "selfnodeclient")
                         {
                             Some("Auto approving self kubelet client certificate after SubjectAccessReview.")
-                        } else if sar_allows(&csr, "nodeclient") {
+                        } else if sar_allows(store, &csr, "nodeclient") {
                             Some("Auto approving kubelet client certificate after SubjectAccessReview.")
                         } else {
                             None

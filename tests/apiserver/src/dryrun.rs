@@ -25,6 +25,8 @@ impl State {
             tokens: crate::auth::Tokens {
                 admin: self.tokens.admin.clone(),
                 privileged: self.tokens.privileged.clone(),
+                // Tokens a dry run issues authenticate nowhere.
+                issued: Default::default(),
             },
             faults: crate::Faults::default(),
             log: Mutex::new(Vec::new()),

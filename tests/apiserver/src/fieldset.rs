@@ -40,6 +40,8 @@ pub fn list_kind(names: &[String]) -> ListKind {
             ListKind::Map(&[("mountPath", None)])
         }
         ["spec", "ports"] => ListKind::Map(&[("port", None), ("protocol", Some("TCP"))]),
+        // ServiceAccount.secrets (`+listType=map`, `+listMapKey=name`).
+        ["secrets"] => ListKind::Map(NAME),
         _ => ListKind::Atomic,
     }
 }

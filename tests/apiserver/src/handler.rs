@@ -472,10 +472,15 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         ctx
     };
     let r = match verb.as_str() {
+        // Create-only subresources (their REST storage implements nothing else).
+        v if matches!(t.sub.as_str(), "eviction" | "token") && v != "create" => {
+            Err(ApiError::method_not_allowed())
+        }
         "get" => get(ctx, &t),
         "list" => list(ctx, &t),
         "watch" => start_watch(ctx, &t),
         "create" if t.sub == "eviction" => evict(ctx, &t),
+        "create" if t.sub == "token" => create_token(ctx, &t),
         "create" if t.name.is_empty() => create(ctx, &t),
         "update" => update(ctx, &t),
         "patch" => patch_object(ctx, &t),
@@ -766,6 +771,7 @@ fn prepare_create(def: &ResourceDef, user: &User, obj: &mut Value) {
         }
         _ => {}
     }
+    crate::strategy::defaults(def, obj);
     if let Some(s) = obj.get("status") {
         if s.as_object().is_some_and(|m| m.is_empty())
             && def.resource != "certificatesigningrequests"
@@ -969,6 +975,7 @@ fn commit_update(
     }
     let mut merged = apply_subresource(def, &t.sub, old, new)?;
     merged = with_type(def, merged);
+    crate::strategy::defaults(def, &mut merged);
     merged["metadata"]["name"] = json!(t.name);
     match fields {
         Fields::Track => crate::apply::track_update(
@@ -1258,6 +1265,27 @@ fn delete_collection(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> 
         200,
         &json!({"kind": t.def.list_kind(), "apiVersion": t.def.api_version(), "metadata": {"resourceVersion": rv}, "items": items}),
     ))
+}
+
+/// `serviceaccounts/token` (serviceaccounts.rs): 201 with the TokenRequest and its token.
+fn create_token(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
+    crate::validation::validate_options("CreateOptions", &ctx.q, false)?;
+    let req = parse_body(ctx)?;
+    let store = ctx.state.store();
+    let pod = req
+        .pointer("/spec/boundObjectRef/name")
+        .and_then(|n| n.as_str())
+        .zip(resources::find("", "v1", "pods"))
+        .and_then(|(n, pods)| store.get(pods, &t.ns, n));
+    noderestriction::admit_token(&ctx.user, &t.name, &req, pod)?;
+    let out = crate::serviceaccounts::token_request(
+        &ctx.state.tokens.issued,
+        &store,
+        &t.ns,
+        &t.name,
+        req,
+    )?;
+    Ok(json_response(201, &out))
 }
 
 /// `pods/eviction` (pkg/registry/core/pod/storage/eviction.go).

@@ -1,14 +1,22 @@
 //! keel-test-apiserver: a Kubernetes API server for tests, faithful to upstream on what Keel uses:
-//! real TLS, authentication (anonymous, bearer, bootstrap tokens, client certificates), RBAC-like
-//! authorization with the Node authorizer and NodeRestriction, cluster-info with JWS signatures,
+//! real TLS, authentication (anonymous, bearer, bootstrap and service-account tokens, client
+//! certificates), RBAC with the Node authorizer and NodeRestriction, cluster-info with JWS signatures,
 //! CSR approval and signing, watches with bookmarks, evictions with PDBs, and fault injection.
 //!
 //! Where it deviates from upstream (know these before relying on the server in a test):
-//! - authorization is kubeadm's RBAC bindings as fixed data (rbac.rs; no RBAC objects are served)
-//!   plus the Node authorizer with `AuthorizeNodeWithSelectors` (nodeauthz.rs); its graph is read
-//!   from pods (bound pods and the secrets, configmaps, PVCs and service accounts they reference),
-//!   so no PVs, ResourceClaims, VolumeAttachments or ResourceSlices; SelfSubjectReview has no
-//!   `extra` (upstream adds a credential-id for certificates and service-account tokens);
+//! - RBAC grants the union of kubeadm's roles and bindings, kept as fixed data (rbac.rs; bindings may
+//!   name those roles but they are not listed as objects, and no other bootstrap role such as
+//!   `view`/`edit`/`admin` exists) and the stored `rbac.authorization.k8s.io/v1` objects; no
+//!   aggregated ClusterRoles (`aggregationRule` is stored, never filled in) and no escalation or
+//!   `bind` checks on writes of roles and bindings;
+//! - service-account tokens (TokenRequest, `kubectl create token`) are opaque random strings the
+//!   server remembers, not signed JWTs, so they are good for this server only and lost when it
+//!   exits; no token Secrets (`kubernetes.io/service-account-token`) are filled in, and
+//!   `--service-account-extend-token-expiration` does not apply;
+//! - the Node authorizer (`AuthorizeNodeWithSelectors`, nodeauthz.rs) reads its graph from pods
+//!   (bound pods and the secrets, configmaps, PVCs and service accounts they reference), so no PVs,
+//!   ResourceClaims, VolumeAttachments or ResourceSlices; SelfSubjectReview has no `extra`
+//!   (upstream adds a credential-id for certificates and service-account tokens);
 //! - pods without finalizers are deleted at once (no graceful deletion; a pod that finalizers keep
 //!   gets `deletionGracePeriodSeconds: 0`); a PDB's expected count is its matching pods;
 //! - no garbage collector: `propagationPolicy` adds no `orphan`/`foregroundDeletion` finalizers; the
@@ -63,6 +71,7 @@ pub mod resources;
 mod reviews;
 pub mod selectors;
 mod server;
+pub mod serviceaccounts;
 pub mod services;
 pub mod status;
 pub mod store;
@@ -193,6 +202,10 @@ impl State {
                 controllers::csr_controllers(store, &self.ca, &self.settings(), name)
             }
             ("", "pods") | ("policy", "poddisruptionbudgets") => controllers::disruption(store, ns),
+            ("", "namespaces") => serviceaccounts::ensure_default(store, name),
+            ("", "serviceaccounts") if name == "default" => {
+                serviceaccounts::ensure_default(store, ns)
+            }
             _ => {}
         }
         // The namespace controller: a terminating namespace loses its content, then itself.
@@ -248,6 +261,7 @@ impl TestServer {
             tokens: auth::Tokens {
                 admin: random_token(32),
                 privileged: random_token(32),
+                issued: Default::default(),
             },
             faults: Faults::default(),
             log: Mutex::new(Vec::new()),
@@ -579,7 +593,7 @@ fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, user: &str) -> anyhow:
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Namespaces and cluster-info that every kubeadm cluster has.
+/// Namespaces (with their `default` ServiceAccount) and cluster-info that every kubeadm cluster has.
 fn seed(state: &State) {
     let Some(nsdef) = resources::find("", "v1", "namespaces") else {
         return;
@@ -593,6 +607,7 @@ fn seed(state: &State) {
                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
         );
+        serviceaccounts::ensure_default(&mut s, ns);
     }
     if let Some(svc) = resources::find("", "v1", "services") {
         let _ = s.create(

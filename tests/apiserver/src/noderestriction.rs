@@ -1,5 +1,6 @@
 //! The NodeRestriction admission plugin (`plugin/pkg/admission/noderestriction/admission.go`):
-//! what a node identity may do to Nodes, Leases, Pods and evictions beyond what RBAC allows.
+//! what a node identity may do to Nodes, Leases, Pods, evictions and service-account tokens beyond
+//! what RBAC allows.
 
 use crate::auth::User;
 use crate::status::ApiError;
@@ -183,6 +184,44 @@ pub fn admit_lease(user: &User, op: Op, ns: &str, name: &str) -> Result<(), ApiE
             name,
             "can only access node lease with the same name as the requesting node".into(),
         ));
+    }
+    Ok(())
+}
+
+/// `admitServiceAccount`: a node's TokenRequest must be bound (with its uid) to a pod on that node.
+/// `pod` is the bound pod as stored, if any.
+pub fn admit_token(
+    user: &User,
+    sa_name: &str,
+    req: &Value,
+    pod: Option<&Value>,
+) -> Result<(), ApiError> {
+    let Some(node) = user.node_name() else {
+        return Ok(());
+    };
+    let deny = |msg: &str| Err(forbid("serviceaccounts", "", sa_name, msg.into()));
+    let r = req
+        .pointer("/spec/boundObjectRef")
+        .filter(|r| r.is_object());
+    let s = |k: &str| {
+        r.and_then(|r| r.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    };
+    if r.is_none() || s("apiVersion") != "v1" || s("kind") != "Pod" || s("name").is_empty() {
+        return deny("node requested token not bound to a pod");
+    }
+    if s("uid").is_empty() {
+        return deny("node requested token with a pod binding without a uid");
+    }
+    let Some(pod) = pod else {
+        return Err(ApiError::not_found("", "pods", s("name")));
+    };
+    if crate::store::meta_str(pod, "uid") != s("uid") {
+        return deny(&format!("the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated", s("uid")));
+    }
+    if pod.pointer("/spec/nodeName").and_then(|v| v.as_str()) != Some(node) {
+        return deny("node requested token bound to a pod scheduled on a different node");
     }
     Ok(())
 }

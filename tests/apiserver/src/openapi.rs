@@ -52,6 +52,16 @@ fn kind_schema(g: &mut SchemaGenerator, group: &str, kind: &str) -> Option<Strin
         ("", "ConfigMap") => add::<api::core::v1::ConfigMap>(g),
         ("", "Secret") => add::<api::core::v1::Secret>(g),
         ("", "Event") => add::<api::core::v1::Event>(g),
+        ("", "ServiceAccount") => add::<api::core::v1::ServiceAccount>(g),
+        ("authentication.k8s.io", "TokenRequest") => {
+            add::<api::authentication::v1::TokenRequest>(g)
+        }
+        ("rbac.authorization.k8s.io", "ClusterRole") => add::<api::rbac::v1::ClusterRole>(g),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            add::<api::rbac::v1::ClusterRoleBinding>(g)
+        }
+        ("rbac.authorization.k8s.io", "Role") => add::<api::rbac::v1::Role>(g),
+        ("rbac.authorization.k8s.io", "RoleBinding") => add::<api::rbac::v1::RoleBinding>(g),
         ("apps", "DaemonSet") => add::<api::apps::v1::DaemonSet>(g),
         ("coordination.k8s.io", "Lease") => add::<api::coordination::v1::Lease>(g),
         ("certificates.k8s.io", "CertificateSigningRequest") => {
@@ -109,9 +119,15 @@ fn build_definitions() -> Definitions {
         kinds.insert((r.group.to_string(), r.kind.to_string()), name.clone());
         kinds.insert((r.group.to_string(), list_kind), format!("{name}List"));
     }
-    if let Some(ev) = kind_schema(&mut g, "policy", "Eviction") {
-        gvks.push((ev.clone(), json!([gvk("policy", "v1", "Eviction")])));
-        kinds.insert(("policy".into(), "Eviction".into()), ev);
+    // The kinds of create-only subresources (`pods/eviction`, `serviceaccounts/token`).
+    for (group, kind) in [
+        ("policy", "Eviction"),
+        ("authentication.k8s.io", "TokenRequest"),
+    ] {
+        if let Some(name) = kind_schema(&mut g, group, kind) {
+            gvks.push((name.clone(), json!([gvk(group, "v1", kind)])));
+            kinds.insert((group.into(), kind.into()), name);
+        }
     }
     let status = add::<meta::Status>(&mut g);
     gvks.push((status.clone(), json!([gvk("", "v1", "Status")])));
@@ -484,16 +500,21 @@ fn paths_for(def: &'static ResourceDef, d: &Definitions) -> Vec<PathItem> {
     });
     for sub in def.subresources {
         let cap: String = sub[..1].to_uppercase() + &sub[1..];
-        let ops = if *sub == "eviction" {
+        let create_only = match *sub {
+            "eviction" => Some(("policy", "Eviction", "Eviction")),
+            "token" => Some(("authentication.k8s.io", "TokenRequest", "Token")),
+            _ => None,
+        };
+        let ops = if let Some((group, kind, suffix)) = create_only {
             let ev = d
                 .kinds
-                .get(&("policy".to_string(), "Eviction".to_string()))
+                .get(&(group.to_string(), kind.to_string()))
                 .cloned()
                 .unwrap_or_default();
-            let mut o = write("post", "create", "post", "Eviction", &ev, &[200, 201, 202]);
+            let mut o = write("post", "create", "post", suffix, &ev, &[200, 201, 202]);
             o.responses = vec![(200, ev.clone()), (201, ev.clone()), (202, ev)];
-            o.gvk = gvk("policy", "v1", "Eviction");
-            o.desc = format!("create eviction of a {k}");
+            o.gvk = gvk(group, "v1", kind);
+            o.desc = format!("create {sub} of a {k}");
             vec![o]
         } else {
             let mut r = read(&cap);
@@ -508,7 +529,11 @@ fn paths_for(def: &'static ResourceDef, d: &Definitions) -> Vec<PathItem> {
             path: format!("{base}/{{name}}/{sub}"),
             path_params: ns_param()
                 .into_iter()
-                .chain([name_param(if *sub == "eviction" { "Eviction" } else { k })])
+                .chain([name_param(match *sub {
+                    "eviction" => "Eviction",
+                    "token" => "TokenRequest",
+                    _ => k,
+                })])
                 .collect(),
             ops,
         });

@@ -1,9 +1,9 @@
 //! Patch and list metadata of the served types' fields: the `patchStrategy`/`patchMergeKey` struct
 //! tags and `+listType`/`+listMapKey` markers of k8s.io/api and k8s.io/apimachinery v0.33 (types.go
 //! of core/v1, apps/v1, coordination/v1, certificates/v1, policy/v1, discovery/v1, events/v1,
-//! meta/v1), extracted mechanically, kept to the definitions the served kinds reach
-//! (`EphemeralContainerCommon` is inlined into `EphemeralContainer`). One source of truth:
-//! strategic merge patch (`patch`) merges lists by it, and the OpenAPI documents (`openapi`)
+//! authentication/v1, rbac/v1, meta/v1), extracted mechanically, kept to the definitions the served
+//! kinds reach (`EphemeralContainerCommon` is inlined into `EphemeralContainer`). One source of
+//! truth: strategic merge patch (`patch`) merges lists by it, and the OpenAPI documents (`openapi`)
 //! publish it as `x-kubernetes-patch-*` and `x-kubernetes-list-*` extensions.
 
 pub struct FieldMeta {
@@ -152,6 +152,19 @@ pub static FIELDS: &[FieldMeta] = &[
     m("io.k8s.api.discovery.v1.Endpoint", "addresses", "", "", "set", &[]),
     m("io.k8s.api.discovery.v1.EndpointHints", "forZones", "", "", "atomic", &[]),
     m("io.k8s.api.discovery.v1.EndpointHints", "forNodes", "", "", "atomic", &[]),
+    m("io.k8s.api.core.v1.ServiceAccount", "secrets", "merge", "name", "map", &["name"]),
+    m("io.k8s.api.core.v1.ServiceAccount", "imagePullSecrets", "", "", "atomic", &[]),
+    m("io.k8s.api.authentication.v1.TokenRequestSpec", "audiences", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.PolicyRule", "verbs", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.PolicyRule", "apiGroups", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.PolicyRule", "resources", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.PolicyRule", "resourceNames", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.PolicyRule", "nonResourceURLs", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.Role", "rules", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.ClusterRole", "rules", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.AggregationRule", "clusterRoleSelectors", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.RoleBinding", "subjects", "", "", "atomic", &[]),
+    m("io.k8s.api.rbac.v1.ClusterRoleBinding", "subjects", "", "", "atomic", &[]),
     m("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid", "map", &["uid"]),
     m("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", "", "set", &[]),
     m("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "managedFields", "", "", "atomic", &[]),

@@ -1,6 +1,7 @@
 //! Just enough of Kubernetes' protobuf encoding (`k8s\0` + runtime.Unknown) to read the request
-//! bodies kubectl sends as protobuf to this server: CSR approvals/status, Evictions, and the objects
-//! of `kubectl create service|namespace|configmap|secret` (k8s.io/api/core/v1/generated.proto).
+//! bodies kubectl sends as protobuf to this server: CSR approvals/status, Evictions, TokenRequests,
+//! and the objects of `kubectl create service|namespace|configmap|secret|serviceaccount` and
+//! `kubectl create role|clusterrole|rolebinding|clusterrolebinding` (k8s.io/api generated.proto).
 
 use serde_json::{json, Map, Value};
 
@@ -90,11 +91,12 @@ fn object_meta(b: &[u8]) -> Value {
     let mut annotations = Vec::new();
     for (n, f) in fields(b).unwrap_or_default() {
         match (n, &f) {
-            (1, _) => m["name"] = string(&f),
-            (2, _) => m["generateName"] = string(&f),
-            (3, _) => m["namespace"] = string(&f),
-            (5, _) => m["uid"] = string(&f),
-            (6, _) => m["resourceVersion"] = string(&f),
+            // proto2 encodes empty strings; JSON leaves them out (`omitempty`).
+            (1, _) => set_nonempty(&mut m, "name", string(&f)),
+            (2, _) => set_nonempty(&mut m, "generateName", string(&f)),
+            (3, _) => set_nonempty(&mut m, "namespace", string(&f)),
+            (5, _) => set_nonempty(&mut m, "uid", string(&f)),
+            (6, _) => set_nonempty(&mut m, "resourceVersion", string(&f)),
             (11, Field::Bytes(e)) => labels.push(*e),
             (12, Field::Bytes(e)) => annotations.push(*e),
             (14, _) => push(&mut m, "finalizers", string(&f)),
@@ -286,6 +288,63 @@ fn service_status(b: &[u8]) -> Value {
     }
 }
 
+/// The strings of the repeated field `num` of `f`.
+fn strings(f: &[(u64, Field)], num: u64) -> Vec<Value> {
+    f.iter()
+        .filter(|(n, _)| *n == num)
+        .map(|(_, v)| string(v))
+        .collect()
+}
+
+/// An object of string fields, `names[i]` being field `i + 1`; empty ones left out.
+fn string_fields(b: &[u8], names: &[&str]) -> Value {
+    let mut o = json!({});
+    for (n, f) in fields(b).unwrap_or_default() {
+        if let Some(k) = (n as usize).checked_sub(1).and_then(|i| names.get(i)) {
+            set_nonempty(&mut o, k, string(&f));
+        }
+    }
+    o
+}
+
+/// rbac/v1 `PolicyRule`.
+fn policy_rule(b: &[u8]) -> Value {
+    let f = fields(b).unwrap_or_default();
+    let mut r = json!({});
+    for (i, k) in [
+        "verbs",
+        "apiGroups",
+        "resources",
+        "resourceNames",
+        "nonResourceURLs",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v = strings(&f, i as u64 + 1);
+        if !v.is_empty() || i == 0 {
+            r[*k] = json!(v);
+        }
+    }
+    r
+}
+
+/// authentication/v1 `TokenRequestSpec`.
+fn token_request_spec(b: &[u8]) -> Value {
+    let f = fields(b).unwrap_or_default();
+    let mut s = json!({"audiences": strings(&f, 1)});
+    for (n, v) in &f {
+        match (n, v) {
+            (3, Field::Bytes(r)) => {
+                s["boundObjectRef"] = string_fields(r, &["kind", "apiVersion", "name", "uid"])
+            }
+            (4, _) => s["expirationSeconds"] = int(v),
+            _ => {}
+        }
+    }
+    s
+}
+
 /// Decodes a protobuf request body into the JSON the handlers expect (only the fields they use).
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let inner = body
@@ -363,6 +422,36 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             ("ConfigMap", 4, Field::Varint(v)) | ("Secret", 5, Field::Varint(v)) => {
                 obj["immutable"] = json!(v != 0)
+            }
+            ("TokenRequest", 2, Field::Bytes(sp)) => obj["spec"] = token_request_spec(sp),
+            ("ServiceAccount", 2, Field::Bytes(r)) => push(
+                &mut obj,
+                "secrets",
+                string_fields(
+                    r,
+                    &[
+                        "kind",
+                        "namespace",
+                        "name",
+                        "uid",
+                        "apiVersion",
+                        "resourceVersion",
+                        "fieldPath",
+                    ],
+                ),
+            ),
+            ("ServiceAccount", 3, Field::Bytes(r)) => {
+                push(&mut obj, "imagePullSecrets", string_fields(r, &["name"]))
+            }
+            ("ServiceAccount", 4, f) => obj["automountServiceAccountToken"] = boolean(&f),
+            ("Role" | "ClusterRole", 2, Field::Bytes(r)) => push(&mut obj, "rules", policy_rule(r)),
+            ("RoleBinding" | "ClusterRoleBinding", 2, Field::Bytes(sub)) => push(
+                &mut obj,
+                "subjects",
+                string_fields(sub, &["kind", "apiGroup", "name", "namespace"]),
+            ),
+            ("RoleBinding" | "ClusterRoleBinding", 3, Field::Bytes(r)) => {
+                obj["roleRef"] = string_fields(r, &["apiGroup", "kind", "name"])
             }
             _ => {}
         }

@@ -133,6 +133,19 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!(
         "",
         "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        &["token"],
+        false,
+        true,
+        false
+    ),
+    res!(
+        "",
+        "v1",
         "events",
         "event",
         "Event",
@@ -221,6 +234,59 @@ pub static RESOURCES: &[ResourceDef] = &[
         false,
         false
     ),
+    // The RBAC registries allow create on update (pkg/registry/rbac/*/strategy.go).
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        &[],
+        true,
+        false,
+        false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        &[],
+        true,
+        false,
+        false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        true,
+        &[],
+        &[],
+        true,
+        false,
+        false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        &[],
+        true,
+        false,
+        false
+    ),
 ];
 
 pub const GROUPS: &[(&str, &str)] = &[
@@ -232,6 +298,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("discovery.k8s.io", "v1"),
     ("authentication.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
 ];
 
 pub fn find(group: &str, version: &str, resource: &str) -> Option<&'static ResourceDef> {
@@ -270,6 +337,11 @@ fn subresource_entry(r: &ResourceDef, sub: &str) -> Value {
         "eviction" => json!({
             "name": format!("{}/eviction", r.resource), "singularName": r.singular, "namespaced": r.namespaced,
             "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]
+        }),
+        // `serviceaccounts/token` answers with an authentication.k8s.io/v1 TokenRequest.
+        "token" => json!({
+            "name": format!("{}/token", r.resource), "singularName": "", "namespaced": r.namespaced,
+            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]
         }),
         "approval" => json!({
             "name": format!("{}/approval", r.resource), "singularName": r.singular, "namespaced": r.namespaced,

@@ -2,8 +2,9 @@
 //! SelfSubjectRulesReview (`pkg/registry/authorization/selfsubject*review/rest.go`) and
 //! `authentication.k8s.io/v1` SelfSubjectReview (`pkg/registry/authentication/selfsubjectreview`).
 //! Access reviews ask the very authorizer chain requests go through ([`State::authorize`]); rules
-//! reviews list the RBAC tables that chain reads, and say `incomplete` for nodes because the Node
-//! authorizer cannot enumerate its rules (`NodeAuthorizer.RulesFor`).
+//! reviews list the rules the RBAC authorizer resolves for the user (fixed data and stored objects,
+//! `rbac::rules_for`), and say `incomplete` for nodes because the Node authorizer cannot enumerate
+//! its rules (`NodeAuthorizer.RulesFor`).
 
 use crate::auth::{self, Attrs, User};
 use crate::proto::{fields, string, Field};
@@ -99,7 +100,7 @@ pub fn route(
     };
     Some(match kind {
         "SelfSubjectAccessReview" => access_review(state, user, obj),
-        "SelfSubjectRulesReview" => rules_review(user, &obj),
+        "SelfSubjectRulesReview" => rules_review(state, user, &obj),
         _ => Ok(self_subject_review(user)),
     })
 }
@@ -231,7 +232,7 @@ fn invalid_review(field: &str, msg: &str) -> ApiError {
     }
 }
 
-fn rules_review(user: &User, obj: &Value) -> Result<Value, ApiError> {
+fn rules_review(state: &State, user: &User, obj: &Value) -> Result<Value, ApiError> {
     let ns = obj
         .pointer("/spec/namespace")
         .and_then(|n| n.as_str())
@@ -239,33 +240,39 @@ fn rules_review(user: &User, obj: &Value) -> Result<Value, ApiError> {
     if ns.is_empty() {
         return Err(ApiError::bad_request("no namespace on request"));
     }
+    // The union of the chain's `RulesFor` (union.go): the Node authorizer cannot enumerate its
+    // rules; the privileged-group authorizer resolves none (system:masters' come from cluster-admin).
+    let mut errors = Vec::new();
+    let incomplete = user.node_name().is_some();
+    if incomplete {
+        errors.push("node authorizer does not support user rule resolution".to_string());
+    }
+    let (rules, rbac_errors) = rbac::rules_for(user, ns, &state.store());
+    errors.extend(rbac_errors);
     let mut resource_rules = Vec::new();
     let mut non_resource_rules = Vec::new();
-    // The privileged-group authorizer resolves no rules; system:masters' come from cluster-admin.
-    for b in rbac::bindings_for(user, ns) {
-        for r in b.rules {
-            if !r.resources.is_empty() {
-                let mut o = Map::new();
-                o.insert("verbs".into(), json!(r.verbs));
-                if !r.groups.is_empty() {
-                    o.insert("apiGroups".into(), json!(r.groups));
-                }
-                o.insert("resources".into(), json!(r.resources));
-                if !r.names.is_empty() {
-                    o.insert("resourceNames".into(), json!(r.names));
-                }
-                resource_rules.push(Value::Object(o));
+    for r in rules {
+        if !r.resources.is_empty() {
+            let mut o = Map::new();
+            o.insert("verbs".into(), json!(r.verbs));
+            if !r.api_groups.is_empty() {
+                o.insert("apiGroups".into(), json!(r.api_groups));
             }
-            if !r.urls.is_empty() {
-                non_resource_rules.push(json!({"verbs": r.verbs, "nonResourceURLs": r.urls}));
+            o.insert("resources".into(), json!(r.resources));
+            if !r.resource_names.is_empty() {
+                o.insert("resourceNames".into(), json!(r.resource_names));
             }
+            resource_rules.push(Value::Object(o));
+        }
+        if !r.non_resource_urls.is_empty() {
+            non_resource_rules
+                .push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
         }
     }
     let mut status = json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules,
-                            "incomplete": false});
-    if user.node_name().is_some() {
-        status["incomplete"] = json!(true);
-        status["evaluationError"] = json!("node authorizer does not support user rule resolution");
+                            "incomplete": incomplete});
+    if !errors.is_empty() {
+        status["evaluationError"] = json!(rbac::aggregate(&errors));
     }
     Ok(
         json!({"kind": "SelfSubjectRulesReview", "apiVersion": "authorization.k8s.io/v1",

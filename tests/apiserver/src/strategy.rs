@@ -10,6 +10,29 @@ use crate::store::{meta_str, Store};
 use crate::State;
 use serde_json::Value;
 
+/// Defaulting as decoding applies it (`SetDefaults_*` of the served kinds that need any here):
+/// RBAC bindings' `roleRef.apiGroup` and their User/Group subjects' `apiGroup`.
+pub(crate) fn defaults(def: &ResourceDef, obj: &mut Value) {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    if def.group != RBAC || !matches!(def.resource, "rolebindings" | "clusterrolebindings") {
+        return;
+    }
+    if !obj.get("roleRef").is_some_and(|r| r.is_object()) {
+        obj["roleRef"] = serde_json::json!({});
+    }
+    if obj["roleRef"]["apiGroup"].as_str().unwrap_or("").is_empty() {
+        obj["roleRef"]["apiGroup"] = serde_json::json!(RBAC);
+    }
+    if let Some(subjects) = obj.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+        for s in subjects.iter_mut().filter(|s| s.is_object()) {
+            let user_or_group = matches!(s["kind"].as_str(), Some("User" | "Group"));
+            if user_or_group && s["apiGroup"].as_str().unwrap_or("").is_empty() {
+                s["apiGroup"] = serde_json::json!(RBAC);
+            }
+        }
+    }
+}
+
 /// Admission and strategy on create, after the generic checks and before the object is stored.
 pub(crate) fn before_create(
     state: &State,
@@ -79,6 +102,7 @@ pub(crate) fn prepare_put(
     existing: Option<&Value>,
     obj: &mut Value,
 ) -> Result<(), ApiError> {
+    defaults(def, obj);
     if def.group.is_empty() && def.resource == "namespaces" && existing.is_none() {
         finalizers::prepare_namespace_create(obj);
     }

@@ -384,8 +384,52 @@ fn pdb_row(o: &Value) -> Vec<Value> {
     ]
 }
 
+/// `printRoleBinding`/`printClusterRoleBinding`: `Kind/name` of the role, then the subjects by kind
+/// (`rbac.SubjectsStrings`; service accounts as `namespace/name`).
+fn binding_row(o: &Value) -> Vec<Value> {
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for sub in array(o, "/subjects") {
+        let name = s(sub, "/name").to_string();
+        match s(sub, "/kind") {
+            "ServiceAccount" => sas.push(format!("{}/{name}", s(sub, "/namespace"))),
+            "User" => users.push(name),
+            "Group" => groups.push(name),
+            _ => {}
+        }
+    }
+    vec![
+        json!(s(o, "/metadata/name")),
+        json!(format!(
+            "{}/{}",
+            s(o, "/roleRef/kind"),
+            s(o, "/roleRef/name")
+        )),
+        json!(age(o)),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(sas.join(", ")),
+    ]
+}
+
 fn columns(def: &ResourceDef) -> Vec<Value> {
     match def.resource {
+        "roles" | "clusterroles" => vec![
+            col("Name", "string", "name", 0),
+            col("Created At", "date", "", 0),
+        ],
+        "rolebindings" | "clusterrolebindings" => vec![
+            col("Name", "string", "name", 0),
+            col("Role", "string", "", 0),
+            col("Age", "string", "", 0),
+            col("Users", "string", "", 1),
+            col("Groups", "string", "", 1),
+            col("ServiceAccounts", "string", "", 1),
+        ],
+        "serviceaccounts" => vec![
+            col("Name", "string", "name", 0),
+            col("Secrets", "string", "", 0),
+            col("Age", "string", "", 0),
+        ],
         "services" => vec![
             col("Name", "string", "name", 0),
             col("Type", "string", "", 0),
@@ -466,6 +510,17 @@ fn columns(def: &ResourceDef) -> Vec<Value> {
 
 fn cells(def: &ResourceDef, o: &Value) -> Vec<Value> {
     match def.resource {
+        // `CreationTimestamp.Time.UTC().Format(time.RFC3339)`, which is how it is stored.
+        "roles" | "clusterroles" => vec![
+            json!(s(o, "/metadata/name")),
+            json!(s(o, "/metadata/creationTimestamp")),
+        ],
+        "rolebindings" | "clusterrolebindings" => binding_row(o),
+        "serviceaccounts" => vec![
+            json!(s(o, "/metadata/name")),
+            json!(array(o, "/secrets").len()),
+            json!(age(o)),
+        ],
         "services" => service_row(o),
         "endpointslices" => endpointslice_row(o),
         "events" => event_row(def, o),

@@ -375,6 +375,8 @@ pub enum NameRule {
     Dns1035,
     /// CertificateSigningRequests (`ValidateCertificateRequestName` accepts any name).
     Any,
+    /// RBAC roles and bindings (`ValidateRBACName = path.IsValidPathSegmentName`).
+    PathSegment,
 }
 
 pub fn name_rule(def: &ResourceDef) -> NameRule {
@@ -382,6 +384,7 @@ pub fn name_rule(def: &ResourceDef) -> NameRule {
         ("", "namespaces") => NameRule::Label,
         ("", "services") => NameRule::Dns1035,
         ("certificates.k8s.io", "certificatesigningrequests") => NameRule::Any,
+        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Subdomain,
     }
 }
@@ -400,7 +403,22 @@ pub fn validate_name(rule: NameRule, name: &str, prefix: bool) -> Vec<String> {
         NameRule::Label => is_dns1123_label(name),
         NameRule::Dns1035 => is_dns1035_label(name),
         NameRule::Any => Vec::new(),
+        NameRule::PathSegment => is_valid_path_segment_name(name),
     }
+}
+
+/// `path.IsValidPathSegmentName` (apimachinery/pkg/api/validation/path).
+pub fn is_valid_path_segment_name(name: &str) -> Vec<String> {
+    for bad in [".", ".."] {
+        if name == bad {
+            return vec![format!("may not be '{bad}'")];
+        }
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
 }
 
 // ---- objectmeta.go ----
@@ -949,6 +967,160 @@ fn validate_csr(obj: &Value, errs: &mut Vec<FieldErr>) {
     }
 }
 
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(|x| x.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `ValidatePolicyRule` (pkg/apis/rbac/validation) of each of `rules[*]`.
+fn validate_rules(obj: &Value, namespaced: bool, errs: &mut Vec<FieldErr>) {
+    let rules = obj.get("rules").and_then(|r| r.as_array());
+    for (i, r) in rules.into_iter().flatten().enumerate() {
+        let path = format!("rules[{i}]");
+        if strings(r, "verbs").is_empty() {
+            errs.push(FieldErr::required(
+                format!("{path}.verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = strings(r, "nonResourceURLs");
+        if !urls.is_empty() {
+            if namespaced {
+                errs.push(FieldErr::new(
+                    ErrType::Invalid,
+                    format!("{path}.nonResourceURLs"),
+                    go_string_slice(&urls),
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if ["apiGroups", "resources", "resourceNames"]
+                .iter()
+                .any(|k| !strings(r, k).is_empty())
+            {
+                errs.push(FieldErr::new(
+                    ErrType::Invalid,
+                    format!("{path}.nonResourceURLs"),
+                    go_string_slice(&urls),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if strings(r, "apiGroups").is_empty() {
+            errs.push(FieldErr::required(
+                format!("{path}.apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if strings(r, "resources").is_empty() {
+            errs.push(FieldErr::required(
+                format!("{path}.resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+}
+
+/// `ValidateRoleBinding`/`ValidateClusterRoleBinding` (+ `…Update`: the roleRef is immutable) with
+/// `ValidateRoleBindingSubject`.
+fn validate_binding(obj: &Value, old: Option<&Value>, namespaced: bool, errs: &mut Vec<FieldErr>) {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    let rr = |v: &Value, k: &str| {
+        v.pointer(&format!("/roleRef/{k}"))
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (group, kind, name) = (rr(obj, "apiGroup"), rr(obj, "kind"), rr(obj, "name"));
+    if group != RBAC {
+        errs.push(FieldErr::not_supported("roleRef.apiGroup", &group, &[RBAC]));
+    }
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !kinds.contains(&kind.as_str()) {
+        errs.push(FieldErr::not_supported("roleRef.kind", &kind, kinds));
+    }
+    if name.is_empty() {
+        errs.push(FieldErr::required("roleRef.name", ""));
+    } else {
+        for m in is_valid_path_segment_name(&name) {
+            errs.push(FieldErr::invalid("roleRef.name", &name, m));
+        }
+    }
+    let subjects = obj.get("subjects").and_then(|s| s.as_array());
+    for (i, sub) in subjects.into_iter().flatten().enumerate() {
+        let path = format!("subjects[{i}]");
+        let f = |k: &str| {
+            sub.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (kind, name, group, ns) = (f("kind"), f("name"), f("apiGroup"), f("namespace"));
+        if name.is_empty() {
+            errs.push(FieldErr::required(format!("{path}.name"), ""));
+        }
+        match kind.as_str() {
+            "ServiceAccount" => {
+                if !name.is_empty() {
+                    for m in is_dns1123_subdomain(&name) {
+                        errs.push(FieldErr::invalid(format!("{path}.name"), &name, m));
+                    }
+                }
+                if !group.is_empty() {
+                    errs.push(FieldErr::not_supported(
+                        format!("{path}.apiGroup"),
+                        &group,
+                        &[""],
+                    ));
+                }
+                if !namespaced && ns.is_empty() {
+                    errs.push(FieldErr::required(format!("{path}.namespace"), ""));
+                }
+            }
+            "User" | "Group" => {
+                if group != RBAC {
+                    errs.push(FieldErr::not_supported(
+                        format!("{path}.apiGroup"),
+                        &group,
+                        &[RBAC],
+                    ));
+                }
+            }
+            _ => errs.push(FieldErr::not_supported(
+                format!("{path}.kind"),
+                &kind,
+                &["ServiceAccount", "User", "Group"],
+            )),
+        }
+    }
+    if let Some(old) = old {
+        let before = (rr(old, "apiGroup"), rr(old, "kind"), rr(old, "name"));
+        if before != (group.clone(), kind.clone(), name.clone()) {
+            errs.push(FieldErr::new(
+                ErrType::Invalid,
+                "roleRef",
+                format!(
+                    "rbac.RoleRef{{APIGroup:{}, Kind:{}, Name:{}}}",
+                    quote(&group),
+                    quote(&kind),
+                    quote(&name)
+                ),
+                "cannot change roleRef",
+            ));
+        }
+    }
+}
+
 /// Validation of a create (`old` = None) or update of `obj`; the one hook the write paths call.
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     if def.resource == "leases" {
@@ -961,6 +1133,14 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("coordination.k8s.io", "leases") => validate_lease(obj, &mut errs),
         ("certificates.k8s.io", "certificatesigningrequests") if old.is_none() => {
             validate_csr(obj, &mut errs)
+        }
+        ("rbac.authorization.k8s.io", "roles") => validate_rules(obj, true, &mut errs),
+        ("rbac.authorization.k8s.io", "clusterroles") => validate_rules(obj, false, &mut errs),
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            validate_binding(obj, old, true, &mut errs)
+        }
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            validate_binding(obj, old, false, &mut errs)
         }
         _ => {}
     }

@@ -350,3 +350,73 @@ pub fn service(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{{annotations}}}\nspec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n{extra_spec}  ports:\n{p}"
     )
 }
+
+impl Lab {
+    /// keel-lb's least-privilege identity: applies configs/kubernetes/keel-lb-rbac.yaml with kubectl
+    /// and writes a kubeconfig with the admin one's server and CA and a 24 h token of ServiceAccount
+    /// kube-system/keel-lb (`kubectl create token keel-lb -n kube-system --duration 24h`).
+    pub fn keel_lb_kubeconfig(&self) -> PathBuf {
+        let yaml = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/kubernetes/keel-lb-rbac.yaml"
+        );
+        self.kubectl_ok(&["apply", "-f", yaml]);
+        let token = self
+            .kubectl_ok(&[
+                "create",
+                "token",
+                "keel-lb",
+                "-n",
+                "kube-system",
+                "--duration",
+                "24h",
+            ])
+            .trim()
+            .to_string();
+        assert!(!token.is_empty(), "kubectl create token printed no token");
+        let admin = std::fs::read_to_string(self.path("api/admin.kubeconfig")).unwrap();
+        let mut kc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+        let users = kc["users"].as_sequence_mut().unwrap();
+        assert_eq!(users.len(), 1, "the admin kubeconfig has one user");
+        let mut user = serde_yaml::Mapping::new();
+        user.insert("token".into(), token.into());
+        users[0]["user"] = serde_yaml::Value::Mapping(user);
+        let p = self.path("keel-lb.kubeconfig");
+        std::fs::write(&p, serde_yaml::to_string(&kc).unwrap()).unwrap();
+        p
+    }
+
+    /// [`Lab::keel`] with `services.kubeconfig` set to `kubeconfig` (e.g. [`Lab::keel_lb_kubeconfig`]).
+    pub fn keel_with_kubeconfig(
+        &self,
+        host: &str,
+        priority: u8,
+        kubeconfig: &std::path::Path,
+    ) -> Proc {
+        let admin = format!(
+            "  kubeconfig: {}\n",
+            self.path("api/admin.kubeconfig").display()
+        );
+        let yaml = std::fs::read_to_string(self.lb_config(host, priority, "")).unwrap();
+        assert!(yaml.contains(&admin), "{yaml}");
+        let yaml = yaml.replace(&admin, &format!("  kubeconfig: {}\n", kubeconfig.display()));
+        let cfg = self.path(&format!("{host}-kubeconfig.yaml"));
+        std::fs::write(&cfg, yaml).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{host}.log")))
+            .unwrap();
+        let bin = keel_e2e::bin("keel-lb");
+        let child = self
+            .t
+            .command(host, bin.to_str().unwrap())
+            .args(["run", "-c", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info,keel_lb=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc::from_child(child, format!("keel-lb in {host}"))
+    }
+}
