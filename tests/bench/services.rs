@@ -29,16 +29,18 @@
 //!
 //! Per scale N, once every bulk Service has an ingress and the newest one answers:
 //! idle keel-lb CPU and RSS over 10 s (and the health-check requests the nodes receive); then R
-//! times: create one more 3-port Service and time create (kubectl returned) → first TCP
-//! connect + answer from `client` to ingressIP:80 (a new attempt every 10 ms) and → its ingress
-//! in a `kubectl get --watch-only` started before; keel-lb's CPU from the create to that settle
+//! times: create one more 3-port Service and time create (kubectl returned, or earlier when a
+//! `kubectl get --watch-only` started before saw the Service: kubectl's exit lags the API's
+//! answer) → first TCP connect + answer from `client` to ingressIP:80 (a new attempt every 10 ms)
+//! and → its ingress in that watch; keel-lb's CPU from the create to that settle
 //! (ingress set and answering) + 1 s, at least two health-check intervals, minus its idle rate
 //! over an equal window just before, and its RSS delta; the Service is deleted again. Then R
 //! times: the externalTrafficPolicy Local Service's EndpointSlice is replaced so its ready
-//! endpoints move to another node set, timed from `kubectl replace` returning to `GET /services`
-//! showing that set (polled every 5 ms after each answer). Last, the sizes of `GET /services` and
-//! `GET /metrics` (not read when it would exceed 128 MiB). keel-lb's log stays in the run
-//! directory printed first; a failure names what did not happen and prints the log's tail.
+//! endpoints move to another node set, timed from `kubectl replace` (or its watch event, as for
+//! the create) to `GET /services` showing that set (polled every 5 ms after each answer). Last,
+//! the sizes of `GET /services` and `GET /metrics` (not read when it would exceed 128 MiB).
+//! keel-lb's log stays in the run directory printed first; a failure names what did not happen
+//! and prints the log's tail.
 
 #[cfg(not(target_os = "linux"))]
 fn main() {
@@ -96,6 +98,8 @@ mod imp {
     const METRICS_CAP: f64 = 128.0 * 1048576.0;
 
     static STOP: AtomicBool = AtomicBool::new(false);
+    /// keel-lb's RLIMIT_NOFILE as it ran (for the report).
+    static LB_NOFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
     extern "C" fn on_signal(_: libc::c_int) {
         STOP.store(true, Ordering::SeqCst);
@@ -258,6 +262,10 @@ mod imp {
             dir.display()
         );
         let started = Instant::now();
+        let load_start = loadavg();
+        println!(
+            "load average at start: {load_start} (other work on this machine shares its CPUs)"
+        );
         let mut results: Vec<Scale> = Vec::new();
         // Everything (processes, namespaces) is dropped inside `bench`, before the report.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -273,7 +281,13 @@ mod imp {
                     .unwrap_or_default()
             )),
         };
-        report(&a, &results, &dir, started.elapsed());
+        report(
+            &a,
+            &results,
+            &dir,
+            started.elapsed(),
+            (&load_start, &loadavg()),
+        );
         match outcome {
             Ok(()) => 0,
             Err(e) => {
@@ -300,6 +314,10 @@ mod imp {
         threads: u64,
         fds: u64,
         health_rps: f64,
+        /// This process's CPU (node stand-ins, mostly) over the idle window.
+        harness_cpu_pct: f64,
+        /// TcpExt ListenDrops in the nodes namespace over the idle window.
+        listen_drops: u64,
         rules_applied: Option<f64>,
         metrics_kib: f64,
         /// /metrics not read: its expected size (MiB).
@@ -432,8 +450,15 @@ mod imp {
             200,
             || Ok((lab.local_nodes()? == current_set).then_some(())),
         )?;
+        let limit = std::fs::read_to_string(format!("/proc/{}/limits", lab.lb_pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_string())
+            .unwrap_or_default();
+        let _ = LB_NOFILE.set(limit.clone());
         println!(
-            "keel-lb (pid {}) is master and serves bench/local",
+            "keel-lb (pid {}, open files limit {limit}) is master and serves bench/local",
             lab.lb_pid()
         );
 
@@ -598,6 +623,21 @@ mod imp {
                 .map(drop)
         }
 
+        /// TcpExt ListenDrops of the nodes namespace (SYNs dropped: accept queue full).
+        fn listen_drops(&self) -> u64 {
+            let out = self.t.exec("nodes", &["cat", "/proc/net/netstat"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let tcpext: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+            if let [names, values] = tcpext[..] {
+                for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                    if k == "ListenDrops" {
+                        return v.parse().unwrap_or(0);
+                    }
+                }
+            }
+            0
+        }
+
         fn has_addr(&self, ip: &str) -> bool {
             let out = self
                 .t
@@ -625,8 +665,9 @@ mod imp {
             local_nodes_of(&body)
         }
 
-        /// `kubectl get svc --watch-only` in the namespace: each event as (arrival, "name ip").
-        fn watch_services(&self) -> R<Watch> {
+        /// `kubectl get RESOURCE --watch-only` in the namespace: each event as (arrival,
+        /// "name ingress-ip").
+        fn watch(&self, resource: &str) -> R<Watch> {
             let mut child = self
                 .t
                 .command("client", "kubectl")
@@ -634,7 +675,7 @@ mod imp {
                 .env_remove("KUBECONFIG")
                 .arg("--kubeconfig")
                 .arg(self.dir.join("api/admin.kubeconfig"))
-                .args(["get", "svc", "-n", NS, "--watch-only", "-o"])
+                .args(["get", resource, "-n", NS, "--watch-only", "-o"])
                 .arg("jsonpath={.metadata.name} {.status.loadBalancer.ingress[0].ip}{\"\\n\"}")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -804,32 +845,40 @@ mod imp {
             // Idle: CPU, RSS, health checks the nodes receive.
             std::thread::sleep(Duration::from_secs(3));
             self.check()?;
-            let (c0, h0, w0) = (
+            let (c0, h0, me0, o0, w0) = (
                 self.cpu()?,
                 self.health_hits.load(Ordering::Relaxed),
+                proc_stat(std::process::id())?.cpu_secs,
+                self.listen_drops(),
                 Instant::now(),
             );
             std::thread::sleep(IDLE_WINDOW);
             self.check()?;
-            let (c1, h1, w) = (
+            let (c1, h1, me1, o1, w) = (
                 self.cpu()?,
                 self.health_hits.load(Ordering::Relaxed),
+                proc_stat(std::process::id())?.cpu_secs,
+                self.listen_drops(),
                 w0.elapsed().as_secs_f64(),
             );
             s.idle_cpu_pct = 100.0 * (c1 - c0) / w;
             s.health_rps = (h1 - h0) as f64 / w;
+            s.harness_cpu_pct = 100.0 * (me1 - me0) / w;
+            s.listen_drops = o1.saturating_sub(o0);
             s.idle_rss_kib = self.rss()?;
             s.threads = proc_status(self.lb_pid(), "Threads:")?;
             s.fds = std::fs::read_dir(format!("/proc/{}/fd", self.lb_pid()))
                 .map(|d| d.count() as u64)
                 .unwrap_or(0);
             println!(
-                "N={n}: idle keel-lb {:.1} % CPU, RSS {:.1} MiB, {} threads, {} fds; nodes receive {:.0} health checks/s",
+                "N={n}: idle keel-lb {:.1} % CPU, RSS {:.1} MiB, {} threads, {} fds; nodes receive {:.0} health checks/s (this harness, serving them: {:.0} % CPU; {} SYNs dropped by full accept queues)",
                 s.idle_cpu_pct,
                 s.idle_rss_kib as f64 / 1024.0,
                 s.threads,
                 s.fds,
                 s.health_rps,
+                s.harness_cpu_pct,
+                s.listen_drops,
             );
 
             // create → VIP answering, and keel-lb's cost of that one Service.
@@ -844,7 +893,7 @@ mod imp {
                 let target = sock(&ip, PORTS[0])?;
                 let p = self.manifest(&name, &[probe_service(&name, &ip)])?;
                 // Started now, so it is watching when the Service is created.
-                let watch = self.watch_services()?;
+                let watch = self.watch("svc")?;
                 // Idle rate over an equal window just before.
                 let (i0, iw) = (self.cpu()?, Instant::now());
                 std::thread::sleep(window);
@@ -852,7 +901,8 @@ mod imp {
                 let rss0 = self.rss()?;
                 let (cpu0, w_start) = (self.cpu()?, Instant::now());
                 self.kubectl(&["create", "--validate=false", "-f", &p.display().to_string()])?;
-                let t0 = Instant::now();
+                let kubectl_done = Instant::now();
+                let t0 = kubectl_done;
                 let addr = target;
                 let until = self.bound(Duration::from_secs(30));
                 let prober = self.t.thread_in("client", move || probe_until(addr, until));
@@ -861,6 +911,9 @@ mod imp {
                     .join()
                     .map_err(|_| "the probe thread panicked".to_string())?;
                 let (added_at, ingress_at) = seen?;
+                // The API server stored it when the watch saw it, or at the latest when kubectl
+                // returned (its exit lags the answer by 10-100 ms).
+                let t0 = added_at.map_or(t0, |a| a.min(t0));
                 let t1 = answered.map_err(|e| {
                     format!("Service {NS}/{name} ({target}) did not answer within 30 s: {e}")
                 })?;
@@ -873,7 +926,7 @@ mod imp {
                 s.create_ms.push(ms(t1 - t0));
                 s.ingress_ms.push(signed_ms(ingress_at, t0));
                 if let Some(at) = added_at {
-                    s.added_ms.push(signed_ms(at, t0));
+                    s.added_ms.push(signed_ms(at, kubectl_done));
                 }
                 s.cpu_ms
                     .push(1000.0 * ((cpu1 - cpu0) - idle_rate * w_len.as_secs_f64()));
@@ -900,8 +953,20 @@ mod imp {
                 } else {
                     sets.0.clone()
                 };
+                let watch = self.watch("endpointslices")?;
+                // kubectl's watch is set up well within this.
+                std::thread::sleep(Duration::from_secs(1));
                 self.write_slice(&want, true)?;
-                let t0 = Instant::now();
+                let kubectl_done = Instant::now();
+                // As for the create: the watch's event if it came first.
+                let seen = watch
+                    .rx
+                    .recv_timeout(Duration::from_secs(2))
+                    .ok()
+                    .filter(|(_, l)| l.starts_with("local-eps"))
+                    .map(|(at, _)| at);
+                drop(watch);
+                let t0 = seen.map_or(kubectl_done, |a| a.min(kubectl_done));
                 let addr = self.admin_addr();
                 let until = self.bound(Duration::from_secs(30));
                 let w = want.clone();
@@ -1489,7 +1554,13 @@ mod imp {
                 .rsplit_once(' ')
                 .map(|(m, _)| m.to_string())
                 .unwrap_or_default();
-            *counts.entry((level.to_string(), msg)).or_default() += 1;
+            let error = clean
+                .split_once(" error=")
+                .map(|(_, e)| format!(" (error={})", e.trim()))
+                .unwrap_or_default();
+            *counts
+                .entry((level.to_string(), format!("{}{error}", msg.trim())))
+                .or_default() += 1;
         }
         let mut out = format!("{lines} lines, {warn} WARN, {err} ERROR");
         let mut top: Vec<_> = counts.into_iter().collect();
@@ -1515,15 +1586,27 @@ mod imp {
         out
     }
 
-    fn report(a: &Args, results: &[Scale], dir: &Path, took: Duration) {
+    /// The 1, 5 and 15 minute load averages.
+    fn loadavg() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    }
+
+    fn report(a: &Args, results: &[Scale], dir: &Path, took: Duration, load: (&str, &str)) {
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         println!(
-            "\n## keel-lb as Services provider (tests/bench/services.rs)\n\n{} nodes, 3 TCP ports per Service, externalTrafficPolicy Cluster checked by {} every {} ms (timeout {} ms), {} repetitions; run took {:.0} s.\n",
+            "\n## keel-lb as Services provider (tests/bench/services.rs)\n\n{} nodes, 3 TCP ports per Service, externalTrafficPolicy Cluster checked by {} every {} ms (timeout {} ms), {} repetitions; keel-lb's open files limit {}; run took {:.0} s on {cpus} CPUs, load average {} at start, {} at end.\n",
             a.nodes,
             a.health,
             a.health_interval.as_millis(),
             a.health_timeout.as_millis(),
             a.reps,
-            took.as_secs_f64()
+            LB_NOFILE.get().map_or("?", String::as_str),
+            took.as_secs_f64(),
+            load.0,
+            load.1
         );
         if results.is_empty() {
             println!("(no scale was measured)");
@@ -1645,6 +1728,28 @@ mod imp {
                 }),
             ),
             (
+                "this harness's CPU serving those checks, idle (% of one core)".into(),
+                0,
+                Box::new(|s| {
+                    if s.idle_rss_kib > 0 {
+                        s.harness_cpu_pct
+                    } else {
+                        f64::NAN
+                    }
+                }),
+            ),
+            (
+                "SYNs dropped at the nodes (accept queue full), idle 10 s".into(),
+                0,
+                Box::new(|s| {
+                    if s.idle_rss_kib > 0 {
+                        s.listen_drops as f64
+                    } else {
+                        f64::NAN
+                    }
+                }),
+            ),
+            (
                 "keel-lb threads".into(),
                 0,
                 Box::new(|s| {
@@ -1723,7 +1828,7 @@ mod imp {
                     .join(" / ")
             };
             println!(
-                "- N={}: create→answering {}; create→ingress {}; watch saw the create {}; CPU {}; RSS KiB {}; endpoint change {}",
+                "- N={}: create→answering {}; create→ingress {}; watch saw the create (against kubectl returning) {}; CPU {}; RSS KiB {}; endpoint change {}",
                 s.n,
                 f(&s.create_ms),
                 f(&s.ingress_ms),
@@ -1785,8 +1890,10 @@ mod imp {
                     median(&l.endpoint_ms),
                 ),
             ] {
-                let verdict = if a0.is_nan() || a1.is_nan() || a0 <= 0.0 {
+                let verdict = if a0.is_nan() || a1.is_nan() {
                     "not measured at both ends"
+                } else if a0 <= 0.0 || a1 <= 0.0 {
+                    "not measurable: at or below the idle CPU's noise at one end"
                 } else if a1 / a0 <= 2.0 {
                     "flat (≤ 2x)"
                 } else {
