@@ -27,12 +27,13 @@
 //! v1 List. Service addresses: bulk Services take one each from the auto-assigned pool
 //! 198.18.8.0/21; the probed Services ask for theirs (`spec.loadBalancerIP`) from 198.18.16.0/24.
 //!
-//! Per scale N, once every bulk Service has an ingress and the newest one answers:
-//! idle keel-lb CPU and RSS over 10 s (and the health-check requests the nodes receive); then R
-//! times: create one more 3-port Service and time create (kubectl returned, or earlier when a
-//! `kubectl get --watch-only` started before saw the Service: kubectl's exit lags the API's
-//! answer) → first TCP connect + answer from `client` to ingressIP:80 (a new attempt every 10 ms)
-//! and → its ingress in that watch; keel-lb's CPU from the create to that settle
+//! Per scale N, once every bulk Service has an ingress (API polled every 1 s): idle keel-lb CPU
+//! and RSS over 10 s (and the health-check requests the nodes receive); the newest bulk Service
+//! must answer on its address; then R times: create one more 3-port Service and time create
+//! (kubectl returned, or earlier when a `kubectl get --watch-only` started before saw the
+//! Service: kubectl's exit lags the API's answer) → first TCP connect + answer from `client` to
+//! ingressIP:80 (a new attempt every 10 ms) and → its ingress in that watch; keel-lb's CPU from
+//! the create to that settle
 //! (ingress set and answering) + 1 s, at least two health-check intervals, minus its idle rate
 //! over an equal window just before, and its RSS delta; the Service is deleted again. Then R
 //! times: the externalTrafficPolicy Local Service's EndpointSlice is replaced so its ready
@@ -288,8 +289,24 @@ mod imp {
             started.elapsed(),
             (&load_start, &loadavg()),
         );
+        let problems: Vec<String> = results
+            .iter()
+            .flat_map(|s| s.problems.iter().map(move |p| format!("N={}: {p}", s.n)))
+            .collect();
         match outcome {
-            Ok(()) => 0,
+            Ok(()) if problems.is_empty() => 0,
+            Ok(()) => {
+                println!(
+                    "\n**Not everything happened:**\n- {}",
+                    problems.join("\n- ")
+                );
+                println!(
+                    "\n--- tail of keel-lb's log ({}) ---\n{}",
+                    dir.join("keel-lb.log").display(),
+                    tail(&dir.join("keel-lb.log"), 40)
+                );
+                1
+            }
             Err(e) => {
                 println!("\n**The run did not complete:** {e}");
                 println!(
@@ -318,6 +335,12 @@ mod imp {
         harness_cpu_pct: f64,
         /// TcpExt ListenDrops in the nodes namespace over the idle window.
         listen_drops: u64,
+        /// Over the idle window: health-check connections without a request, accept errors.
+        no_request: u64,
+        accept_errors: u64,
+        /// After the idle window: health-check connections open at the nodes with nothing to read
+        /// (keel-lb connected but has not sent its request).
+        silent: u64,
         rules_applied: Option<f64>,
         metrics_kib: f64,
         /// /metrics not read: its expected size (MiB).
@@ -332,8 +355,8 @@ mod imp {
         rss_kib: Vec<f64>,
         endpoint_ms: Vec<f64>,
         endpoint_poll_ms: Vec<f64>,
-        /// Set when this scale did not finish: what did not happen.
-        failed: Option<String>,
+        /// What did not happen at this scale.
+        problems: Vec<String>,
     }
 
     struct Lab {
@@ -343,7 +366,7 @@ mod imp {
         t: Topology,
         dir: PathBuf,
         end: Instant,
-        health_hits: Arc<AtomicU64>,
+        stats: Arc<NodeStats>,
         /// Bytes of /metrics per backend at the last scale it was read.
         metrics_per_backend: std::cell::Cell<f64>,
     }
@@ -369,7 +392,7 @@ mod imp {
             t,
             dir: dir.to_path_buf(),
             end,
-            health_hits: Arc::new(AtomicU64::new(0)),
+            stats: Arc::new(NodeStats::default()),
             metrics_per_backend: std::cell::Cell::new(0.0),
         };
 
@@ -404,7 +427,7 @@ mod imp {
             &lab.t,
             tcp_ports,
             vec![KUBE_PROXY_HEALTHZ, LOCAL_HC_PORT],
-            lab.health_hits.clone(),
+            lab.stats.clone(),
         )?;
         lab.wait("kubectl reaches the API test server", 20, 200, || {
             Ok(lab.kubectl(&["get", "--raw", "/readyz"]).ok())
@@ -469,16 +492,29 @@ mod imp {
                 n,
                 ..Scale::default()
             };
-            let r = lab.scale(
-                a,
-                &mut s,
-                &mut have,
-                &mut probe_seq,
-                &mut current_set,
-                (&set_a, &set_b),
-            );
-            if let Err(e) = r {
-                s.failed = Some(e.clone());
+            // Growing and settling must work for the scale to mean anything; each measurement after
+            // it is attempted even if an earlier one failed (its failure is kept in `problems`).
+            let mut fatal = lab.settle(a, &mut s, &mut have).err();
+            for step in 0..4 {
+                if fatal.is_some() {
+                    break;
+                }
+                let r = match step {
+                    0 => lab.newest_answers(&s),
+                    1 => lab.creates(a, &mut s, &mut probe_seq),
+                    2 => lab.endpoint_changes(a, &mut s, &mut current_set, (&set_a, &set_b)),
+                    _ => lab.sizes(a, &mut s),
+                };
+                if let Err(e) = r {
+                    println!("N={n}: FAILED: {e}");
+                    s.problems.push(e);
+                }
+                fatal = lab.check().err();
+            }
+            if let Some(e) = fatal {
+                if !s.problems.contains(&e) {
+                    s.problems.push(e.clone());
+                }
                 results.push(s);
                 return Err(e);
             }
@@ -576,6 +612,9 @@ mod imp {
             if self.lb.is_some() && proc_stat(self.lb_pid()).is_err() {
                 return Err("keel-lb exited".into());
             }
+            if Instant::now() >= self.end {
+                return Err("the run's --timeout passed".into());
+            }
             Ok(())
         }
 
@@ -621,6 +660,18 @@ mod imp {
             let verb = if replace { "replace" } else { "create" };
             self.kubectl(&[verb, "--validate=false", "-f", &p.display().to_string()])
                 .map(drop)
+        }
+
+        /// Established connections to the nodes' HTTP health ports with an empty receive queue.
+        fn silent_check_connections(&self) -> u64 {
+            let filter = format!("( sport = :{KUBE_PROXY_HEALTHZ} or sport = :{LOCAL_HC_PORT} )");
+            let out = self
+                .t
+                .exec("nodes", &["ss", "-Htn", "state", "established", &filter]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some("0"))
+                .count() as u64
         }
 
         /// TcpExt ListenDrops of the nodes namespace (SYNs dropped: accept queue full).
@@ -781,16 +832,9 @@ mod imp {
             proc_status(self.lb_pid(), "VmRSS:")
         }
 
-        #[allow(clippy::too_many_arguments)]
-        fn scale(
-            &self,
-            a: &Args,
-            s: &mut Scale,
-            have: &mut usize,
-            probe_seq: &mut u32,
-            current_set: &mut BTreeSet<usize>,
-            sets: (&BTreeSet<usize>, &BTreeSet<usize>),
-        ) -> R<()> {
+        /// Grows the cluster to `s.n` bulk Services, waits for all to have an ingress, then measures
+        /// keel-lb idle. An error here ends the run.
+        fn settle(&self, a: &Args, s: &mut Scale, have: &mut usize) -> R<()> {
             let n = s.n;
             // Grow to n bulk Services, 200 per kubectl call.
             let grow_start = Instant::now();
@@ -830,15 +874,8 @@ mod imp {
                 },
             )?;
             s.grow_secs = grow_start.elapsed().as_secs_f64();
-            let newest = format!("s-{:04}", n - 1);
-            let ip = self
-                .ingress_of(&newest)?
-                .ok_or(format!("{NS}/{newest} lost its ingress"))?;
-            let target = sock(&ip, PORTS[0])?;
-            self.probe(target, Duration::from_secs(60))
-                .map_err(|e| format!("{NS}/{newest} at {target}: {e}"))?;
             println!(
-                "N={n}: all have an ingress {:.1} s after the first create; {NS}/{newest} answers on {target}",
+                "N={n}: all have an ingress {:.1} s after the first create",
                 s.grow_secs
             );
 
@@ -847,7 +884,7 @@ mod imp {
             self.check()?;
             let (c0, h0, me0, o0, w0) = (
                 self.cpu()?,
-                self.health_hits.load(Ordering::Relaxed),
+                self.stats.snapshot(),
                 proc_stat(std::process::id())?.cpu_secs,
                 self.listen_drops(),
                 Instant::now(),
@@ -856,22 +893,25 @@ mod imp {
             self.check()?;
             let (c1, h1, me1, o1, w) = (
                 self.cpu()?,
-                self.health_hits.load(Ordering::Relaxed),
+                self.stats.snapshot(),
                 proc_stat(std::process::id())?.cpu_secs,
                 self.listen_drops(),
                 w0.elapsed().as_secs_f64(),
             );
             s.idle_cpu_pct = 100.0 * (c1 - c0) / w;
-            s.health_rps = (h1 - h0) as f64 / w;
+            s.health_rps = (h1[0] - h0[0]) as f64 / w;
+            s.no_request = h1[1] - h0[1];
+            s.accept_errors = h1[2] - h0[2];
             s.harness_cpu_pct = 100.0 * (me1 - me0) / w;
             s.listen_drops = o1.saturating_sub(o0);
+            s.silent = self.silent_check_connections();
             s.idle_rss_kib = self.rss()?;
             s.threads = proc_status(self.lb_pid(), "Threads:")?;
             s.fds = std::fs::read_dir(format!("/proc/{}/fd", self.lb_pid()))
                 .map(|d| d.count() as u64)
                 .unwrap_or(0);
             println!(
-                "N={n}: idle keel-lb {:.1} % CPU, RSS {:.1} MiB, {} threads, {} fds; nodes receive {:.0} health checks/s (this harness, serving them: {:.0} % CPU; {} SYNs dropped by full accept queues)",
+                "N={n}: idle keel-lb {:.1} % CPU, RSS {:.1} MiB, {} threads, {} fds; nodes receive {:.0} health checks/s (this harness, serving them: {:.0} % CPU; {} SYNs dropped by full accept queues, {} connections closed without a request, {} open without one now, {} accept errors; harness fds {})",
                 s.idle_cpu_pct,
                 s.idle_rss_kib as f64 / 1024.0,
                 s.threads,
@@ -879,74 +919,137 @@ mod imp {
                 s.health_rps,
                 s.harness_cpu_pct,
                 s.listen_drops,
+                s.no_request,
+                s.silent,
+                s.accept_errors,
+                std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
             );
+            Ok(())
+        }
 
-            // create → VIP answering, and keel-lb's cost of that one Service.
+        /// The newest bulk Service answers on its address.
+        fn newest_answers(&self, s: &Scale) -> R<()> {
+            let n = s.n;
+            let newest = format!("s-{:04}", n - 1);
+            let ip = self
+                .ingress_of(&newest)?
+                .ok_or(format!("{NS}/{newest} lost its ingress"))?;
+            let target = sock(&ip, PORTS[0])?;
+            let t = Instant::now();
+            self.probe(target, Duration::from_secs(30)).map_err(|e| {
+                format!("{NS}/{newest} at {target} (it has an ingress) does not answer: {e}")
+            })?;
+            println!(
+                "N={n}: {NS}/{newest} answers on {target} (first answer {:.0} ms after probing began)",
+                ms(t.elapsed())
+            );
+            Ok(())
+        }
+
+        /// R times: create → VIP answering, and keel-lb's cost of that one Service, which is
+        /// deleted again (also after a failure, which ends the phase).
+        fn creates(&self, a: &Args, s: &mut Scale, probe_seq: &mut u32) -> R<()> {
             // Windows span whole health-check intervals (the checks' load comes in waves), and at
             // least the settle + 1 s; the idle window before a create is as long as the last one.
             let min_window = (2 * a.health_interval).max(Duration::from_secs(2));
             let mut window = min_window;
             for rep in 0..a.reps {
                 *probe_seq += 1;
-                let name = format!("x-{n}-{rep}");
+                let name = format!("x-{}-{rep}", s.n);
                 let ip = format!("198.18.16.{probe_seq}");
-                let target = sock(&ip, PORTS[0])?;
-                let p = self.manifest(&name, &[probe_service(&name, &ip)])?;
-                // Started now, so it is watching when the Service is created.
-                let watch = self.watch("svc")?;
-                // Idle rate over an equal window just before.
-                let (i0, iw) = (self.cpu()?, Instant::now());
-                std::thread::sleep(window);
-                let idle_rate = (self.cpu()? - i0) / iw.elapsed().as_secs_f64();
-                let rss0 = self.rss()?;
-                let (cpu0, w_start) = (self.cpu()?, Instant::now());
-                self.kubectl(&["create", "--validate=false", "-f", &p.display().to_string()])?;
-                let kubectl_done = Instant::now();
-                let t0 = kubectl_done;
-                let addr = target;
-                let until = self.bound(Duration::from_secs(30));
-                let prober = self.t.thread_in("client", move || probe_until(addr, until));
-                let seen = self.ingress_seen(watch, &name, t0);
-                let answered = prober
-                    .join()
-                    .map_err(|_| "the probe thread panicked".to_string())?;
-                let (added_at, ingress_at) = seen?;
-                // The API server stored it when the watch saw it, or at the latest when kubectl
-                // returned (its exit lags the answer by 10-100 ms).
-                let t0 = added_at.map_or(t0, |a| a.min(t0));
-                let t1 = answered.map_err(|e| {
-                    format!("Service {NS}/{name} ({target}) did not answer within 30 s: {e}")
-                })?;
-                let settled = t1.max(ingress_at);
-                let w_end = (settled + Duration::from_secs(1)).max(w_start + min_window);
-                std::thread::sleep(w_end.saturating_duration_since(Instant::now()));
-                let (cpu1, w_len) = (self.cpu()?, w_start.elapsed());
-                let rss1 = self.rss()?;
-                window = w_len;
-                s.create_ms.push(ms(t1 - t0));
-                s.ingress_ms.push(signed_ms(ingress_at, t0));
-                if let Some(at) = added_at {
-                    s.added_ms.push(signed_ms(at, kubectl_done));
-                }
-                s.cpu_ms
-                    .push(1000.0 * ((cpu1 - cpu0) - idle_rate * w_len.as_secs_f64()));
-                s.rss_kib.push(rss1 as f64 - rss0 as f64);
-                println!(
-                    "  N={n} rep {rep}: {target} answers {:.0} ms after create, ingress {:.0} ms; keel-lb CPU {:.0} ms (idle {:.1} %), RSS {:+} KiB",
-                    ms(t1 - t0),
-                    signed_ms(ingress_at, t0),
-                    s.cpu_ms[rep],
-                    100.0 * idle_rate,
-                    rss1 as i64 - rss0 as i64
-                );
-                self.kubectl(&["delete", "svc", "-n", NS, &name, "--timeout=60s"])
+                let r = self.create_once(s, rep, &name, &ip, window, min_window);
+                let deleted = self
+                    .kubectl(&[
+                        "delete",
+                        "svc",
+                        "-n",
+                        NS,
+                        &name,
+                        "--ignore-not-found",
+                        "--timeout=60s",
+                    ])
                     .map_err(|e| {
                         format!("deleting {NS}/{name} (keel-lb removes its finalizer): {e}")
-                    })?;
+                    });
+                window = r?;
+                deleted?;
                 std::thread::sleep(Duration::from_secs(1));
             }
+            Ok(())
+        }
 
-            // endpoint change → backend set changed in GET /services.
+        /// One create → answering; the measurement window's length.
+        fn create_once(
+            &self,
+            s: &mut Scale,
+            rep: usize,
+            name: &str,
+            ip: &str,
+            window: Duration,
+            min_window: Duration,
+        ) -> R<Duration> {
+            let n = s.n;
+            let name = name.to_string();
+            let target = sock(ip, PORTS[0])?;
+            let p = self.manifest(&name, &[probe_service(&name, ip)])?;
+            // Started now, so it is watching when the Service is created.
+            let watch = self.watch("svc")?;
+            // Idle rate over an equal window just before.
+            let (i0, iw) = (self.cpu()?, Instant::now());
+            std::thread::sleep(window);
+            let idle_rate = (self.cpu()? - i0) / iw.elapsed().as_secs_f64();
+            let rss0 = self.rss()?;
+            let (cpu0, w_start) = (self.cpu()?, Instant::now());
+            self.kubectl(&["create", "--validate=false", "-f", &p.display().to_string()])?;
+            let kubectl_done = Instant::now();
+            let t0 = kubectl_done;
+            let addr = target;
+            let until = self.bound(Duration::from_secs(30));
+            let prober = self.t.thread_in("client", move || probe_until(addr, until));
+            let seen = self.ingress_seen(watch, &name, t0);
+            let answered = prober
+                .join()
+                .map_err(|_| "the probe thread panicked".to_string())?;
+            let (added_at, ingress_at) = seen?;
+            // The API server stored it when the watch saw it, or at the latest when kubectl
+            // returned (its exit lags the answer by 10-100 ms).
+            let t0 = added_at.map_or(t0, |a| a.min(t0));
+            let t1 = answered.map_err(|e| {
+                format!("Service {NS}/{name} ({target}) did not answer within 30 s: {e}")
+            })?;
+            let settled = t1.max(ingress_at);
+            let w_end = (settled + Duration::from_secs(1)).max(w_start + min_window);
+            std::thread::sleep(w_end.saturating_duration_since(Instant::now()));
+            let (cpu1, w_len) = (self.cpu()?, w_start.elapsed());
+            let rss1 = self.rss()?;
+            s.create_ms.push(ms(t1 - t0));
+            s.ingress_ms.push(signed_ms(ingress_at, t0));
+            if let Some(at) = added_at {
+                s.added_ms.push(signed_ms(at, kubectl_done));
+            }
+            s.cpu_ms
+                .push(1000.0 * ((cpu1 - cpu0) - idle_rate * w_len.as_secs_f64()));
+            s.rss_kib.push(rss1 as f64 - rss0 as f64);
+            println!(
+                "  N={n} rep {rep}: {target} answers {:.0} ms after create, ingress {:.0} ms; keel-lb CPU {:.0} ms (idle {:.1} %), RSS {:+} KiB",
+                ms(t1 - t0),
+                signed_ms(ingress_at, t0),
+                s.cpu_ms[s.cpu_ms.len() - 1],
+                100.0 * idle_rate,
+                rss1 as i64 - rss0 as i64
+            );
+            Ok(w_len)
+        }
+
+        /// R times: endpoint change → backend set changed in GET /services.
+        fn endpoint_changes(
+            &self,
+            a: &Args,
+            s: &mut Scale,
+            current_set: &mut BTreeSet<usize>,
+            sets: (&BTreeSet<usize>, &BTreeSet<usize>),
+        ) -> R<()> {
+            let n = s.n;
             for rep in 0..a.reps {
                 let want = if current_set == sets.0 {
                     sets.1.clone()
@@ -990,8 +1093,12 @@ mod imp {
                 std::thread::sleep(Duration::from_millis(500));
                 self.check()?;
             }
+            Ok(())
+        }
 
-            // Last (they allocate in keel-lb): the admin API's answers at this scale.
+        /// Last (they allocate in keel-lb): the admin API's answers at this scale.
+        fn sizes(&self, a: &Args, s: &mut Scale) -> R<()> {
+            let n = s.n;
             for _ in 0..3 {
                 let (body, d) = self.admin("/services")?;
                 s.services_kib = body.len() as f64 / 1024.0;
@@ -1331,13 +1438,12 @@ mod imp {
     }
 
     /// The node stand-ins, served by this process from a thread in the `nodes` namespace: HTTP 200
-    /// on each of `http_ports` (kube-proxy healthz, healthCheckNodePorts; requests counted in
-    /// `hits`) and, on each TCP nodePort, the node address the connection reached, then close.
+    /// on each of `http_ports` (kube-proxy healthz, healthCheckNodePorts; counted in `stats`) and, on each TCP nodePort, the node address the connection reached, then close.
     fn start_nodes(
         t: &Topology,
         tcp_ports: Vec<u16>,
         http_ports: Vec<u16>,
-        hits: Arc<AtomicU64>,
+        stats: Arc<NodeStats>,
     ) -> R<()> {
         let (tx, rx) = std::sync::mpsc::channel::<R<()>>();
         // Detached: it serves until the process exits.
@@ -1369,17 +1475,20 @@ mod imp {
                     }
                 }
                 for (l, http) in listeners {
-                    let hits = hits.clone();
+                    let stats = stats.clone();
                     tokio::spawn(async move {
                         loop {
                             match l.accept().await {
                                 Ok((s, _)) if http => {
-                                    tokio::spawn(healthz(s, hits.clone()));
+                                    tokio::spawn(healthz(s, stats.clone()));
                                 }
                                 Ok((s, _)) => {
                                     tokio::spawn(node_port(s));
                                 }
-                                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                                Err(_) => {
+                                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(10)).await
+                                }
                             }
                         }
                     });
@@ -1399,7 +1508,28 @@ mod imp {
         s.listen(8192)
     }
 
-    async fn healthz(mut s: tokio::net::TcpStream, hits: Arc<AtomicU64>) {
+    /// What the node stand-ins saw.
+    #[derive(Default)]
+    struct NodeStats {
+        /// HTTP health-check requests answered.
+        answered: AtomicU64,
+        /// Health-check connections closed (or silent 5 s) before a whole request.
+        no_request: AtomicU64,
+        /// accept() failures (e.g. this process out of file descriptors).
+        accept_errors: AtomicU64,
+    }
+
+    impl NodeStats {
+        fn snapshot(&self) -> [u64; 3] {
+            [
+                self.answered.load(Ordering::Relaxed),
+                self.no_request.load(Ordering::Relaxed),
+                self.accept_errors.load(Ordering::Relaxed),
+            ]
+        }
+    }
+
+    async fn healthz(mut s: tokio::net::TcpStream, stats: Arc<NodeStats>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut buf = [0u8; 2048];
@@ -1407,10 +1537,13 @@ mod imp {
         while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
             match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[n..])).await {
                 Ok(Ok(k)) if k > 0 => n += k,
-                _ => return,
+                _ => {
+                    stats.no_request.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
-        hits.fetch_add(1, Ordering::Relaxed);
+        stats.answered.fetch_add(1, Ordering::Relaxed);
         let body = if port == KUBE_PROXY_HEALTHZ {
             r#"{"lastUpdated":"","currentTime":""}"#.to_string()
         } else {
@@ -1554,9 +1687,21 @@ mod imp {
                 .rsplit_once(' ')
                 .map(|(m, _)| m.to_string())
                 .unwrap_or_default();
+            // The error field's text, up to the next `field=`.
             let error = clean
                 .split_once(" error=")
-                .map(|(_, e)| format!(" (error={})", e.trim()))
+                .map(|(_, e)| {
+                    let words: Vec<&str> = e
+                        .split(' ')
+                        .take_while(|w| {
+                            !w.split_once('=').is_some_and(|(k, _)| {
+                                !k.is_empty()
+                                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            })
+                        })
+                        .collect();
+                    format!(" (error={})", words.join(" ").trim())
+                })
                 .unwrap_or_default();
             *counts
                 .entry((level.to_string(), format!("{}{error}", msg.trim())))
@@ -1618,7 +1763,7 @@ mod imp {
             head.push_str(&format!(
                 " N={}{} |",
                 s.n,
-                if s.failed.is_some() {
+                if !s.problems.is_empty() {
                     " (incomplete)"
                 } else {
                     ""
@@ -1750,6 +1895,39 @@ mod imp {
                 }),
             ),
             (
+                "health-check connections closed with no request sent, idle 10 s".into(),
+                0,
+                Box::new(|s| {
+                    if s.idle_rss_kib > 0 {
+                        s.no_request as f64
+                    } else {
+                        f64::NAN
+                    }
+                }),
+            ),
+            (
+                "  …open at the nodes with no request yet (snapshot after the window)".into(),
+                0,
+                Box::new(|s| {
+                    if s.idle_rss_kib > 0 {
+                        s.silent as f64
+                    } else {
+                        f64::NAN
+                    }
+                }),
+            ),
+            (
+                "accept errors at the node stand-ins, idle 10 s".into(),
+                0,
+                Box::new(|s| {
+                    if s.idle_rss_kib > 0 {
+                        s.accept_errors as f64
+                    } else {
+                        f64::NAN
+                    }
+                }),
+            ),
+            (
                 "keel-lb threads".into(),
                 0,
                 Box::new(|s| {
@@ -1837,8 +2015,8 @@ mod imp {
                 f(&s.rss_kib),
                 f(&s.endpoint_ms)
             );
-            if let Some(e) = &s.failed {
-                println!("  N={} did not finish: {e}", s.n);
+            for e in &s.problems {
+                println!("  N={} FAILED: {e}", s.n);
             }
             if let Some(m) = s.metrics_skipped {
                 println!(
