@@ -343,6 +343,11 @@ mod imp {
         silent: u64,
         rules_applied: Option<f64>,
         metrics_kib: f64,
+        /// Services in GET /services served, with an address and no problems.
+        served_clean: Option<usize>,
+        /// keel-lb log lines at WARN and ERROR written during this scale.
+        log_warn: u64,
+        log_error: u64,
         /// /metrics not read: its expected size (MiB).
         metrics_skipped: Option<f64>,
         services_kib: f64,
@@ -487,6 +492,7 @@ mod imp {
 
         let mut have = 0usize;
         let mut probe_seq = 0u32;
+        let mut log_seen = log_levels(&dir.join("keel-lb.log"));
         for &n in &a.scales {
             let mut s = Scale {
                 n,
@@ -511,6 +517,9 @@ mod imp {
                 }
                 fatal = lab.check().err();
             }
+            let (w, e) = log_levels(&dir.join("keel-lb.log"));
+            (s.log_warn, s.log_error) = (w - log_seen.0, e - log_seen.1);
+            log_seen = (w, e);
             if let Some(e) = fatal {
                 if !s.problems.contains(&e) {
                     s.problems.push(e.clone());
@@ -1103,6 +1112,14 @@ mod imp {
                 let (body, d) = self.admin("/services")?;
                 s.services_kib = body.len() as f64 / 1024.0;
                 s.services_ms.push(ms(d));
+                let v: Services =
+                    serde_json::from_slice(&body).map_err(|e| format!("GET /services: {e}"))?;
+                s.served_clean = Some(
+                    v.services
+                        .iter()
+                        .filter(|x| x.served && x.problems.is_empty() && !x.ips.is_empty())
+                        .count(),
+                );
             }
             let backends = ((n + 1) * PORTS.len() * a.nodes) as f64;
             let predicted = self.metrics_per_backend.get() * backends;
@@ -1115,9 +1132,11 @@ mod imp {
                 self.metrics_per_backend.set(m.len() as f64 / backends);
             }
             println!(
-                "N={n}: GET /services {:.0} KiB in {:.0} ms; GET /metrics {}",
+                "N={n}: GET /services {:.0} KiB in {:.0} ms ({} of {} Services served without problems); GET /metrics {}",
                 s.services_kib,
                 median(&s.services_ms),
+                s.served_clean.unwrap_or(0),
+                n + 1,
                 match s.metrics_skipped {
                     Some(p) => format!("not read (about {p:.0} MiB expected from the last scale)"),
                     None => format!("{:.0} KiB", s.metrics_kib),
@@ -1279,6 +1298,12 @@ mod imp {
         service: String,
         #[serde(default)]
         ports: Vec<PortEntry>,
+        #[serde(default)]
+        served: bool,
+        #[serde(default)]
+        problems: Vec<String>,
+        #[serde(default)]
+        ips: Vec<serde::de::IgnoredAny>,
     }
 
     #[derive(Deserialize)]
@@ -1716,6 +1741,24 @@ mod imp {
         out
     }
 
+    /// Lines of keel-lb's log at WARN and at ERROR so far.
+    fn log_levels(p: &Path) -> (u64, u64) {
+        let Ok(f) = std::fs::File::open(p) else {
+            return (0, 0);
+        };
+        let (mut w, mut e) = (0, 0);
+        for line in std::io::BufRead::split(std::io::BufReader::new(f), b'\n').map_while(Result::ok)
+        {
+            let l = String::from_utf8_lossy(&line);
+            if l.contains(" WARN ") {
+                w += 1;
+            } else if l.contains(" ERROR ") {
+                e += 1;
+            }
+        }
+        (w, e)
+    }
+
     fn strip_ansi(s: &str) -> String {
         let mut out = String::with_capacity(s.len());
         let mut esc = false;
@@ -1942,6 +1985,21 @@ mod imp {
                 "keel-lb open fds".into(),
                 0,
                 Box::new(|s| if s.fds > 0 { s.fds as f64 } else { f64::NAN }),
+            ),
+            (
+                "Services served with an address and no problems (GET /services; of N+1)".into(),
+                0,
+                Box::new(|s| s.served_clean.map_or(f64::NAN, |v| v as f64)),
+            ),
+            (
+                "keel-lb log lines during the scale: WARN".into(),
+                0,
+                Box::new(|s| s.log_warn as f64),
+            ),
+            (
+                "keel-lb log lines during the scale: ERROR".into(),
+                0,
+                Box::new(|s| s.log_error as f64),
             ),
             (
                 "keel_lb_service_rules_applied (/metrics)".into(),
