@@ -1656,7 +1656,7 @@ mod imp {
         let mut s = v.to_vec();
         s.sort_by(|a, b| a.total_cmp(b));
         let m = s.len() / 2;
-        if s.len().is_multiple_of(2) {
+        if s.len() == 2 * m {
             (s[m - 1] + s[m]) / 2.0
         } else {
             s[m]
