@@ -102,9 +102,15 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             // Serving, but without failover: whoever watches this node must know.
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         },
-        (&Method::GET, "/services") => match &admin.services {
+        (&Method::GET, path) if path == "/services" || path.starts_with("/services/") => match &admin.services {
             Some(s) => {
-                let mut r = reply(StatusCode::OK, services_json(s).to_string());
+                // `/services/<namespace>/<name>`: one Service, at the cost of one.
+                let only = path.strip_prefix("/services/");
+                let v = services_json(s, only);
+                if only.is_some() && v["services"].as_array().is_some_and(|a| a.is_empty()) {
+                    return reply(StatusCode::NOT_FOUND, "no such Service here\n");
+                }
+                let mut r = reply(StatusCode::OK, v.to_string());
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
@@ -172,7 +178,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// `GET /services`: every Service keel-lb serves or tried to, with addresses, ports, backends (live
 /// health) and the last sync result.
-fn services_json(s: &crate::services::controller::Shared) -> serde_json::Value {
+fn services_json(s: &crate::services::controller::Shared, only: Option<&str>) -> serde_json::Value {
     use crate::services::rules::{pool_name, Proto};
     use serde_json::json;
     let applied = s.applied();
@@ -189,6 +195,9 @@ fn services_json(s: &crate::services::controller::Shared) -> serde_json::Value {
         .collect();
     let mut keys: std::collections::BTreeSet<String> = sync.keys().cloned().collect();
     keys.extend(applied.rules.services.keys().cloned());
+    if let Some(k) = only {
+        keys.retain(|x| x == k);
+    }
     let list: Vec<serde_json::Value> = keys
         .iter()
         .map(|k| {

@@ -566,7 +566,7 @@ mod imp {
 
         fn lb_config(&self, a: &Args) -> R<PathBuf> {
             let yaml = format!(
-                "admin:\n  listen: {LB_IP}:{ADMIN_PORT}\nvrrp:\n  routers:\n    - name: svc4\n      vrid: 71\n      interface: eth0\n      priority: 200\n      advert_interval: 100ms\n      vips: [{VRRP_VIP}/16]\nservices:\n  kubeconfig: {kc}\n  state_file: {state}\n  instance: lb\n  health:\n    cluster: {health}\n    interval: {interval}ms\n    timeout: {timeout}ms\n    rise: 2\n    fall: 2\n  address_pools:\n    - name: bulk\n      addresses: [\"{BULK_POOL}\"]\n      vrrp_routers: [svc4]\n    - name: probe\n      addresses: [\"{PROBE_POOL}\"]\n      auto_assign: false\n      vrrp_routers: [svc4]\n",
+                "admin:\n  listen: 127.0.0.1:{ADMIN_PORT}\nmetrics:\n  listen: {LB_IP}:{ADMIN_PORT}\nvrrp:\n  routers:\n    - name: svc4\n      vrid: 71\n      interface: eth0\n      priority: 200\n      advert_interval: 100ms\n      vips: [{VRRP_VIP}/16]\nservices:\n  kubeconfig: {kc}\n  state_file: {state}\n  instance: lb\n  health:\n    cluster: {health}\n    interval: {interval}ms\n    timeout: {timeout}ms\n    rise: 2\n    fall: 2\n  address_pools:\n    - name: bulk\n      addresses: [\"{BULK_POOL}\"]\n      vrrp_routers: [svc4]\n    - name: probe\n      addresses: [\"{PROBE_POOL}\"]\n      auto_assign: false\n      vrrp_routers: [svc4]\n",
                 kc = self.dir.join("api/admin.kubeconfig").display(),
                 state = self.dir.join("lb-state/services.json").display(),
                 health = a.health,
@@ -729,7 +729,7 @@ mod imp {
 
         /// Node indexes behind bench/local in keel-lb's `GET /services` (empty if not served).
         fn local_nodes(&self) -> R<BTreeSet<usize>> {
-            let (body, _) = self.admin("/services")?;
+            let (body, _) = self.admin("/services/bench/local")?;
             local_nodes_of(&body)
         }
 
@@ -1346,8 +1346,9 @@ mod imp {
         Ok(out)
     }
 
-    /// Polls keel-lb's `GET /services` (5 ms after each answer) until bench/local's backends are on
-    /// exactly `want`: when that answer arrived, and how long each poll took.
+    /// Polls keel-lb's `GET /services/bench/local` (5 ms after each answer; one Service, so a poll
+    /// does not cost the whole list) until its backends are on exactly `want`: when that answer
+    /// arrived, and how long each poll took.
     fn poll_backends(
         admin: SocketAddr,
         want: &BTreeSet<usize>,
@@ -1355,7 +1356,7 @@ mod imp {
     ) -> R<(Instant, Vec<f64>)> {
         let mut polls = Vec::new();
         loop {
-            let last = match http_get(admin, "/services") {
+            let last = match http_get(admin, "/services/bench/local") {
                 Ok((body, d)) => {
                     polls.push(ms(d));
                     let at = Instant::now();
@@ -2052,7 +2053,7 @@ mod imp {
                 Box::new(|s| median(&s.services_ms)),
             ),
             (
-                "GET /services time while polling endpoints, median (ms)".into(),
+                "GET /services/bench/local time while polling endpoints, median (ms)".into(),
                 1,
                 Box::new(|s| median(&s.endpoint_poll_ms)),
             ),
