@@ -10,7 +10,8 @@
 //!   both ends (accepted) and one step (1us, or 1) outside them (refused, naming the field).
 //! - enums: a value outside the listed ones is refused naming the field, and where serde lists the
 //!   accepted words, they are the document's.
-//! - tables: every row has all five columns, a known type, and a default inside its own range.
+//! - tables: every row has all five columns, a known type, and a default inside its own range; the
+//!   example of each document passes `check`.
 //!
 //! Document format (see "Reading the tables" in either document): a `###` heading whose first code
 //! span is the section path (none for the top level; a second code span `kind: X` marks the fields of
@@ -862,4 +863,26 @@ fn defaults_are_consistent(p: Program) {
 fn reference_tables_are_complete_and_their_defaults_in_range() {
     defaults_are_consistent(LB);
     defaults_are_consistent(AGENT);
+}
+
+/// The example in each document passes `check`.
+#[test]
+fn reference_examples_pass_check() {
+    for p in [LB, AGENT] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p.doc);
+        let text = std::fs::read_to_string(path).unwrap();
+        let example = text
+            .split_once("## Example")
+            .and_then(|(_, rest)| rest.split_once("```yaml\n"))
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(yaml, _)| yaml)
+            .unwrap_or_else(|| panic!("{}: no ```yaml block under ## Example", p.doc));
+        let config: Value = serde_yaml::from_str(example).unwrap();
+        let out = check(p, &config);
+        assert!(
+            out.ok,
+            "{}: the example fails {} check:\n{}",
+            p.doc, p.bin, out.text
+        );
+    }
 }
