@@ -181,8 +181,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
 fn services_json(s: &crate::services::controller::Shared, only: Option<&str>) -> serde_json::Value {
     use crate::services::rules::{pool_name, Proto};
     use serde_json::json;
-    let applied = s.applied();
-    let sync = s.sync();
+    let (applied, sync) = match only {
+        Some(k) => (s.applied_for(k), s.sync_for(k)),
+        None => (s.applied(), s.sync()),
+    };
     let by_addr: std::collections::HashMap<std::net::IpAddr, &str> = applied
         .rules
         .nodes

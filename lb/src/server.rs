@@ -318,13 +318,7 @@ impl Server {
                             err,
                         });
                     };
-                    tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
-                    let mut problems = std::mem::take(&mut p.problems);
-                    problems.push(format!("cannot listen on {proto:?} {addr}: {err}"));
-                    *p = SvcParts {
-                        problems,
-                        ..SvcParts::default()
-                    };
+                    left_out(&key, p, proto, addr, &err);
                 }
                 Err(e) => {
                     if !file_changed {
@@ -479,13 +473,7 @@ impl Server {
                 Err(ApplyError::Bind {
                     proto, addr, err, ..
                 }) => {
-                    tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
-                    let mut problems = std::mem::take(&mut new.problems);
-                    problems.push(format!("cannot listen on {proto:?} {addr}: {err}"));
-                    new = SvcParts {
-                        problems,
-                        ..SvcParts::default()
-                    };
+                    left_out(key, &mut new, proto, addr, &err);
                 }
                 // apply_delta binds; it has no VRRP part.
                 Err(e @ ApplyError::Vrrp(_)) => {
@@ -976,6 +964,24 @@ impl Server {
             ),
         }
     }
+}
+
+/// A Service whose listener cannot be bound is left out whole (frontends, pools, VIPs), and why
+/// is kept with its other problems.
+fn left_out(
+    key: &str,
+    parts: &mut SvcParts,
+    proto: Protocol,
+    addr: SocketAddr,
+    err: &std::io::Error,
+) {
+    tracing::error!(service = %key, %addr, error = %err, "services: cannot listen; this Service is left out");
+    let mut problems = std::mem::take(&mut parts.problems);
+    problems.push(format!("cannot listen on {proto:?} {addr}: {err}"));
+    *parts = SvcParts {
+        problems,
+        ..SvcParts::default()
+    };
 }
 
 fn default_svc_health() -> crate::services::config::SvcHealth {

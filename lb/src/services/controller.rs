@@ -121,6 +121,36 @@ impl Shared {
         lock(&self.applied).clone()
     }
 
+    /// What runs for one Service only (`namespace/name`): copies that Service's entries, not all.
+    pub fn applied_for(&self, key: &str) -> Applied {
+        let a = lock(&self.applied);
+        let prefix = format!("{key}:");
+        Applied {
+            rules: a.rules.clone(),
+            problems: a
+                .problems
+                .get_key_value(key)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .into_iter()
+                .collect(),
+            pools: a
+                .pools
+                .range(prefix.clone()..)
+                .take_while(|(n, _)| n.starts_with(&prefix))
+                .map(|(n, p)| (n.clone(), p.clone()))
+                .collect(),
+        }
+    }
+
+    /// The last sync result of one Service.
+    pub fn sync_for(&self, key: &str) -> BTreeMap<String, SyncStatus> {
+        lock(&self.sync)
+            .get_key_value(key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .into_iter()
+            .collect()
+    }
+
     /// Forgets every Service (a full apply publishes them all again).
     pub fn reset_applied(&self, rules: Arc<ClusterRules>) {
         *lock(&self.applied) = Applied {

@@ -193,6 +193,11 @@ impl Lab {
 
     pub fn keel_with(&self, host: &str, priority: u8, extra: &str) -> Proc {
         let cfg = self.lb_config(host, priority, extra);
+        self.spawn_keel(host, &cfg)
+    }
+
+    /// keel-lb in `host` with config `cfg`, logging (appended) to `<host>.log`.
+    fn spawn_keel(&self, host: &str, cfg: &std::path::Path) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -402,21 +407,6 @@ impl Lab {
         let yaml = yaml.replace(&admin, &format!("  kubeconfig: {}\n", kubeconfig.display()));
         let cfg = self.path(&format!("{host}-kubeconfig.yaml"));
         std::fs::write(&cfg, yaml).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("{host}.log")))
-            .unwrap();
-        let bin = keel_e2e::bin("keel-lb");
-        let child = self
-            .t
-            .command(host, bin.to_str().unwrap())
-            .args(["run", "-c", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "info,keel_lb=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc::from_child(child, format!("keel-lb in {host}"))
+        self.spawn_keel(host, &cfg)
     }
 }
