@@ -89,7 +89,7 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name, help), l).expect("static metric definition"),
             )
         };
-        Metrics {
+        let m = Metrics {
             fe_current: gv(
                 "keel_lb_frontend_connections",
                 "Open client connections (UDP: sessions).",
@@ -210,7 +210,12 @@ impl Metrics {
                 .expect("static metric definition"),
             ),
             registry: r,
+        };
+        // Both results exist from the start so that rate() and alerts work before the first reload.
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
     }
 
     /// Whether every configured VRRP router runs (`/healthz` answers 503 otherwise).
