@@ -227,7 +227,7 @@ async fn every_metric_in_rules_and_dashboards_is_exported_by_a_running_keel_agen
             "metrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  checks:\n    - name: memory\n      kind: memory\n      min_available: 1Mi\n"
         ),
     );
-    let mut p = a.spawn();
+    let p = a.spawn();
     agent_harness::wait_until(
         "the Lease",
         Duration::from_secs(30),
