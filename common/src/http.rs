@@ -1,12 +1,14 @@
 //! One way to serve HTTP/1.1 for every Keel listener (keel-lb's admin API; keel-agent's metrics and
 //! orchestrator API): a connection cap taken *before* accept, bounded handshakes and header reads, a
-//! lifetime cap per connection, and backoff on accept errors. So idle or slow clients can hold at
-//! most `max_connections` fds, never the process's last ones (health checks and the data plane need
-//! them), and an accept error such as EMFILE never spins.
+//! lifetime cap per connection, a cap per client address, and backoff on accept errors. So idle or
+//! slow clients can hold at most `max_connections` fds, never the process's last ones (health checks
+//! and the data plane need them); one host holding idle connections cannot take them all (Prometheus
+//! still scrapes while a neighbour floods the port); and an accept error such as EMFILE never spins.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +27,8 @@ use crate::Backoff;
 pub struct Limits {
     /// Open connections at most; the next client waits in the kernel's backlog.
     pub max_connections: usize,
+    /// Open connections from one client address at most; more are closed at once after accept.
+    pub max_per_source: usize,
     /// From accept to the end of the (TLS) handshake.
     pub handshake_timeout: Duration,
     /// To read a request's headers (also bounds an idle keep-alive connection's wait).
@@ -37,6 +41,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 64,
+            max_per_source: 16,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             max_lifetime: Duration::from_secs(600),
@@ -62,6 +67,7 @@ pub async fn serve<A, AF, IO, C, H, HF>(
     HF: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let sources = PerSource::new(limits.max_per_source);
     let handshake = Arc::new(handshake);
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
@@ -92,11 +98,17 @@ pub async fn serve<A, AF, IO, C, H, HF>(
                 }
             }
         };
+        // Over its address's share: closed now, so the permit goes back before the next accept.
+        let Some(source) = sources.take(peer.ip()) else {
+            tracing::debug!(peer = %peer, "http connection refused: too many from this address");
+            continue;
+        };
         let handshake = handshake.clone();
         let handler = handler.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _source = source;
             let conn = async move {
                 let Ok(Some((io, ctx))) =
                     tokio::time::timeout(limits.handshake_timeout, handshake(tcp, peer)).await
@@ -122,6 +134,53 @@ pub async fn serve<A, AF, IO, C, H, HF>(
                 _ = tokio::time::timeout(limits.max_lifetime, conn) => {}
             }
         });
+    }
+}
+
+/// Open connections per client address.
+#[derive(Clone)]
+struct PerSource {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection of `ip`; dropping it gives the slot back.
+struct SourceSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerSource {
+    fn new(max: usize) -> PerSource {
+        PerSource {
+            max: max.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -193,6 +252,61 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    /// One address holding idle connections gets its share; another address is still served, and the
+    /// first is served again once its connections go.
+    #[tokio::test]
+    async fn one_address_cannot_hold_every_connection() {
+        let limits = Limits {
+            max_connections: 8,
+            max_per_source: 2,
+            header_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve_plain(l, limits, cancel.clone(), |_req| async {
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }));
+        // 127.0.0.2 floods: 20 idle connections; beyond its two, each is closed at once.
+        let flooder = |_| async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await
+        };
+        let mut held = Vec::new();
+        let mut closed = 0;
+        for i in 0..20 {
+            let mut c = flooder(i).await.unwrap();
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+                _ => held.push(c),
+            }
+        }
+        assert_eq!(held.len(), 2, "the flooder holds its share only");
+        assert_eq!(closed, 18);
+        // 127.0.0.1 is served at once, while the flood holds on.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            get(SocketAddr::from(([127, 0, 0, 1], port))),
+        )
+        .await
+        .expect("served while another address floods")
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = flooder(0).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        cancel.cancel();
     }
 
     /// A client that sends nothing is closed after the header timeout.
