@@ -73,6 +73,16 @@ pub struct RawFrontend {
     pub proxy_protocol: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    pub udp: Option<RawUdp>,
+}
+
+/// UDP session settings of one frontend (`frontends[].udp`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUdp {
+    pub max_sessions_per_source: Option<u64>,
+    pub close_after_replies: Option<u64>,
+    pub receive_buffer: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +230,30 @@ pub struct Frontend {
     pub max_connections: usize,
     pub proxy_protocol: bool,
     pub timeouts: Timeouts,
+    pub udp: Udp,
+}
+
+/// UDP session settings (used by UDP frontends only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Udp {
+    /// Sessions one client IP address may hold at once; beyond it its new sessions are refused.
+    pub max_sessions_per_source: usize,
+    /// Close a session once the backend sent this many replies and answered every request (DNS: 1).
+    pub close_after_replies: Option<u32>,
+    /// SO_RCVBUF of the listening socket, in bytes; None keeps the kernel's default.
+    pub receive_buffer: Option<u32>,
+}
+
+pub const DEFAULT_UDP_SESSIONS_PER_SOURCE: usize = 1_000;
+
+impl Default for Udp {
+    fn default() -> Self {
+        Udp {
+            max_sessions_per_source: DEFAULT_UDP_SESSIONS_PER_SOURCE,
+            close_after_replies: None,
+            receive_buffer: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -588,6 +622,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             &format!("{field}.timeouts"),
             &mut diag,
         );
+        let udp = validate_udp(rf, &field, &mut diag);
         if let Some(listen) = listen {
             frontends.push(Frontend {
                 name: rf.name.clone(),
@@ -597,6 +632,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 max_connections,
                 proxy_protocol,
                 timeouts,
+                udp,
             });
         }
     }
@@ -642,6 +678,40 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         timeouts: defaults,
         services,
     })
+}
+
+fn validate_udp(rf: &RawFrontend, field: &str, diag: &mut Diagnostics) -> Udp {
+    let mut u = Udp::default();
+    let Some(raw) = &rf.udp else { return u };
+    if rf.protocol != Protocol::Udp {
+        diag.error(format!("{field}.udp"), "only applies to udp frontends");
+    }
+    let mut int = |name: &str, v: Option<u64>, min: u64, max: u64| {
+        let v = v?;
+        if (min..=max).contains(&v) {
+            Some(v)
+        } else {
+            diag.error(
+                format!("{field}.udp.{name}"),
+                format!("{v} is out of range {min}-{max}"),
+            );
+            None
+        }
+    };
+    if let Some(n) = int(
+        "max_sessions_per_source",
+        raw.max_sessions_per_source,
+        1,
+        1_000_000,
+    ) {
+        u.max_sessions_per_source = n as usize;
+    }
+    u.close_after_replies =
+        int("close_after_replies", raw.close_after_replies, 1, 1_000_000).map(|n| n as u32);
+    // The kernel doubles the value and refuses less than about 2 KiB; 256 MiB is far above any
+    // sane queue for one socket.
+    u.receive_buffer = int("receive_buffer", raw.receive_buffer, 4096, 256 << 20).map(|n| n as u32);
+    u
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -1016,6 +1086,26 @@ pools:
         .unwrap_err()
         .to_string();
         assert!(e.contains("lb.yaml:6: frontends[0].proxy_protocol"), "{e}");
+    }
+
+    #[test]
+    fn udp_settings_are_checked_and_only_taken_by_udp_frontends() {
+        let pools = "pools:\n  p:\n    backends: [{address: \"1.2.3.4:53\"}]\n";
+        let c = check(&format!("frontends:\n  - name: d\n    listen: 127.0.0.1:53\n    protocol: udp\n    pool: p\n    udp:\n      close_after_replies: 1\n      receive_buffer: 65536\n{pools}")).unwrap();
+        let u = c.frontends[0].udp;
+        assert_eq!(u.close_after_replies, Some(1));
+        assert_eq!(u.receive_buffer, Some(65536));
+        assert_eq!(u.max_sessions_per_source, DEFAULT_UDP_SESSIONS_PER_SOURCE);
+        let e = check(&format!("frontends:\n  - name: t\n    listen: 127.0.0.1:80\n    pool: p\n    udp:\n      max_sessions_per_source: 0\n      receive_buffer: 100\n{pools}"))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "lb.yaml:5: frontends[0].udp: only applies to udp frontends",
+            "lb.yaml:6: frontends[0].udp.max_sessions_per_source: 0 is out of range 1-1000000",
+            "lb.yaml:7: frontends[0].udp.receive_buffer: 100 is out of range 4096-268435456",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

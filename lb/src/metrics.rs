@@ -15,6 +15,8 @@ pub struct Metrics {
     fe_accept_errors: IntCounterVec,
     fe_dropped: IntCounterVec,
     fe_no_backend: IntCounterVec,
+    udp: [IntCounterVec; 5],
+    udp_rcvbuf: IntGaugeVec,
     be_current: IntGaugeVec,
     be_total: IntCounterVec,
     be_bytes_in: IntCounterVec,
@@ -43,7 +45,31 @@ pub struct FrontendMetrics {
     pub dropped: IntCounter,
     /// Connections closed because no backend could be reached.
     pub no_backend: IntCounter,
+    pub udp: UdpMetrics,
 }
+
+/// A UDP frontend's session table and socket (unregistered, so without series, on TCP frontends).
+#[derive(Clone)]
+pub struct UdpMetrics {
+    pub evictions: IntCounter,
+    pub source_limited: IntCounter,
+    pub repicks: IntCounter,
+    pub closed_after_replies: IntCounter,
+    pub kernel_drops: IntCounter,
+    pub receive_buffer: IntGauge,
+}
+
+const UDP_COUNTERS: [(&str, &str); 5] = [
+    ("keel_lb_frontend_udp_evictions_total", "UDP sessions evicted, least recently used first, to make room in a full session table."),
+    ("keel_lb_frontend_udp_source_limited_total", "UDP datagrams dropped because their client address holds max_sessions_per_source sessions."),
+    ("keel_lb_frontend_udp_repicks_total", "UDP sessions moved to another backend because theirs went down or was drained."),
+    ("keel_lb_frontend_udp_closed_after_replies_total", "UDP sessions closed after close_after_replies replies."),
+    ("keel_lb_frontend_udp_kernel_drops_total", "Datagrams the kernel dropped because the listening socket's receive buffer was full."),
+];
+const UDP_RCVBUF: (&str, &str) = (
+    "keel_lb_frontend_udp_receive_buffer_bytes",
+    "Receive buffer of the UDP listening socket as the kernel reports it (twice the configured size).",
+);
 
 #[derive(Clone)]
 pub struct BackendMetrics {
@@ -125,6 +151,8 @@ impl Metrics {
                 "Client connections closed because no backend could be reached.",
                 &fe,
             ),
+            udp: UDP_COUNTERS.map(|(name, help)| cv(name, help, &fe)),
+            udp_rcvbuf: gv(UDP_RCVBUF.0, UDP_RCVBUF.1, &fe),
             be_current: gv(
                 "keel_lb_backend_connections",
                 "Open connections to the backend.",
@@ -228,8 +256,23 @@ impl Metrics {
         }
     }
 
-    pub fn frontend(&self, name: &str) -> FrontendMetrics {
+    /// A frontend's series; UDP ones only for a UDP frontend.
+    pub fn frontend(&self, name: &str, protocol: crate::config::Protocol) -> FrontendMetrics {
         let l = [name];
+        let udp = if protocol == crate::config::Protocol::Udp {
+            let [evictions, source_limited, repicks, closed_after_replies, kernel_drops] =
+                self.udp.each_ref().map(|c| c.with_label_values(&l));
+            UdpMetrics {
+                evictions,
+                source_limited,
+                repicks,
+                closed_after_replies,
+                kernel_drops,
+                receive_buffer: self.udp_rcvbuf.with_label_values(&l),
+            }
+        } else {
+            UdpMetrics::detached()
+        };
         FrontendMetrics {
             current: self.fe_current.with_label_values(&l),
             total: self.fe_total.with_label_values(&l),
@@ -238,6 +281,7 @@ impl Metrics {
             accept_errors: self.fe_accept_errors.with_label_values(&l),
             dropped: self.fe_dropped.with_label_values(&l),
             no_backend: self.fe_no_backend.with_label_values(&l),
+            udp,
         }
     }
 
@@ -278,6 +322,10 @@ impl Metrics {
         let _ = self.fe_accept_errors.remove_label_values(&l);
         let _ = self.fe_dropped.remove_label_values(&l);
         let _ = self.fe_no_backend.remove_label_values(&l);
+        for c in &self.udp {
+            let _ = c.remove_label_values(&l);
+        }
+        let _ = self.udp_rcvbuf.remove_label_values(&l);
     }
 
     pub fn encode(&self) -> String {
@@ -290,6 +338,25 @@ impl Metrics {
             buf.clear();
         }
         buf
+    }
+}
+
+impl UdpMetrics {
+    fn detached() -> UdpMetrics {
+        let c = |(name, help): (&str, &str)| {
+            IntCounter::new(name, help).expect("static metric definition")
+        };
+        let [evictions, source_limited, repicks, closed_after_replies, kernel_drops] =
+            UDP_COUNTERS.map(c);
+        UdpMetrics {
+            evictions,
+            source_limited,
+            repicks,
+            closed_after_replies,
+            kernel_drops,
+            receive_buffer: IntGauge::new(UDP_RCVBUF.0, UDP_RCVBUF.1)
+                .expect("static metric definition"),
+        }
     }
 }
 

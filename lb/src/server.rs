@@ -632,7 +632,7 @@ impl Server {
                 cfg: f.clone(),
                 pool,
                 limit,
-                metrics: self.metrics.frontend(&f.name),
+                metrics: self.metrics.frontend(&f.name, f.protocol),
             });
             if let Some(running) = self.listeners.get_mut(&key) {
                 if running.name != f.name && !put_names.contains(&running.name) {

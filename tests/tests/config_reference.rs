@@ -249,6 +249,11 @@ frontends:
   - name: f
     listen: 127.0.0.1:6443
     pool: p
+  - name: u
+    listen: 127.0.0.1:5353
+    protocol: udp
+    pool: p
+    udp: {}
 pools:
   p:
     health:
@@ -386,6 +391,10 @@ fn locate<'a>(config: &'a mut Value, section: &str) -> (&'a mut Mapping, String)
     for (i, seg) in segs.iter().copied().enumerate() {
         // `health.checks[].patterns[]`: the check to enter is one that has `patterns`.
         let next_list = segs.get(i + 1).and_then(|n| n.strip_suffix("[]"));
+        // `frontends[].udp`: the first frontend that has a `udp` section, if one has.
+        let next_key = segs
+            .get(i + 1)
+            .filter(|n| !n.ends_with("[]") && **n != "<name>");
         let Value::Mapping(m) = cur else {
             panic!("{section}: {spelled} is not a mapping in the base config");
         };
@@ -407,7 +416,12 @@ fn locate<'a>(config: &'a mut Value, section: &str) -> (&'a mut Mapping, String)
                 .unwrap_or_else(|| panic!("{section}: the base config needs a list {key}"));
             let at = items
                 .iter()
-                .position(|item| next_list.is_none_or(|n| item.get(n).is_some()))
+                .position(|item| next_key.is_some_and(|n| item.get(*n).is_some()))
+                .or_else(|| {
+                    items
+                        .iter()
+                        .position(|item| next_list.is_none_or(|n| item.get(n).is_some()))
+                })
                 .unwrap_or_else(|| panic!("{section}: the base config needs an item in {key}"));
             spelled.push_str(&format!("{key}[{at}]"));
             cur = &mut items[at];

@@ -813,6 +813,415 @@ fn udp_round_trips_through_per_client_sessions() {
     server.join().unwrap();
 }
 
+// ----------------------------------------------------------------------------------------------
+// UDP sessions
+
+/// A UDP backend: answers `<name>:<sender port>:<datagram>` after `delay`, so a client learns which
+/// backend and which of keel-lb's session sockets served it. With `health`, a TCP listener on the
+/// same port answers the pool's tcp health check until `fail_health`.
+struct UdpEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    health: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl UdpEcho {
+    fn start(name: &str, delay: Duration) -> UdpEcho {
+        UdpEcho::serve(name, delay, UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
+    /// With a TCP listener on the same port for the pool's tcp health check. The TCP port is taken
+    /// first: other tests hold many ephemeral TCP ports, few UDP ones.
+    fn start_checked(name: &str) -> UdpEcho {
+        for _ in 0..50 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let Ok(sock) = UdpSocket::bind(l.local_addr().unwrap()) else {
+                continue;
+            };
+            let mut e = UdpEcho::serve(name, Duration::ZERO, sock);
+            l.set_nonblocking(true).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            let t = std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let _ = l.accept();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+            e.health = Some((stop, t));
+            return e;
+        }
+        panic!("no port free for both TCP and UDP");
+    }
+
+    fn serve(name: &str, delay: Duration, sock: UdpSocket) -> UdpEcho {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, name) = (stop.clone(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    std::thread::sleep(delay);
+                    let mut reply = format!("{name}:{}:", from.port()).into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        UdpEcho {
+            addr,
+            stop,
+            thread: Some(thread),
+            health: None,
+        }
+    }
+
+    /// Closes the health check's listener: the backend is marked down, its UDP side still answers.
+    fn fail_health(&mut self) {
+        if let Some((stop, t)) = self.health.take() {
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.fail_health();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// One UDP frontend `dns` on `port` in front of `bs`; `udp` is its `udp:` section's body.
+fn udp_config(port: u16, admin: u16, fe_extra: &str, health: &str, bs: &[&UdpEcho]) -> String {
+    let backends: String = bs
+        .iter()
+        .map(|b| format!("      - address: {}\n", b.addr))
+        .collect();
+    format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nfrontends:\n  - name: dns\n    listen: 127.0.0.1:{port}\n    protocol: udp\n    pool: p\n{fe_extra}pools:\n  p:\n    health:\n{health}    backends:\n{backends}"
+    )
+}
+
+/// A client socket on `ip` that asks keel-lb and returns the answer (None after `wait`).
+fn udp_client(ip: [u8; 4]) -> UdpSocket {
+    let c = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    c
+}
+
+fn udp_ask(c: &UdpSocket, lb: SocketAddr, msg: &str, wait: Duration) -> Option<String> {
+    c.set_read_timeout(Some(wait)).unwrap();
+    c.send_to(msg.as_bytes(), lb).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = c.recv_from(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn udp_metric(lb: &Lb, name: &str) -> f64 {
+    metric(&lb.metrics(), &format!("{name}{{frontend=\"dns\"}}")).unwrap_or(-1.0)
+}
+
+/// A full table used to refuse every new session; now the session idle the longest makes room,
+/// and the sessions used since keep their socket (the backend sees the same source port).
+#[test]
+fn udp_a_full_table_evicts_the_least_recently_used_session() {
+    let echo = UdpEcho::start("a", Duration::ZERO);
+    let port = free_port();
+    let lb = Lb::start(&udp_config(
+        port,
+        free_port(),
+        "    max_connections: 4\n",
+        SLOW_TCP,
+        &[&echo],
+    ));
+    let lb_at = lb_addr(port);
+    let clients: Vec<UdpSocket> = (2..6).map(|i| udp_client([127, 0, 0, i])).collect();
+    let mut session_port = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let r = udp_ask(c, lb_at, &format!("c{i}"), T).expect("served");
+        session_port.push(r.split(':').nth(1).unwrap().to_string());
+    }
+    // Clients 0, 2 and 3 talk again: client 1 is now the least recently used.
+    for i in [0, 2, 3] {
+        std::thread::sleep(Duration::from_millis(20));
+        udp_ask(&clients[i], lb_at, "again", T).expect("served");
+    }
+    let newcomer = udp_client([127, 0, 0, 9]);
+    assert!(
+        udp_ask(&newcomer, lb_at, "new", T).is_some(),
+        "a full table refused a new client"
+    );
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_udp_evictions_total"), 1.0);
+    for i in [0, 2, 3] {
+        let r = udp_ask(&clients[i], lb_at, "still", T).unwrap();
+        assert_eq!(
+            r.split(':').nth(1).unwrap(),
+            session_port[i],
+            "client {i} lost its session: {r}"
+        );
+    }
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_connections"), 4.0);
+}
+
+/// One client cycling through 10,000 source ports neither fills the table nor starves a second
+/// client: it is held to max_sessions_per_source, counted.
+#[test]
+fn udp_a_client_cycling_source_ports_does_not_starve_another() {
+    let echo = UdpEcho::start("a", Duration::ZERO);
+    let port = free_port();
+    let lb = Lb::start(&udp_config(
+        port,
+        free_port(),
+        "    max_connections: 100\n    udp:\n      max_sessions_per_source: 50\n",
+        SLOW_TCP,
+        &[&echo],
+    ));
+    let lb_at = lb_addr(port);
+    // The cycler goes through at least 10,000 source ports, and on until the other client is done.
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let cycler = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut sent = 0;
+        while sent < 200_000
+            && Instant::now() < end
+            && (sent < 10_000 || !d.load(Ordering::Relaxed))
+        {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let _ = c.send_to(format!("x{sent}").as_bytes(), lb_at);
+            sent += 1;
+        }
+        sent
+    });
+    // The cycler has met its cap before the second client begins.
+    assert!(wait_until(T, || udp_metric(
+        &lb,
+        "keel_lb_frontend_udp_source_limited_total"
+    ) > 0.0));
+    let mut answered = 0;
+    let mut other = udp_client([127, 0, 0, 2]);
+    for asked in 0..40 {
+        // A new source port (a new session) every fourth question.
+        if asked % 4 == 0 {
+            other = udp_client([127, 0, 0, 2]);
+        }
+        // Retried like a resolver: the flood may overflow the socket's buffer (kernel drops,
+        // counted apart), which is not starvation.
+        answered += usize::from(
+            (0..3).any(|_| udp_ask(&other, lb_at, "q", Duration::from_secs(1)).is_some()),
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done.store(true, Ordering::Relaxed);
+    let sent = cycler.join().unwrap();
+    assert!(
+        (10_000..200_000).contains(&sent),
+        "the cycler stopped early ({sent} ports)"
+    );
+    assert_eq!(
+        answered, 40,
+        "the second client was starved (asked 3 times each)"
+    );
+    assert!(udp_ask(&other, lb_at, "after", T).is_some());
+    // (Some of the flood may be dropped by the kernel before keel-lb reads it.)
+    let limited = udp_metric(&lb, "keel_lb_frontend_udp_source_limited_total");
+    assert!(limited > 1_000.0, "source_limited {limited}");
+    assert!(udp_metric(&lb, "keel_lb_frontend_connections") <= 100.0);
+}
+
+#[test]
+fn udp_sessions_per_source_are_capped() {
+    let echo = UdpEcho::start("a", Duration::ZERO);
+    let port = free_port();
+    let lb = Lb::start(&udp_config(
+        port,
+        free_port(),
+        "    udp:\n      max_sessions_per_source: 3\n",
+        SLOW_TCP,
+        &[&echo],
+    ));
+    let lb_at = lb_addr(port);
+    let mine: Vec<UdpSocket> = (0..4).map(|_| udp_client([127, 0, 0, 3])).collect();
+    for c in &mine[..3] {
+        assert!(udp_ask(c, lb_at, "q", T).is_some());
+    }
+    assert_eq!(
+        udp_ask(&mine[3], lb_at, "q", Duration::from_millis(500)),
+        None,
+        "a fourth session from one address"
+    );
+    assert_eq!(
+        udp_metric(&lb, "keel_lb_frontend_udp_source_limited_total"),
+        1.0
+    );
+    // Its open sessions still work, and another address is not affected.
+    assert!(udp_ask(&mine[0], lb_at, "q", T).is_some());
+    assert!(udp_ask(&udp_client([127, 0, 0, 4]), lb_at, "q", T).is_some());
+}
+
+/// A session stays with its backend only while that backend is usable: marked down by its health
+/// check, or drained by a reload, the session's next datagram goes to another backend.
+#[test]
+fn udp_a_session_leaves_a_backend_that_went_down_or_was_drained() {
+    let mut echoes: Vec<UdpEcho> = ["a", "b", "c"].map(UdpEcho::start_checked).into();
+    let (port, admin) = (free_port(), free_port());
+    let all: Vec<&UdpEcho> = echoes.iter().collect();
+    let lb = Lb::start(&udp_config(port, admin, "", FAST_TCP, &all));
+    let lb_at = lb_addr(port);
+    let c = udp_client([127, 0, 0, 1]);
+    let name = |r: String| r.split(':').next().unwrap().to_string();
+    let index = |n: &str| usize::from(n.as_bytes()[0] - b'a');
+    let first = name(udp_ask(&c, lb_at, "1", T).unwrap());
+    assert_eq!(
+        name(udp_ask(&c, lb_at, "2", T).unwrap()),
+        first,
+        "sticks while up"
+    );
+    let down = &mut echoes[index(&first)];
+    down.fail_health();
+    let up_series = format!("keel_lb_backend_up{{backend=\"{}\",pool=\"p\"}}", down.addr);
+    assert!(
+        wait_until(T, || metric(&lb.metrics(), &up_series) == Some(0.0)),
+        "backend not marked down"
+    );
+    let moved = name(udp_ask(&c, lb_at, "3", T).unwrap());
+    assert_ne!(moved, first, "the session stayed on a down backend");
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_udp_repicks_total"), 1.0);
+    // The backend now serving it is drained: the session moves to the third.
+    let drained_addr = echoes[index(&moved)].addr;
+    let all: Vec<&UdpEcho> = echoes.iter().collect();
+    let drained = udp_config(port, admin, "", FAST_TCP, &all).replace(
+        &format!("address: {drained_addr}\n"),
+        &format!("address: {drained_addr}\n        state: drain\n"),
+    );
+    lb.rewrite(&drained);
+    assert_eq!(lb.reload().0, 200);
+    let third = name(udp_ask(&c, lb_at, "4", T).unwrap());
+    assert!(
+        third != first && third != moved,
+        "{first} -> {moved} -> {third}"
+    );
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_udp_repicks_total"), 2.0);
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_connections"), 1.0);
+}
+
+/// DNS-like: with close_after_replies 1 a session ends with its answer, not a minute later; two
+/// questions in flight on one socket (a resolver's A and AAAA) both get their answers first.
+#[test]
+fn udp_close_after_one_reply_frees_the_session_at_once() {
+    let echo = UdpEcho::start("a", Duration::from_millis(50));
+    let port = free_port();
+    let lb = Lb::start(&udp_config(
+        port,
+        free_port(),
+        "    udp:\n      close_after_replies: 1\n",
+        SLOW_TCP,
+        &[&echo],
+    ));
+    let lb_at = lb_addr(port);
+    for i in 0..3 {
+        let c = udp_client([127, 0, 0, 1]);
+        assert!(udp_ask(&c, lb_at, &format!("q{i}"), T).is_some());
+        assert!(
+            wait_until(Duration::from_millis(200), || udp_metric(
+                &lb,
+                "keel_lb_frontend_connections"
+            ) == 0.0),
+            "session {i} still open after its reply"
+        );
+    }
+    let c = udp_client([127, 0, 0, 1]);
+    c.send_to(b"A", lb_at).unwrap();
+    c.send_to(b"AAAA", lb_at).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    for _ in 0..2 {
+        let (n, _) = c.recv_from(&mut buf).expect("both questions answered");
+        got.push(
+            String::from_utf8_lossy(&buf[..n])
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    got.sort();
+    assert_eq!(got, ["A", "AAAA"]);
+    assert!(wait_until(Duration::from_millis(200), || udp_metric(
+        &lb,
+        "keel_lb_frontend_connections"
+    ) == 0.0));
+    assert_eq!(
+        udp_metric(&lb, "keel_lb_frontend_udp_closed_after_replies_total"),
+        4.0
+    );
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_connections_total"), 4.0);
+}
+
+/// The drops column of /proc/net/udp for the socket bound to 127.0.0.1:`port`.
+fn proc_udp_drops(port: u16) -> Option<u64> {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .ok()?
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// receive_buffer sets SO_RCVBUF (reported as the kernel doubles it), and a flood into that tiny
+/// buffer shows in the kernel drop counter, never above what the kernel itself reports.
+#[test]
+fn udp_receive_buffer_is_set_and_kernel_drops_are_counted() {
+    let echo = UdpEcho::start("a", Duration::ZERO);
+    let port = free_port();
+    let lb = Lb::start(&udp_config(
+        port,
+        free_port(),
+        "    udp:\n      receive_buffer: 4096\n",
+        SLOW_TCP,
+        &[&echo],
+    ));
+    let lb_at = lb_addr(port);
+    assert_eq!(
+        udp_metric(&lb, "keel_lb_frontend_udp_receive_buffer_bytes"),
+        8192.0
+    );
+    let flooders: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let payload = [7u8; 1000];
+                for _ in 0..50_000 {
+                    let _ = c.send_to(&payload, lb_at);
+                }
+            })
+        })
+        .collect();
+    for f in flooders {
+        f.join().unwrap();
+    }
+    // The counter travels with datagrams received after the drops: one more goes through.
+    assert!(udp_ask(&udp_client([127, 0, 0, 1]), lb_at, "after", T).is_some());
+    let kernel = proc_udp_drops(port).expect("keel-lb's socket in /proc/net/udp");
+    let counted = udp_metric(&lb, "keel_lb_frontend_udp_kernel_drops_total");
+    assert!(kernel > 0, "the flood did not overflow an 8 KiB buffer");
+    assert!(
+        counted > 0.0 && counted <= kernel as f64,
+        "counted {counted}, kernel {kernel}"
+    );
+}
+
 #[test]
 fn the_connection_limit_holds_and_releases() {
     let a = Backend::start("a");

@@ -269,6 +269,7 @@ pub fn render_service(
                 max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
                 proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
                 timeouts: limits.timeouts,
+                udp: crate::config::Udp::default(),
             })
             .collect();
         if fronts.is_empty() {
