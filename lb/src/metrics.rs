@@ -15,6 +15,7 @@ pub struct Metrics {
     fe_accept_errors: IntCounterVec,
     fe_dropped: IntCounterVec,
     fe_no_backend: IntCounterVec,
+    fe_sessions_shut_down: IntCounterVec,
     be_current: IntGaugeVec,
     be_total: IntCounterVec,
     be_bytes_in: IntCounterVec,
@@ -43,6 +44,8 @@ pub struct FrontendMetrics {
     pub dropped: IntCounter,
     /// Connections closed because no backend could be reached.
     pub no_backend: IntCounter,
+    /// Connections cut because their backend was marked down (`shutdown_sessions_on_down`).
+    pub sessions_shut_down: IntCounter,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,11 @@ impl Metrics {
             fe_no_backend: cv(
                 "keel_lb_frontend_no_backend_total",
                 "Client connections closed because no backend could be reached.",
+                &fe,
+            ),
+            fe_sessions_shut_down: cv(
+                "keel_lb_frontend_sessions_shut_down_total",
+                "Client connections cut because health checks marked their backend down (the pool's shutdown_sessions_on_down).",
                 &fe,
             ),
             be_current: gv(
@@ -233,6 +241,7 @@ impl Metrics {
             accept_errors: self.fe_accept_errors.with_label_values(&l),
             dropped: self.fe_dropped.with_label_values(&l),
             no_backend: self.fe_no_backend.with_label_values(&l),
+            sessions_shut_down: self.fe_sessions_shut_down.with_label_values(&l),
         }
     }
 
@@ -273,6 +282,7 @@ impl Metrics {
         let _ = self.fe_accept_errors.remove_label_values(&l);
         let _ = self.fe_dropped.remove_label_values(&l);
         let _ = self.fe_no_backend.remove_label_values(&l);
+        let _ = self.fe_sessions_shut_down.remove_label_values(&l);
     }
 
     pub fn encode(&self) -> String {
