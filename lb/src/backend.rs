@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::config::AdminState;
 use crate::metrics::BackendMetrics;
@@ -25,6 +25,8 @@ pub struct Backend {
     pub metrics: Option<BackendMetrics>,
     /// Woken on every health transition so the control plane can recompute pool health (VRRP).
     changed: Option<Arc<Notify>>,
+    /// Health as a channel, for sessions that are cut when their backend is marked down.
+    up: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -48,6 +50,7 @@ impl Backend {
             check: Mutex::new(HealthState::new(true)),
             metrics,
             changed: Some(changed),
+            up: watch::Sender::new(true),
         };
         if let Some(m) = &b.metrics {
             m.up.set(1);
@@ -67,6 +70,7 @@ impl Backend {
             check: Mutex::new(HealthState::new(true)),
             metrics: None,
             changed: None,
+            up: watch::Sender::new(true),
         }
     }
 
@@ -108,6 +112,7 @@ impl Backend {
 
     pub fn set_healthy(&self, up: bool) {
         self.healthy.store(up, Ordering::Relaxed);
+        self.up.send_replace(up);
         if let Some(m) = &self.metrics {
             m.up.set(i64::from(up));
         }
@@ -126,6 +131,25 @@ impl Backend {
             self.set_healthy(up);
         }
         transition
+    }
+
+    /// Resolves once this backend has been marked down and stayed down for `grace` (a backend
+    /// that comes back within the grace starts the wait over); never while it stays up.
+    pub async fn down_for(&self, grace: std::time::Duration) {
+        let mut rx = self.up.subscribe();
+        loop {
+            if rx.wait_for(|up| !*up).await.is_err() {
+                return std::future::pending().await;
+            }
+            // The guard `wait_for` returns is not Send: keep only whether the wait ended well.
+            let back =
+                tokio::time::timeout(grace, async { rx.wait_for(|up| *up).await.is_ok() }).await;
+            match back {
+                Err(_) => return,
+                Ok(true) => continue,
+                Ok(false) => return std::future::pending().await,
+            }
+        }
     }
 
     /// Counts a connection for least-connections and metrics until the guard drops.
@@ -194,6 +218,38 @@ mod tests {
         assert_eq!(s.record(false, 2, 3), None);
         assert_eq!(s.record(true, 2, 3), None);
         assert_eq!(s.record(true, 2, 3), Some(true));
+    }
+
+    #[tokio::test]
+    async fn sessions_wait_for_down_plus_grace_and_a_recovery_restarts_the_wait() {
+        use std::time::{Duration, Instant};
+        let ms = Duration::from_millis;
+        let b = Arc::new(Backend::new_detached(
+            "10.0.0.1:80".parse().unwrap(),
+            1,
+            AdminState::Active,
+        ));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.down_for(ms(300)).await }
+        });
+        tokio::time::sleep(ms(400)).await;
+        assert!(!waiter.is_finished(), "cut while the backend is up");
+        b.set_healthy(false);
+        tokio::time::sleep(ms(100)).await;
+        b.set_healthy(true);
+        tokio::time::sleep(ms(400)).await;
+        assert!(
+            !waiter.is_finished(),
+            "cut though it came back within the grace"
+        );
+        let down = Instant::now();
+        b.set_healthy(false);
+        tokio::time::timeout(ms(2000), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(down.elapsed() >= ms(300), "{:?}", down.elapsed());
     }
 
     #[test]

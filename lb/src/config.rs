@@ -52,6 +52,8 @@ pub struct RawTimeouts {
     pub connect: Option<Dur>,
     pub idle: Option<Dur>,
     pub udp_session: Option<Dur>,
+    pub keepalive: Option<Dur>,
+    pub user_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +93,7 @@ pub struct RawPool {
     #[serde(default)]
     pub balance: Balance,
     pub health: Option<RawHealth>,
+    pub shutdown_sessions_on_down: Option<Dur>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
 }
@@ -219,6 +222,12 @@ pub struct Timeouts {
     pub connect: Duration,
     pub idle: Duration,
     pub udp_session: Duration,
+    /// TCP keepalive on both sockets of a connection: the first probe after this much silence,
+    /// then every third of it.
+    pub keepalive: Duration,
+    /// TCP_USER_TIMEOUT on both sockets: data (or keepalive probes) unacknowledged this long
+    /// ends the connection, so a dead peer frees its permit long before `idle`.
+    pub user_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +271,9 @@ pub struct Pool {
     pub balance: Balance,
     pub health: HealthCheck,
     pub backends: Vec<Backend>,
+    /// Established sessions to a backend that health checks mark down are cut after this grace
+    /// (HAProxy's `on-marked-down shutdown-sessions`); `None`: they stay.
+    pub shutdown_sessions_on_down: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +301,8 @@ pub struct HealthCheck {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UDP_SESSION: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+pub const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDOVER: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -343,6 +357,20 @@ fn validate_timeouts(
             "udp_session",
             raw.udp_session,
             &mut t.udp_session,
+            secs(1),
+            hours(1),
+        ),
+        (
+            "keepalive",
+            raw.keepalive,
+            &mut t.keepalive,
+            secs(1),
+            hours(2),
+        ),
+        (
+            "user_timeout",
+            raw.user_timeout,
+            &mut t.user_timeout,
             secs(1),
             hours(1),
         ),
@@ -431,6 +459,8 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             connect: DEFAULT_CONNECT_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
             udp_session: DEFAULT_UDP_SESSION,
+            keepalive: DEFAULT_KEEPALIVE,
+            user_timeout: DEFAULT_USER_TIMEOUT,
         },
         "timeouts",
         &mut diag,
@@ -514,6 +544,14 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             Some(h) => validate_health(h, &format!("{field}.health"), &mut diag),
             None => HealthCheck::default(),
         };
+        let shutdown_sessions_on_down = rp.shutdown_sessions_on_down.and_then(|d| {
+            diag.duration_in(
+                format!("{field}.shutdown_sessions_on_down"),
+                d.0,
+                Duration::ZERO,
+                hours(1),
+            )
+        });
         pools.insert(
             name.clone(),
             Pool {
@@ -521,6 +559,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 balance: rp.balance,
                 health,
                 backends,
+                shutdown_sessions_on_down,
             },
         );
     }

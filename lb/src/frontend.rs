@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_common::Backoff;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -83,6 +83,32 @@ pub fn local_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// TCP keepalive and TCP_USER_TIMEOUT, so a peer that vanished without a FIN or RST (a dead VM, a
+/// cut link) ends the connection and frees its permit in about `keepalive` + `user_timeout`, not
+/// after the idle timeout. Probes every third of `keepalive`; the user timeout decides when to
+/// give up (Linux ends a connection whose probes go unanswered past it).
+fn set_liveness(s: SockRef<'_>, t: &config::Timeouts) -> io::Result<()> {
+    let ka = TcpKeepalive::new()
+        .with_time(t.keepalive)
+        .with_interval((t.keepalive / 3).max(Duration::from_secs(1)))
+        .with_retries(3);
+    s.set_tcp_keepalive(&ka)?;
+    s.set_tcp_user_timeout(Some(t.user_timeout))
+}
+
+/// On the listener: accepted sockets inherit keepalive and the user timeout on Linux (as they do
+/// TCP_NODELAY), so clients cost no setsockopt of their own.
+fn listener_liveness(listener: &TcpListener, fe: &Frontend) {
+    if let Err(e) = set_liveness(SockRef::from(listener), &fe.cfg.timeouts) {
+        tracing::warn!(frontend = %fe.cfg.name, error = %e, "cannot set TCP keepalive / user timeout on the listener");
+    }
+}
+
+fn liveness_changed(a: &Frontend, b: &Frontend) -> bool {
+    let (a, b) = (&a.cfg.timeouts, &b.cfg.timeouts);
+    (a.keepalive, a.user_timeout) != (b.keepalive, b.user_timeout)
+}
+
 pub async fn serve_tcp(
     listener: TcpListener,
     mut version: watch::Receiver<Arc<Frontend>>,
@@ -90,6 +116,7 @@ pub async fn serve_tcp(
     tracker: TaskTracker,
 ) {
     let mut fe = version.borrow_and_update().clone();
+    listener_liveness(&listener, &fe);
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     // Registered with the token once, not once per accepted connection.
     let cancelled = stop.cancelled();
@@ -101,7 +128,11 @@ pub async fn serve_tcp(
             break;
         }
         if version.has_changed().unwrap_or(false) {
-            fe = version.borrow_and_update().clone();
+            let new = version.borrow_and_update().clone();
+            if liveness_changed(&fe, &new) {
+                listener_liveness(&listener, &new);
+            }
+            fe = new;
         }
         // Below the limit (the usual case) the permit is taken without setting up the wait.
         let permit = match fe.limit.clone().try_acquire_owned() {
@@ -124,7 +155,13 @@ pub async fn serve_tcp(
                 backoff.reset();
                 // A reload may have happened while we waited in accept: serve with the newest version.
                 if version.has_changed().unwrap_or(false) {
-                    fe = version.borrow_and_update().clone();
+                    let new = version.borrow_and_update().clone();
+                    if liveness_changed(&fe, &new) {
+                        listener_liveness(&listener, &new);
+                        // This one was accepted with the old settings.
+                        let _ = set_liveness(SockRef::from(&sock), &new.cfg.timeouts);
+                    }
+                    fe = new;
                 }
                 let fe = fe.clone();
                 tracker.spawn(handle(fe, sock, peer, permit));
@@ -148,8 +185,8 @@ pub async fn serve_tcp(
     tracing::info!(frontend = %fe.cfg.name, listen = %fe.cfg.listen, "stopped accepting");
 }
 
-async fn connect(b: &Backend, timeout: Duration) -> io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, connect_nodelay(b.addr)).await {
+async fn connect(b: &Backend, t: &config::Timeouts) -> io::Result<TcpStream> {
+    match tokio::time::timeout(t.connect, connect_nodelay(b.addr, t)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
@@ -159,13 +196,14 @@ async fn connect(b: &Backend, timeout: Duration) -> io::Result<TcpStream> {
 /// event itself: a socket in SYN_SENT never reports writable, and a failed handshake reports
 /// EPOLLERR/EPOLLHUP, so `getsockopt(SO_ERROR)` (which tokio's `TcpStream::connect` always pays) is
 /// only needed to name the error of a connect that failed. One syscall per connection saved.
-async fn connect_nodelay(addr: SocketAddr) -> io::Result<TcpStream> {
+async fn connect_nodelay(addr: SocketAddr, t: &config::Timeouts) -> io::Result<TcpStream> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
     s.set_tcp_nodelay(true)?;
+    set_liveness(SockRef::from(&s), t)?;
     match s.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -197,7 +235,7 @@ async fn handle(
     );
     let mut chosen = None;
     for b in fe.pool.candidates(client_key(peer.ip())) {
-        match connect(b, fe.cfg.timeouts.connect).await {
+        match connect(b, &fe.cfg.timeouts).await {
             Ok(s) => {
                 chosen = Some((b.clone(), s));
                 break;
@@ -234,7 +272,7 @@ async fn handle(
     }
     let m = &fe.metrics;
     let bm = backend.metrics.as_ref();
-    let r = relay::relay(
+    let relayed = relay::relay(
         &client,
         &upstream,
         fe.cfg.timeouts.idle,
@@ -244,8 +282,20 @@ async fn handle(
         Counters {
             from_src: [bm.map(|b| &b.bytes_in), Some(&m.bytes_out)],
         },
-    )
-    .await;
+    );
+    let r = match fe.pool.cfg.shutdown_sessions_on_down {
+        None => relayed.await,
+        Some(grace) => tokio::select! {
+            r = relayed => r,
+            () = backend.down_for(grace) => {
+                // Both sockets close as this returns: the client reconnects to a healthy backend
+                // instead of staying pinned (an apiserver watch) to one that failed its checks.
+                tracing::info!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, "session shut down: backend marked down");
+                fe.metrics.sessions_shut_down.inc();
+                return;
+            }
+        },
+    };
     if let Err(e) = r {
         tracing::debug!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, error = %e, "connection ended");
     }

@@ -572,6 +572,7 @@ mod tests {
                 weight: 1,
                 state: AdminState::Active,
             }],
+            shutdown_sessions_on_down: None,
         };
         let m = crate::metrics::Metrics::new();
         Arc::new(Pool::build(

@@ -17,6 +17,7 @@ pub struct Metrics {
     fe_no_backend: IntCounterVec,
     udp: [IntCounterVec; 5],
     udp_rcvbuf: IntGaugeVec,
+    fe_sessions_shut_down: IntCounterVec,
     be_current: IntGaugeVec,
     be_total: IntCounterVec,
     be_bytes_in: IntCounterVec,
@@ -46,6 +47,8 @@ pub struct FrontendMetrics {
     /// Connections closed because no backend could be reached.
     pub no_backend: IntCounter,
     pub udp: UdpMetrics,
+    /// Connections cut because their backend was marked down (`shutdown_sessions_on_down`).
+    pub sessions_shut_down: IntCounter,
 }
 
 /// A UDP frontend's session table and socket (unregistered, so without series, on TCP frontends).
@@ -153,6 +156,11 @@ impl Metrics {
             ),
             udp: UDP_COUNTERS.map(|(name, help)| cv(name, help, &fe)),
             udp_rcvbuf: gv(UDP_RCVBUF.0, UDP_RCVBUF.1, &fe),
+            fe_sessions_shut_down: cv(
+                "keel_lb_frontend_sessions_shut_down_total",
+                "Client connections cut because health checks marked their backend down (the pool's shutdown_sessions_on_down).",
+                &fe,
+            ),
             be_current: gv(
                 "keel_lb_backend_connections",
                 "Open connections to the backend.",
@@ -282,6 +290,7 @@ impl Metrics {
             dropped: self.fe_dropped.with_label_values(&l),
             no_backend: self.fe_no_backend.with_label_values(&l),
             udp,
+            sessions_shut_down: self.fe_sessions_shut_down.with_label_values(&l),
         }
     }
 
@@ -326,6 +335,7 @@ impl Metrics {
             let _ = c.remove_label_values(&l);
         }
         let _ = self.udp_rcvbuf.remove_label_values(&l);
+        let _ = self.fe_sessions_shut_down.remove_label_values(&l);
     }
 
     pub fn encode(&self) -> String {

@@ -732,10 +732,14 @@ fn drain_state_takes_no_new_connections_but_keeps_established_ones() {
         &[(&a, 1), (&b, 1)],
         "",
     ));
+    // Round robin: one held connection on each backend, so one is on b, the one drained below.
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(connect_from(None, lb_addr(port)).unwrap());
     }
+    let mut names: Vec<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
     let yaml = config(
         port,
         admin,
@@ -753,11 +757,16 @@ fn drain_state_takes_no_new_connections_but_keeps_established_ones() {
     for _ in 0..10 {
         assert_eq!(ask(lb_addr(port)).unwrap(), "a");
     }
-    for (_, s) in &mut held {
-        s.write_all(b"x").unwrap();
-        let mut one = [0u8; 1];
-        s.read_exact(&mut one).unwrap();
+    // The held connection to the drained backend still carries data both ways, and b still
+    // has it open (a connection cut and re-made would have gone to a).
+    assert!(wait_until(T, || b.open.load(Ordering::SeqCst) == 1));
+    for (name, s) in &mut held {
+        s.write_all(b"ping").unwrap();
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping", "held connection to {name}");
     }
+    assert_eq!(b.open.load(Ordering::SeqCst), 1);
 }
 
 #[test]
@@ -1615,19 +1624,127 @@ fn a_reload_whose_listener_cannot_bind_changes_nothing() {
 }
 
 #[test]
-fn maglev_maps_clients_alike_on_every_instance() {
-    // After a VRRP failover the backup keel-lb must send each client where the old master did.
-    let bs: Vec<Backend> = ["a", "b", "c"].iter().map(|n| Backend::start(n)).collect();
-    let all: Vec<(&Backend, u32)> = bs.iter().map(|b| (b, 1)).collect();
+fn maglev_maps_clients_alike_on_every_instance_whatever_the_backend_order() {
+    // After a VRRP failover the backup keel-lb must send each client where the old master did,
+    // even when its config lists the same backends in another order.
+    let bs: Vec<Backend> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| Backend::start(n))
+        .collect();
+    let fwd: Vec<(&Backend, u32)> = bs.iter().map(|b| (b, 1)).collect();
+    let rev: Vec<(&Backend, u32)> = fwd.iter().rev().copied().collect();
     let (p1, p2) = (free_port(), free_port());
-    let _lb1 = Lb::start(&config(p1, free_port(), "maglev", SLOW_TCP, &all, ""));
-    let _lb2 = Lb::start(&config(p2, free_port(), "maglev", SLOW_TCP, &all, ""));
-    for i in 1..=60u8 {
+    let _lb1 = Lb::start(&config(p1, free_port(), "maglev", SLOW_TCP, &fwd, ""));
+    let _lb2 = Lb::start(&config(p2, free_port(), "maglev", SLOW_TCP, &rev, ""));
+    let mut seen = std::collections::HashSet::new();
+    for i in 1..=100u8 {
         let client = Some(IpAddr::from([127, 0, 2, i]));
+        let on1 = ask_from(client, lb_addr(p1)).unwrap();
         assert_eq!(
-            ask_from(client, lb_addr(p1)).unwrap(),
+            on1,
             ask_from(client, lb_addr(p2)).unwrap(),
             "client 127.0.2.{i}"
         );
+        seen.insert(on1);
     }
+    // Not trivially equal: the clients spread over every backend.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+#[test]
+fn sessions_to_a_backend_marked_down_are_shut_down_after_the_grace_only_when_asked() {
+    for shut_down in [true, false] {
+        let mut b = Backend::start("b");
+        let b_addr = b.addr;
+        let port = free_port();
+        // One backend, so the held connection is on it; checks every 100 ms, down after 2 fails.
+        let balance = if shut_down {
+            "round_robin\n    shutdown_sessions_on_down: 1s"
+        } else {
+            "round_robin"
+        };
+        let lb = Lb::start(&config(
+            port,
+            free_port(),
+            balance,
+            FAST_TCP,
+            &[(&b, 1)],
+            "",
+        ));
+        let (name, mut held) = connect_from(None, lb_addr(port)).unwrap();
+        assert_eq!(name, "b");
+        // The listener closes (checks fail) while the held connection's server thread lives on.
+        b.kill();
+        assert!(
+            wait_until(T, || metric(
+                &lb.metrics(),
+                &format!("keel_lb_backend_up{{backend=\"{b_addr}\",pool=\"p\"}}")
+            ) == Some(0.0)),
+            "b never marked down"
+        );
+        let down = Instant::now();
+        held.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+        if shut_down {
+            let mut buf = [0u8; 16];
+            let r = held.read(&mut buf);
+            let took = down.elapsed();
+            assert!(
+                matches!(r, Ok(0))
+                    || r.as_ref()
+                        .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                            && e.kind() != std::io::ErrorKind::TimedOut),
+                "the session was not shut down: {r:?}"
+            );
+            // Not before the grace (less the time to see the metric), and soon after it.
+            assert!(
+                took >= Duration::from_millis(700) && took <= Duration::from_secs(3),
+                "shut down {took:?} after the backend was marked down"
+            );
+            assert_eq!(
+                metric(
+                    &lb.metrics(),
+                    "keel_lb_frontend_sessions_shut_down_total{frontend=\"web\"}"
+                ),
+                Some(1.0)
+            );
+        } else {
+            // Well past grace + bound of the other case: the session still carries data.
+            std::thread::sleep(Duration::from_secs(3));
+            held.write_all(b"ping").unwrap();
+            let mut echo = [0u8; 4];
+            held.read_exact(&mut echo).unwrap();
+            assert_eq!(&echo, b"ping");
+        }
+    }
+}
+
+#[test]
+fn round_robin_spreads_a_drained_backends_share_evenly() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let port = free_port();
+    let yaml = config(
+        port,
+        free_port(),
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1), (&b, 1), (&c, 1)],
+        "",
+    )
+    .replace(
+        &format!("{}\n        weight: 1\n", b.addr),
+        &format!("{}\n        weight: 1\n        state: drain\n", b.addr),
+    );
+    let _lb = Lb::start(&yaml);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..30 {
+        *counts.entry(ask(lb_addr(port)).unwrap()).or_insert(0) += 1;
+    }
+    // Not 20/10: b's turn goes to whoever is next on the shared cursor.
+    assert_eq!(counts.get("a"), Some(&15), "{counts:?}");
+    assert_eq!(counts.get("c"), Some(&15), "{counts:?}");
+    assert_eq!(counts.get("b"), None, "{counts:?}");
 }

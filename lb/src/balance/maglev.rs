@@ -22,6 +22,8 @@ impl Maglev {
         }
     }
 
+    /// The next usable backend for `key`. `pos` counts the entries walked from the key's own
+    /// entry, so the walk over all of a connection's retries ends after one lap of the table.
     pub fn next(
         &self,
         key: u64,
@@ -32,26 +34,28 @@ impl Maglev {
         if m == 0 {
             return None;
         }
-        let start = match *pos {
-            None => (key % m as u64) as usize,
-            Some(p) => (p + 1) % m,
-        };
-        for step in 0..m {
-            let at = (start + step) % m;
-            let b = self.table[at] as usize;
+        let home = (key % m as u64) as usize;
+        let from = pos.map_or(0, |p| p + 1);
+        for walked in from..m {
+            let b = self.table[(home + walked) % m] as usize;
             if usable(b) {
-                *pos = Some(at);
+                *pos = Some(walked);
                 return Some(b);
             }
         }
+        *pos = Some(m);
         None
     }
 }
 
 /// The Maglev population algorithm with weights: in each round a backend of weight w claims its next
 /// w preferred free entries.
+/// Members fill in the order of their names, not of the config: a collision goes to whoever fills
+/// first, so two keel-lb given the same backends in another order would otherwise build different
+/// tables and send a client to different backends after a failover.
 pub fn build(names: &[String], weights: &[u32], eligible: &[bool], m: usize) -> Vec<u32> {
-    let members: Vec<usize> = (0..names.len()).filter(|i| eligible[*i]).collect();
+    let mut members: Vec<usize> = (0..names.len()).filter(|i| eligible[*i]).collect();
+    members.sort_by(|a, b| names[*a].cmp(&names[*b]));
     if members.is_empty() {
         return Vec::new();
     }
@@ -122,6 +126,50 @@ mod tests {
         assert!((0.19..0.25).contains(&frac), "moved {frac}");
         // Nobody is moved onto... the removed backend, obviously; and its clients all moved.
         assert!(after.iter().all(|b| *b != 2));
+    }
+
+    #[test]
+    fn the_table_does_not_depend_on_backend_order() {
+        let (fwd, w) = (names(5), [1, 2, 1, 3, 1]);
+        let rev: Vec<String> = fwd.iter().rev().cloned().collect();
+        let rev_w: Vec<u32> = w.iter().rev().copied().collect();
+        let eligible = [true, true, false, true, true];
+        let rev_eligible: Vec<bool> = eligible.iter().rev().copied().collect();
+        let a = build(&fwd, &w, &eligible, 65_537);
+        let b = build(&rev, &rev_w, &rev_eligible, 65_537);
+        // Same backend (by name) at every entry, though the indices differ.
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| fwd[**x as usize] != rev[**y as usize])
+            .count();
+        assert_eq!(differ, 0);
+    }
+
+    #[test]
+    fn a_lookup_walks_one_lap_at_most() {
+        let mg = Maglev::new(&names(3), &[1; 3], &[true; 3]);
+        let walked = std::cell::Cell::new(0usize);
+        let mut pos = None;
+        let none = mg.next(7, &mut pos, |_| {
+            walked.set(walked.get() + 1);
+            false
+        });
+        assert_eq!((none, walked.get()), (None, TABLE_SIZE));
+        // Retries continue from where the walk stopped: nothing more to walk.
+        assert_eq!(mg.next(7, &mut pos, |_| true), None);
+        // A walk that found backends ends after one lap in all, however many retries.
+        let mut pos = None;
+        walked.set(0);
+        let mut got = Vec::new();
+        while let Some(b) = mg.next(7, &mut pos, |b| {
+            walked.set(walked.get() + 1);
+            !got.contains(&b)
+        }) {
+            got.push(b);
+        }
+        assert_eq!(got.len(), 3);
+        assert!(walked.get() <= TABLE_SIZE, "{}", walked.get());
     }
 
     #[test]

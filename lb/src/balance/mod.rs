@@ -63,7 +63,7 @@ impl<'a> Iterator for Candidates<'a> {
     fn next(&mut self) -> Option<&'a Arc<Backend>> {
         let usable = |i: usize| self.backends[i].available() && !self.tried.has(i);
         let pick = match self.selector {
-            Selector::RoundRobin(rr) => rr.next(&mut self.cursor, usable),
+            Selector::RoundRobin(rr) => rr.next(usable),
             Selector::LeastConn(lc) => lc.next(self.backends, usable),
             Selector::Maglev(m) => m.next(self.key, &mut self.cursor, usable),
         }?;

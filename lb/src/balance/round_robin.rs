@@ -31,22 +31,26 @@ impl RoundRobin {
         }
     }
 
-    /// The next usable backend. The first pick of a connection advances the shared cursor; retries
-    /// continue along the sequence from there, so a dead backend's share spreads over the others.
-    pub fn next(&self, pos: &mut Option<usize>, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The next usable backend. Unusable entries are skipped on the shared cursor, so everyone
+    /// skips them and each usable backend keeps its weight's share (a drained backend's share is
+    /// spread over the others, not handed to its successor in the sequence). Should concurrent
+    /// pickers take every usable entry from under this one, a lap of its own still finds one.
+    pub fn next(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.seq.len();
         if len == 0 {
             return None;
         }
-        let start = match *pos {
-            None => self.cursor.fetch_add(1, Ordering::Relaxed) % len,
-            Some(p) => (p + 1) % len,
-        };
-        for step in 0..len {
-            let at = (start + step) % len;
+        let mut at = 0;
+        for _ in 0..len {
+            at = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
             let b = self.seq[at] as usize;
             if usable(b) {
-                *pos = Some(at);
+                return Some(b);
+            }
+        }
+        for step in 1..=len {
+            let b = self.seq[(at + step) % len] as usize;
+            if usable(b) {
                 return Some(b);
             }
         }
@@ -75,16 +79,40 @@ mod tests {
         let rr = RoundRobin::new(&[1, 2, 3]);
         let mut counts = [0; 3];
         for _ in 0..600 {
-            let b = rr.next(&mut None, |_| true).unwrap();
+            let b = rr.next(|_| true).unwrap();
             counts[b] += 1;
         }
         assert_eq!(counts, [100, 200, 300]);
         let mut counts = [0; 3];
         for _ in 0..600 {
-            counts[rr.next(&mut None, |b| b != 2).unwrap()] += 1;
+            counts[rr.next(|b| b != 2).unwrap()] += 1;
         }
         assert_eq!(counts[2], 0);
         assert_eq!(counts[0] + counts[1], 600);
-        assert_eq!(rr.next(&mut None, |_| false), None);
+        assert_eq!(rr.next(|_| false), None);
+    }
+
+    #[test]
+    fn an_unusable_backends_share_is_spread_evenly() {
+        // Three equal backends, the middle one drained: 15/15, not 20/10 to its successor.
+        let rr = RoundRobin::new(&[1, 1, 1]);
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[rr.next(|b| b != 1).unwrap()] += 1;
+        }
+        assert_eq!(counts, [15, 0, 15]);
+        // Weighted: 2:1:1 with the first out leaves 1:1; with the last out, 2:1.
+        let rr = RoundRobin::new(&[2, 1, 1]);
+        let mut counts = [0; 3];
+        for _ in 0..40 {
+            counts[rr.next(|b| b != 0).unwrap()] += 1;
+        }
+        assert_eq!(counts, [0, 20, 20]);
+        let rr = RoundRobin::new(&[2, 1, 1]);
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[rr.next(|b| b != 2).unwrap()] += 1;
+        }
+        assert_eq!(counts, [20, 10, 0]);
     }
 }

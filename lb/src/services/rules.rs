@@ -303,6 +303,7 @@ pub fn render_service(
             balance: rule.balance.into(),
             health: health_for(rule, port, &limits.health),
             backends,
+            shutdown_sessions_on_down: None,
         });
         out.frontends.extend(fronts);
     }
@@ -381,6 +382,8 @@ mod tests {
                 connect: Duration::from_secs(5),
                 idle: Duration::from_secs(60),
                 udp_session: Duration::from_secs(60),
+                keepalive: Duration::from_secs(60),
+                user_timeout: Duration::from_secs(60),
             },
         }
     }

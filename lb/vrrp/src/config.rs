@@ -66,6 +66,8 @@ pub struct RouterFile {
     pub unicast_src: Option<String>,
     #[serde(default)]
     pub unicast_peers: Vec<String>,
+    /// Drop adverts whose source is outside the interface's subnets (see `subnet`).
+    pub strict_source: Option<bool>,
     pub garp_repeat: Option<i64>,
     pub garp_interval: Option<Dur>,
     /// Second burst of `garp_repeat` announcements this long after becoming master (keepalived's
@@ -173,6 +175,9 @@ pub struct RouterConfig {
     pub excluded_vips: Vec<Vip>,
     pub unicast_src: Option<IpAddr>,
     pub unicast_peers: Vec<IpAddr>,
+    /// Adverts from a source outside the interface's subnets are dropped (`subnet` says what
+    /// that means for IPv6).
+    pub strict_source: bool,
     pub garp_repeat: u32,
     pub garp_interval: Duration,
     /// Second announcement burst after becoming master; `None` = off.
@@ -676,6 +681,7 @@ fn validate_router(r: &RouterFile, at: &str, diag: &mut Diagnostics) -> Option<R
         excluded_vips: Vec::new(),
         unicast_src,
         unicast_peers,
+        strict_source: r.strict_source.unwrap_or(false),
         garp_repeat,
         garp_interval,
         garp_delay,

@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Family, RouterConfig, Vip, VrrpConfig};
 use crate::fsm::{Action, HandoverState, Router, State};
 use crate::metrics::Metrics;
-use crate::net::{self, Announcer, LinkInfo, Received, VrrpSocket};
+use crate::net::{self, Announcer, LinkInfo, Received, RxError, VrrpSocket};
 use crate::notify::{Job, Notifier};
 use crate::packet::{Advert, AdvertV2, AnyAdvert, Version, MCAST_V4, MCAST_V6};
+use crate::subnet::Subnet;
 use crate::{HandoverOutcome, RouterStatus};
 
 /// How often links (carrier, addresses) are re-read: bounds the time to notice a cut link.
@@ -228,11 +229,7 @@ impl Driver {
         let Some(link) = self.links.get(&slot.cfg.interface) else {
             return;
         };
-        let all_vips: Vec<IpAddr> = self
-            .slots
-            .iter()
-            .flat_map(|s| s.cfg.owned_vips().into_iter().map(|v| v.addr))
-            .collect();
+        let all_vips = self.all_vips();
         let primary = slot.cfg.unicast_src.or_else(|| match slot.cfg.family {
             Family::V4 => link
                 .ipv4
@@ -245,6 +242,7 @@ impl Driver {
             return;
         };
         let mut router = Router::new(slot.cfg.clone(), primary);
+        router.set_subnets(link_subnets(link, slot.cfg.family, &all_vips));
         for (pool, healthy) in &self.failed_pools {
             router.set_pool_health(now, pool, *healthy);
         }
@@ -257,6 +255,14 @@ impl Driver {
         let acts = router.start(now);
         self.slots[i].router = Some(router);
         self.apply(i, acts).await;
+    }
+
+    /// Every VIP of every router: never a source address, never a subnet of the link.
+    fn all_vips(&self) -> Vec<IpAddr> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.cfg.owned_vips().into_iter().map(|v| v.addr))
+            .collect()
     }
 
     async fn event_loop(
@@ -392,15 +398,19 @@ impl Driver {
                 return;
             }
         }
+        let all_vips = self.all_vips();
         for i in 0..self.slots.len() {
             if self.slots[i].router.is_none() {
                 self.try_start(i, now).await;
                 continue;
             }
             let cfg = self.slots[i].cfg.clone();
-            let up = self.links.get(&cfg.interface).is_some_and(|l| l.running);
+            let link = self.links.get(&cfg.interface);
+            let up = link.is_some_and(|l| l.running);
+            let subnets = link.map(|l| link_subnets(l, cfg.family, &all_vips));
             let mut acts = Vec::new();
             if let Some(r) = self.slots[i].router.as_mut() {
+                r.set_subnets(subnets.unwrap_or_default());
                 acts.extend(r.set_link(now, up));
                 for t in &cfg.track_interfaces {
                     let up = self.links.get(&t.name).is_some_and(|l| l.running);
@@ -419,6 +429,21 @@ impl Driver {
                 .with_label_values(&[iface, family.as_str(), kind])
                 .inc();
         };
+        // The version is judged before the layout: a v2 advert is laid out otherwise than a v3
+        // one, so a packet of a version no router here speaks would otherwise be `truncated` or
+        // `address_count` by the rules of a version it never claimed.
+        let spoken = |v: u8| {
+            self.slots.iter().any(|s| {
+                s.cfg.interface == *iface && s.cfg.family == family && s.cfg.version.number() == v
+            })
+        };
+        if let (Some(v), false) = (rx.version, matches!(rx.advert, Err(RxError::BadTtl(_)))) {
+            if !spoken(v) {
+                tracing::debug!(interface = %iface, src = %rx.src, version = v, "vrrp packet of a version not spoken here dropped");
+                err(self, "bad_version");
+                return;
+            }
+        }
         let any = match rx.advert {
             Ok(a) => a,
             Err(e) => {
@@ -711,6 +736,15 @@ impl Driver {
             let _ = reply.send(HandoverOutcome::TimedOut);
         }
     }
+}
+
+/// The interface's subnets of one family, VIPs left out (they come and go with mastership).
+fn link_subnets(link: &LinkInfo, family: Family, vips: &[IpAddr]) -> Vec<Subnet> {
+    link.subnets
+        .iter()
+        .filter(|s| s.addr.is_ipv4() == (family == Family::V4) && !vips.contains(&s.addr))
+        .copied()
+        .collect()
 }
 
 /// Drop reasons counted before a router is found (decode, IP header, peers, auth, queue).

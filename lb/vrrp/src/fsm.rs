@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{RouterConfig, Vip};
 use crate::packet::{Advert, Version};
+use crate::subnet::{self, Subnet};
 
 /// RFC 9568 states, plus Fault (our interface is down, as keepalived).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +86,8 @@ pub enum Ignored {
     /// A lower-priority master's advert inside the same advert interval as the last one we
     /// answered: not answered again (rate limit).
     HealLimited,
+    /// `strict_source`: the source is outside the interface's subnets.
+    SourceOutsideSubnets,
 }
 
 impl Ignored {
@@ -96,17 +99,19 @@ impl Ignored {
             Ignored::Stopped => "stopped",
             Ignored::IntervalMismatch => "interval_mismatch",
             Ignored::HealLimited => "heal_rate_limited",
+            Ignored::SourceOutsideSubnets => "source_outside_subnets",
         }
     }
 
     /// Every kind, so counters can start at zero.
-    pub const ALL: [Ignored; 6] = [
+    pub const ALL: [Ignored; 7] = [
         Ignored::WrongVrid,
         Ignored::AddressMismatch,
         Ignored::OwnAdvert,
         Ignored::Stopped,
         Ignored::IntervalMismatch,
         Ignored::HealLimited,
+        Ignored::SourceOutsideSubnets,
     ];
 }
 
@@ -148,6 +153,8 @@ pub struct Router {
     stopped: bool,
     /// When a lower-priority master was last answered (the heal reply is rate-limited).
     last_heal: Option<Instant>,
+    /// The interface's subnets (VIPs left out), from the driver; used with `strict_source`.
+    subnets: Vec<Subnet>,
 }
 
 impl Router {
@@ -170,7 +177,13 @@ impl Router {
             handover: None,
             stopped: false,
             last_heal: None,
+            subnets: Vec::new(),
         }
+    }
+
+    /// The interface's subnets as they are now (the driver re-reads them with the links).
+    pub fn set_subnets(&mut self, subnets: Vec<Subnet>) {
+        self.subnets = subnets;
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -281,6 +294,9 @@ impl Router {
         }
         if src == self.primary {
             return Err(Ignored::OwnAdvert);
+        }
+        if self.cfg.strict_source && !subnet::inside(src, &self.subnets) {
+            return Err(Ignored::SourceOutsideSubnets);
         }
         if self.cfg.version == Version::V2 && adv.max_adver_int != self.cfg.advert_interval_cs {
             return Err(Ignored::IntervalMismatch);
@@ -668,6 +684,7 @@ mod tests {
             excluded_vips: vec![],
             unicast_src: None,
             unicast_peers: vec![],
+            strict_source: false,
             garp_repeat: 1,
             garp_interval: Duration::from_millis(10),
             garp_delay: None,
@@ -1064,6 +1081,50 @@ mod tests {
                 }
             )
             .is_ok());
+    }
+
+    #[test]
+    fn strict_source_drops_adverts_from_outside_the_interface_subnets() {
+        let t = Instant::now();
+        let subnets = vec![
+            Subnet {
+                addr: ip(1),
+                prefix: 24,
+            },
+            Subnet {
+                addr: "fe80::1".parse().unwrap(),
+                prefix: 64,
+            },
+        ];
+        let other = Router::new(cfg(200), ip(2));
+        let outsider: IpAddr = "198.19.7.2".parse().unwrap();
+        // Off (the default): the outsider is believed.
+        let mut lax = Router::new(cfg(100), ip(1));
+        lax.set_subnets(subnets.clone());
+        lax.start(t);
+        assert!(lax.handle_advert(t, outsider, &advert(&other, 200)).is_ok());
+        // On: the outsider is dropped and changes nothing; a neighbour in the subnet is heard.
+        let mut r = Router::new(
+            RouterConfig {
+                strict_source: true,
+                ..cfg(100)
+            },
+            ip(1),
+        );
+        r.start(t);
+        let before = (r.state(), r.poll_timeout());
+        assert_eq!(
+            r.handle_advert(t, ip(2), &advert(&other, 200)),
+            Err(Ignored::SourceOutsideSubnets),
+            "no subnets known yet: nothing is inside"
+        );
+        r.set_subnets(subnets);
+        assert_eq!(
+            r.handle_advert(t, outsider, &advert(&other, 255)),
+            Err(Ignored::SourceOutsideSubnets)
+        );
+        assert_eq!((r.state(), r.poll_timeout()), before);
+        assert!(r.handle_advert(t, ip(2), &advert(&other, 200)).is_ok());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `Vrrp::start` runs the virtual routers on their own thread; keel-lb feeds pool health in with
 //!   `set_pool_health`, hands over on SIGTERM with `handover`, then calls `shutdown`.
 //!
-//! Modules: `packet` (wire format), `fsm` (the protocol, no I/O, no clock), `config`, and the Linux
+//! Modules: `packet` (wire format), `fsm` (the protocol, no I/O, no clock), `subnet` (is a source on
+//! the link), `config`, and the Linux
 //! side: `net` (sockets), `driver` (the thread), `metrics`, `notify`.
 
 pub mod config;
@@ -17,6 +18,7 @@ mod metrics;
 pub mod net;
 mod notify;
 pub mod packet;
+pub mod subnet;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

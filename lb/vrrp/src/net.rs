@@ -13,6 +13,7 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 use crate::config::Family;
 use crate::packet::{self, DecodeError, MCAST_V4, MCAST_V6, PROTO_VRRP, TTL};
+use crate::subnet::Subnet;
 
 /// What the kernel tells us about one interface.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,6 +25,8 @@ pub struct LinkInfo {
     pub ipv4: Vec<Ipv4Addr>,
     /// Link-local IPv6 addresses (the source of VRRPv3 IPv6 adverts, RFC 9568 §5.1.2.1).
     pub ipv6_ll: Vec<Ipv6Addr>,
+    /// Every address with its prefix length, both families (for `strict_source`).
+    pub subnets: Vec<Subnet>,
 }
 
 /// Facts about every interface, by name.
@@ -42,8 +45,18 @@ pub fn links() -> io::Result<std::collections::BTreeMap<String, LinkInfo>> {
                 && flags.contains(nix::net::if_::InterfaceFlags::IFF_RUNNING);
         } else if let Some(v4) = addr.as_sockaddr_in() {
             e.ipv4.push(v4.ip());
+            let prefix = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in());
+            e.subnets.push(Subnet {
+                addr: IpAddr::V4(v4.ip()),
+                prefix: prefix.map_or(32, |m| m.ip().to_bits().count_ones() as u8),
+            });
         } else if let Some(v6) = addr.as_sockaddr_in6() {
             let ip = v6.ip();
+            let prefix = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in6());
+            e.subnets.push(Subnet {
+                addr: IpAddr::V6(ip),
+                prefix: prefix.map_or(128, |m| m.ip().to_bits().count_ones() as u8),
+            });
             if ip.segments()[0] & 0xffc0 == 0xfe80 {
                 e.ipv6_ll.push(ip);
             }
@@ -57,6 +70,8 @@ pub fn links() -> io::Result<std::collections::BTreeMap<String, LinkInfo>> {
 pub struct Received {
     pub src: IpAddr,
     pub dst: IpAddr,
+    /// The VRRP version nibble, when the packet got that far (judged before its layout).
+    pub version: Option<u8>,
     pub advert: Result<packet::AnyAdvert, RxError>,
 }
 
@@ -137,6 +152,7 @@ impl VrrpSocket {
                         return Ok(Some(Received {
                             src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                             dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                            version: None,
                             advert: Err(RxError::Decode(e)),
                         }))
                     }
@@ -147,7 +163,13 @@ impl VrrpSocket {
                 } else {
                     packet::AnyAdvert::decode(ip.payload, src, dst).map_err(RxError::Decode)
                 };
-                Ok(Some(Received { src, dst, advert }))
+                let version = ip.payload.first().map(|b| b >> 4);
+                Ok(Some(Received {
+                    src,
+                    dst,
+                    version,
+                    advert,
+                }))
             }
             Family::V6 => {
                 let mut iov = [IoSliceMut::new(&mut buf)];
@@ -187,7 +209,13 @@ impl VrrpSocket {
                     Some(h) => Err(RxError::BadTtl(h.clamp(0, 255) as u8)),
                     None => Err(RxError::BadTtl(0)),
                 };
-                Ok(Some(Received { src, dst, advert }))
+                let version = buf[..n].first().map(|b| b >> 4);
+                Ok(Some(Received {
+                    src,
+                    dst,
+                    version,
+                    advert,
+                }))
             }
         }
     }
