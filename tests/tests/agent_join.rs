@@ -316,14 +316,7 @@ async fn join_does_not_need_the_system_trust_roots() {
     let c = Cluster::start().await;
     let token = c.server.create_bootstrap_token(DAY);
     let a = c.agent("no-roots", &token, "");
-    let empty_file = a.dir.join("no-roots.pem");
-    std::fs::write(&empty_file, "").unwrap();
-    let empty_dir = a.dir.join("no-roots.d");
-    std::fs::create_dir_all(&empty_dir).unwrap();
-    let p = a.spawn_env(&[
-        ("SSL_CERT_FILE", empty_file.as_path()),
-        ("SSL_CERT_DIR", empty_dir.as_path()),
-    ]);
+    let p = spawn_without_system_roots(&a);
     wait_until(
         "the Lease",
         Duration::from_secs(40),
@@ -342,15 +335,28 @@ async fn join_does_not_need_the_system_trust_roots() {
     assert!(!log.contains("Server cert bypassed"), "{log}");
 }
 
-/// The API server comes up after the agent: discovery keeps trying inside the process (no exit,
-/// no systemd restart) and joins once it answers.
+/// `keel-agent run` on a node whose system trust store is empty.
+fn spawn_without_system_roots(a: &agent_harness::AgentSetup) -> agent_harness::AgentProc {
+    let empty_file = a.dir.join("no-roots.pem");
+    std::fs::write(&empty_file, "").unwrap();
+    let empty_dir = a.dir.join("no-roots.d");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    a.spawn_env(&[
+        ("SSL_CERT_FILE", empty_file.as_path()),
+        ("SSL_CERT_DIR", empty_dir.as_path()),
+    ])
+}
+
+/// The API server comes up after the agent (on a node without system roots, as the report had
+/// it): discovery keeps trying inside the process (no exit, no systemd restart) and joins once it
+/// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_coming_up_late_still_joins_within_discovery_timeout() {
     let c = Cluster::start().await;
     let token = c.server.create_bootstrap_token(DAY);
     let a = c.agent("api-late", &token, "");
     c.server.stop().await;
-    let mut p = a.spawn();
+    let mut p = spawn_without_system_roots(&a);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
         p.running(),
