@@ -858,6 +858,64 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_
     .await;
 }
 
+/// `systemctl reload keel-agent` runs `keel-agent reload --pid $MAINPID`: it fails on a bad file
+/// (without signalling) and when the agent refuses, and succeeds only once the agent applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_reports_the_running_agents_verdict() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("reload-cmd", &token, "");
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("reload-cmd").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let pid = p.child.id().to_string();
+    let good = std::fs::read_to_string(&a.config).unwrap();
+
+    // A file that does not validate: refused before the agent is bothered.
+    std::fs::write(&a.config, format!("{good}bogus: 1\n")).unwrap();
+    let (st, out) = a
+        .command_with("reload", &["--pid", &pid], Duration::from_secs(40))
+        .await;
+    assert!(!st.success(), "{out}");
+    assert!(
+        out.contains("unknown field `bogus`") && out.contains("not sent"),
+        "{out}"
+    );
+    assert!(!p.log_text().contains("SIGHUP"), "{}", p.log_text());
+
+    // A good file: exit 0 once the agent applied it (the label is there by then).
+    std::fs::write(
+        &a.config,
+        good.replace("example.com/team: infra", "example.com/team: platform"),
+    )
+    .unwrap();
+    let (st, out) = a
+        .command_with("reload", &["--pid", &pid], Duration::from_secs(40))
+        .await;
+    assert!(st.success(), "{out}\n{}", p.log_text());
+    assert!(
+        c.node_json("reload-cmd")
+            .is_some_and(|n| label(&n, "example.com/team") == Some("platform")),
+        "{}",
+        p.log_text()
+    );
+
+    // No agent to signal (its refusal is unit-tested in agent/src/reload.rs).
+    let (st, out) = a
+        .command_with(
+            "reload",
+            &["--pid", "0", "--timeout", "1s"],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(!st.success() && out.contains("cannot signal"), "{out}");
+}
+
 /// Runs a future to completion from a sync closure (the waits poll synchronously).
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
