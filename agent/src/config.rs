@@ -356,23 +356,17 @@ fn validate_cluster(raw: &ClusterFile, d: &mut Diagnostics) -> Option<Cluster> {
             }
         }
     }
-    let discovery_timeout = raw
-        .discovery_timeout
-        .map(Duration::from)
-        .unwrap_or(Duration::from_secs(300));
-    let csr_timeout = raw
-        .csr_timeout
-        .map(Duration::from)
-        .unwrap_or(Duration::from_secs(600));
-    for (field, v) in [
-        ("cluster.discovery_timeout", discovery_timeout),
-        ("cluster.csr_timeout", csr_timeout),
-    ] {
-        if v < Duration::from_secs(1) {
-            d.error(field, "must be at least 1s");
-            ok = false;
-        }
-    }
+    let mut timeout = |field: &str, v: Option<Dur>, default: u64| match v {
+        Some(v) => d
+            .duration_in(field, v.0, Duration::from_secs(1), DAY)
+            .unwrap_or_else(|| {
+                ok = false;
+                Duration::ZERO
+            }),
+        None => Duration::from_secs(default),
+    };
+    let discovery_timeout = timeout("cluster.discovery_timeout", raw.discovery_timeout, 300);
+    let csr_timeout = timeout("cluster.csr_timeout", raw.csr_timeout, 600);
     match (server, token, ok) {
         (Some(server), Some(token), true) => Some(Cluster {
             server,
@@ -532,6 +526,9 @@ fn validate_node(raw: &NodeFile, hostname: Option<&str>, d: &mut Diagnostics) ->
     })
 }
 
+/// The longest any agent wait may be configured to last.
+const DAY: Duration = Duration::from_secs(86_400);
+
 fn validate_kubelet(raw: &KubeletFile, os: Os, d: &mut Diagnostics) -> Kubelet {
     for (field, p) in [
         ("kubelet.kubeconfig", &raw.kubeconfig),
@@ -565,7 +562,9 @@ fn validate_kubelet(raw: &KubeletFile, os: Os, d: &mut Diagnostics) -> Kubelet {
         service: raw.service.clone().unwrap_or_else(|| "kubelet".into()),
         register_timeout: raw
             .register_timeout
-            .map(Duration::from)
+            .and_then(|t| {
+                d.duration_in("kubelet.register_timeout", t.0, Duration::from_secs(1), DAY)
+            })
             .unwrap_or(Duration::from_secs(300)),
     }
 }

@@ -330,6 +330,8 @@ pub async fn discover(
     let insecure =
         apiclient::anonymous_insecure(server).map_err(|e| DiscoveryError::Client(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(server = %server, token_id = %token.id, pins = ?pins,
+        "discovery: fetching cluster-info without checking the server's certificate (the CA is not known yet); its content is verified instead: the kubeconfig's JWS signature (HS256) with the bootstrap token's secret, then the CA certificate in it against cluster.ca_pins (SHA-256 of its public key); only that CA is trusted afterwards");
     // kubeadm polls every 5 s; start faster, never slower.
     let mut backoff = keel_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     let verified = loop {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod platform;
 pub mod register;
+pub mod reload;
 pub mod run;
 pub mod status;
 pub mod taints;

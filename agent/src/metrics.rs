@@ -3,7 +3,6 @@
 //! One [`Metrics`] per agent; other modules (health) register their own collectors into
 //! [`Metrics::registry`] so everything is served from one place.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +10,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Gauge, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -193,54 +191,91 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `cancel` fires. Accept errors back off instead of spinning.
+/// Serves until `cancel` fires, with keel_common's limits: a connection cap taken before accept
+/// (idle clients cannot take the agent's fds), a header timeout, backoff on accept errors.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     status: StatusHandle,
     cancel: CancellationToken,
 ) {
-    let mut backoff = keel_common::Backoff::new(
-        std::time::Duration::from_millis(50),
-        std::time::Duration::from_secs(2),
-    );
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, _) = match accepted {
-            Ok(s) => {
-                backoff.reset();
-                s
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint accept failed");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        let status = status.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let r = handle(&req, &metrics, &status);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "metrics connection"); },
-            }
-        });
-    }
+    serve_with(
+        listener,
+        keel_common::http::Limits::default(),
+        metrics,
+        status,
+        cancel,
+    )
+    .await
+}
+
+/// [`serve`] with explicit limits (tests use short ones).
+pub async fn serve_with(
+    listener: TcpListener,
+    limits: keel_common::http::Limits,
+    metrics: Arc<Metrics>,
+    status: StatusHandle,
+    cancel: CancellationToken,
+) {
+    keel_common::http::serve_plain(listener, limits, cancel, move |req| {
+        let r = handle(&req, &metrics, &status);
+        async move { r }
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get_metrics(addr: SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Idle connections beyond the cap wait in the backlog instead of taking fds, are cut at the
+    /// header timeout, and /metrics answers again once they are gone.
+    #[tokio::test]
+    async fn idle_connections_neither_exhaust_nor_block_metrics() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let limits = keel_common::http::Limits {
+            max_connections: 8,
+            header_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let st = StatusHandle::new(crate::status::Status::default(), None);
+        tokio::spawn(serve_with(l, limits, Metrics::new(), st, cancel.clone()));
+        let mut idle = Vec::new();
+        for _ in 0..50 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // A silent client is cut by the header timeout rather than held open.
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf))
+            .await
+            .expect("a silent client was not closed within 5 s")
+            .unwrap_or(0);
+        assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"));
+        let answer = tokio::time::timeout(Duration::from_secs(10), get_metrics(addr))
+            .await
+            .expect("/metrics did not answer behind 50 idle connections");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(idle);
+        let answer = tokio::time::timeout(Duration::from_secs(5), get_metrics(addr))
+            .await
+            .expect("/metrics did not answer after the idle connections went");
+        assert!(answer.contains("keel_agent_join_state"), "{answer}");
+        cancel.cancel();
+    }
 
     #[test]
     fn renders_join_state_and_requests() {

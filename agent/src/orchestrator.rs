@@ -6,7 +6,6 @@
 //! 503 busy, so the API can never hold up the agent's own work. Errors are JSON
 //! `{"error": "...", "code": N}`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -159,66 +158,53 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts until `cancel`; a connection limit is taken before accept, so overload is
-    /// backpressure; accept errors back off and never end the loop.
+    /// Serves until `cancel` with keel_common's limits: a connection cap taken before accept (so
+    /// overload is backpressure), the TLS handshake and the headers bounded in time, accept errors
+    /// backed off and never the end of the loop.
     pub async fn serve(self, cancel: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let addr = self.listener.local_addr().ok();
         tracing::info!(addr = ?addr, "orchestrator API listening");
-        loop {
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "orchestrator API accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let acceptor = self.acceptor.clone();
-            let shared = self.shared.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %peer, error = %e, "orchestrator API refused a TLS client");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let cn = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| subject_cn(c.as_ref()));
-                let allowed = match &shared.allowed_cn {
-                    Some(want) => cn.as_deref() == Some(want.as_str()),
-                    None => true,
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    let cn = cn.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &shared, cn, allowed).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = cancel.cancelled() => {}
+        let limits = keel_common::http::Limits {
+            max_connections: MAX_CONNECTIONS,
+            ..Default::default()
+        };
+        let acceptor = self.acceptor;
+        let shared = self.shared;
+        let allowed_cn = shared.allowed_cn.clone();
+        keel_common::http::serve(
+            self.listener,
+            limits,
+            cancel,
+            move |tcp, peer| {
+                let acceptor = acceptor.clone();
+                let allowed_cn = allowed_cn.clone();
+                async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::info!(peer = %peer, error = %e, "orchestrator API refused a TLS client");
+                            return None;
+                        }
+                    };
+                    let cn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| subject_cn(c.as_ref()));
+                    let allowed = match &allowed_cn {
+                        Some(want) => cn.as_deref() == Some(want.as_str()),
+                        None => true,
+                    };
+                    Some((tls, (cn, allowed)))
                 }
-            });
-        }
+            },
+            move |req, (cn, allowed): (Option<String>, bool)| {
+                let shared = shared.clone();
+                async move { handle(req, &shared, cn, allowed).await }
+            },
+        )
+        .await
     }
 }
 

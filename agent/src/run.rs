@@ -299,6 +299,7 @@ impl Agent {
             }
         }
         self.metrics.config_reload(true);
+        self.status.update(|s| s.config_reloads_ok += 1);
         tracing::info!(path = %new.path.display(), "config reloaded");
         let keep_node = self.cfg.node.clone();
         self.cfg = new;

@@ -75,6 +75,10 @@ pub struct Status {
     pub last_status_update: Option<i64>,
     pub last_error: Option<String>,
     pub config_reloads_failed: u64,
+    /// Reloads applied (SIGHUP with a valid file); `keel-agent reload` waits for one of the two
+    /// counters to move.
+    #[serde(default)]
+    pub config_reloads_ok: u64,
     pub versions: Versions,
     /// Sections owned by other modules (e.g. `health`), by name.
     #[serde(default)]

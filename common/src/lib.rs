@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod http;
 
 pub use backoff::Backoff;

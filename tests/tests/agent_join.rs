@@ -166,6 +166,18 @@ async fn wrong_ca_pin_refuses_the_join_and_writes_nothing() {
         log.contains("no CA certificate in cluster-info matches the configured pins"),
         "{log}"
     );
+    // The error chain is printed once, on one line, each message once.
+    let last: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("keel-agent: "))
+        .collect();
+    assert_eq!(last.len(), 1, "{log}");
+    assert_eq!(
+        last[0].matches("no CA certificate in cluster-info").count(),
+        1,
+        "{}",
+        last[0]
+    );
     assert!(a.credentials().is_empty(), "written: {:?}", a.credentials());
     assert!(c.csrs().is_empty());
 }
@@ -291,6 +303,77 @@ async fn api_unavailable_for_a_while_then_back_the_agent_joins_with_backoff() {
             c.lease("api-down")
                 .is_some_and(|l| l["spec"]["renewTime"] != before)
         },
+        || p.log_text(),
+    )
+    .await;
+}
+
+/// A minimal Debian 12 has no `ca-certificates`: the system trust store is empty. rustls-native-certs
+/// (behind kube's platform verifier) reads only SSL_CERT_FILE / SSL_CERT_DIR when they are set, so
+/// pointing both at nothing is that node. Discovery trusts the JWS and the pin, never the system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_does_not_need_the_system_trust_roots() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("no-roots", &token, "");
+    let p = spawn_without_system_roots(&a);
+    wait_until(
+        "the Lease",
+        Duration::from_secs(40),
+        || c.lease("no-roots").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let log = p.log_text();
+    assert!(!log.contains("No CA certificates"), "{log}");
+    // What the unverified fetch relies on is said, and kube's bare "bypassed" is not.
+    assert!(
+        log.contains("JWS signature (HS256) with the bootstrap token's secret")
+            && log.contains("cluster-info signature and CA pin verified"),
+        "{log}"
+    );
+    assert!(!log.contains("Server cert bypassed"), "{log}");
+}
+
+/// `keel-agent run` on a node whose system trust store is empty.
+fn spawn_without_system_roots(a: &agent_harness::AgentSetup) -> agent_harness::AgentProc {
+    let empty_file = a.dir.join("no-roots.pem");
+    std::fs::write(&empty_file, "").unwrap();
+    let empty_dir = a.dir.join("no-roots.d");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    a.spawn_env(&[
+        ("SSL_CERT_FILE", empty_file.as_path()),
+        ("SSL_CERT_DIR", empty_dir.as_path()),
+    ])
+}
+
+/// The API server comes up after the agent (on a node without system roots, as the report had
+/// it): discovery keeps trying inside the process (no exit, no systemd restart) and joins once it
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_coming_up_late_still_joins_within_discovery_timeout() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("api-late", &token, "");
+    c.server.stop().await;
+    let mut p = spawn_without_system_roots(&a);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        p.running(),
+        "agent exited while the API was not up yet:\n{}",
+        p.log_text()
+    );
+    assert!(
+        p.log_text().contains("waiting for signed cluster-info"),
+        "{}",
+        p.log_text()
+    );
+    c.server.restart().await.expect("restart");
+    // discovery_timeout is 60s in the harness config.
+    wait_until(
+        "the Lease",
+        Duration::from_secs(50),
+        || c.lease("api-late").is_some(),
         || p.log_text(),
     )
     .await;
@@ -773,6 +856,64 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_a_good_one_updates_
         || p.log_text(),
     )
     .await;
+}
+
+/// `systemctl reload keel-agent` runs `keel-agent reload --pid $MAINPID`: it fails on a bad file
+/// (without signalling) and when the agent refuses, and succeeds only once the agent applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_reports_the_running_agents_verdict() {
+    let c = Cluster::start().await;
+    let token = c.server.create_bootstrap_token(DAY);
+    let a = c.agent("reload-cmd", &token, "");
+    let p = a.spawn();
+    wait_until(
+        "the Lease",
+        Duration::from_secs(30),
+        || c.lease("reload-cmd").is_some(),
+        || p.log_text(),
+    )
+    .await;
+    let pid = p.child.id().to_string();
+    let good = std::fs::read_to_string(&a.config).unwrap();
+
+    // A file that does not validate: refused before the agent is bothered.
+    std::fs::write(&a.config, format!("{good}bogus: 1\n")).unwrap();
+    let (st, out) = a
+        .command_with("reload", &["--pid", &pid], Duration::from_secs(40))
+        .await;
+    assert!(!st.success(), "{out}");
+    assert!(
+        out.contains("unknown field `bogus`") && out.contains("not sent"),
+        "{out}"
+    );
+    assert!(!p.log_text().contains("SIGHUP"), "{}", p.log_text());
+
+    // A good file: exit 0 once the agent applied it (the label is there by then).
+    std::fs::write(
+        &a.config,
+        good.replace("example.com/team: infra", "example.com/team: platform"),
+    )
+    .unwrap();
+    let (st, out) = a
+        .command_with("reload", &["--pid", &pid], Duration::from_secs(40))
+        .await;
+    assert!(st.success(), "{out}\n{}", p.log_text());
+    assert!(
+        c.node_json("reload-cmd")
+            .is_some_and(|n| label(&n, "example.com/team") == Some("platform")),
+        "{}",
+        p.log_text()
+    );
+
+    // No agent to signal (its refusal is unit-tested in agent/src/reload.rs).
+    let (st, out) = a
+        .command_with(
+            "reload",
+            &["--pid", "0", "--timeout", "1s"],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(!st.success() && out.contains("cannot signal"), "{out}");
 }
 
 /// Runs a future to completion from a sync closure (the waits poll synchronously).

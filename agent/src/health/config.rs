@@ -391,18 +391,100 @@ fn default_condition(kind: &str) -> &'static str {
     }
 }
 
+/// Conditions kubelet sets on a Node. The taint policy never sees them (it watches only what this
+/// agent's checks report), and kubelet taints for them itself (`node.kubernetes.io/*`).
+const KUBELET_CONDITIONS: &[&str] = &[
+    "Ready",
+    "MemoryPressure",
+    "DiskPressure",
+    "PIDPressure",
+    "NetworkUnavailable",
+];
+
+/// Why a taint rule on `condition` would never fire, and what the checks do set.
+fn unproduced_condition(condition: &str, produced: &BTreeSet<String>) -> String {
+    let set = if produced.is_empty() {
+        "no check sets any condition".to_string()
+    } else {
+        let list: Vec<&str> = produced.iter().map(String::as_str).collect();
+        format!("the checks set {}", list.join(", "))
+    };
+    if KUBELET_CONDITIONS.contains(&condition) {
+        format!(
+            "{condition:?} is kubelet's condition, which the taint policy does not watch (kubelet taints for it itself); a rule must name a condition one of `health.checks` or `health.npd_plugin_configs` sets ({set})"
+        )
+    } else {
+        format!("no check sets condition {condition:?}, so this rule would never taint; {set}")
+    }
+}
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn mins(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `value` (or `default` when absent) if within `min..=max`; otherwise an error naming the range,
+/// and the default.
+fn duration(
+    diag: &mut Diagnostics,
+    field: String,
+    value: Option<Dur>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+) -> Duration {
+    match value {
+        Some(v) => diag.duration_in(field, v.0, min, max).unwrap_or(default),
+        None => default,
+    }
+}
+
+/// `value` (or `default` when absent) if within `min..=max`; otherwise an error naming the range,
+/// and the default.
+fn count(
+    diag: &mut Diagnostics,
+    field: String,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> u64 {
+    match value {
+        Some(v) => diag.count_in(field, v, min, max).unwrap_or(default),
+        None => default,
+    }
+}
+
 /// Validates the `health:` section; problems are recorded under `field` (e.g. `health`).
 pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -> HealthConfig {
     let mut cfg = HealthConfig::default();
-    if let Some(r) = raw.refresh {
-        if r.0 < Duration::from_secs(10) {
-            diag.error(format!("{field}.refresh"), "must be at least 10s");
-        } else {
-            cfg.refresh = r.0;
-        }
-    }
+    cfg.refresh = duration(
+        diag,
+        format!("{field}.refresh"),
+        raw.refresh,
+        cfg.refresh,
+        (secs(10), HOUR),
+    );
     let mut names = BTreeSet::new();
     let mut conditions = BTreeSet::new();
+    // Conditions some check sets, counted from the raw checks so that a check refused for another
+    // reason does not also make its taint rule an error.
+    let mut produced: BTreeSet<String> = raw
+        .checks
+        .iter()
+        .map(|c| {
+            c.condition
+                .clone()
+                .unwrap_or_else(|| default_condition(&c.kind).to_string())
+        })
+        .collect();
+    let mut produced_known = true;
     for (i, c) in raw.checks.iter().enumerate() {
         let f = format!("{field}.checks[{i}]");
         if c.name.is_empty() || !is_condition_type(&c.name) {
@@ -443,6 +525,7 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
                 for spec in specs {
                     if spec.report == Report::Condition {
                         conditions.insert(spec.condition.clone());
+                        produced.insert(spec.condition.clone());
                     }
                     if !names.insert(spec.name.clone()) {
                         diag.error(&f, format!("check {:?} is defined twice", spec.name));
@@ -450,7 +533,11 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
                     cfg.checks.push(spec);
                 }
             }
-            Err(e) => diag.error(f, e),
+            Err(e) => {
+                // What it would have set is unknown; its own error says why.
+                produced_known = false;
+                diag.error(f, e)
+            }
         }
     }
     let mut taint_keys = BTreeSet::new();
@@ -458,6 +545,11 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
         let f = format!("{field}.taints[{i}]");
         if !is_condition_type(&t.condition) {
             diag.error(format!("{f}.condition"), "must be a condition type");
+        } else if produced_known && !produced.contains(&t.condition) {
+            diag.error(
+                format!("{f}.condition"),
+                unproduced_condition(&t.condition, &produced),
+            );
         }
         let status = t.status.clone().unwrap_or_else(|| "True".into());
         if !matches!(status.as_str(), "True" | "False" | "Unknown") {
@@ -480,14 +572,25 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
                 format!("taint {}:{} is set by two rules", t.key, effect.as_str()),
             );
         }
+        let after = duration(
+            diag,
+            format!("{f}.after"),
+            t.after,
+            secs(30),
+            (secs(0), DAY),
+        );
+        let clear_after = duration(
+            diag,
+            format!("{f}.clear_after"),
+            t.clear_after,
+            secs(120),
+            (secs(1), DAY),
+        );
         cfg.taints.push(TaintRule {
             condition: t.condition.clone(),
             status,
-            after: t.after.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
-            clear_after: t
-                .clear_after
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(120)),
+            after,
+            clear_after,
             key: t.key.clone(),
             value: t.value.clone().unwrap_or_default(),
             effect,
@@ -501,24 +604,44 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
         let f = format!("{field}.drain");
         let dc = &mut cfg.drain;
         dc.on_shutdown = d.on_shutdown.unwrap_or(false);
-        if let Some(t) = d.timeout {
-            dc.timeout = t.0;
-        }
-        dc.grace_period = d.grace_period.map(|g| g.0);
-        if let Some(p) = d.parallel {
-            if p == 0 || p > 64 {
-                diag.error(format!("{f}.parallel"), "must be 1-64");
-            } else {
-                dc.parallel = p;
+        dc.timeout = duration(
+            diag,
+            format!("{f}.timeout"),
+            d.timeout,
+            dc.timeout,
+            (secs(1), DAY),
+        );
+        dc.grace_period = d.grace_period.and_then(|g| {
+            let g = diag.duration_in(format!("{f}.grace_period"), g.0, secs(1), DAY)?;
+            // The Eviction API counts a grace period in whole seconds; rounding would turn 500ms
+            // into 0 (delete at once) or stretch it, so say so instead.
+            if g.subsec_nanos() != 0 {
+                diag.error(
+                    format!("{f}.grace_period"),
+                    format!(
+                        "must be a whole number of seconds (Kubernetes counts grace periods in seconds), not {}",
+                        keel_common::duration::format(g)
+                    ),
+                );
+                return None;
             }
-        }
-        if let Some(r) = d.retry_interval {
-            if r.0.is_zero() {
-                diag.error(format!("{f}.retry_interval"), "must be more than 0s");
-            } else {
-                dc.retry_interval = r.0;
-            }
-        }
+            Some(g)
+        });
+        dc.parallel = count(
+            diag,
+            format!("{f}.parallel"),
+            d.parallel.map(|p| p as u64),
+            dc.parallel as u64,
+            1,
+            64,
+        ) as usize;
+        dc.retry_interval = duration(
+            diag,
+            format!("{f}.retry_interval"),
+            d.retry_interval,
+            dc.retry_interval,
+            (ms(100), mins(10)),
+        );
     }
     if let Some(a) = &raw.api {
         let f = format!("{field}.api");
@@ -607,15 +730,22 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
             );
         }
     }
-    let interval = c.interval.map(|d| d.0).unwrap_or(Duration::from_secs(10));
-    let timeout = c.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5));
-    if interval < Duration::from_millis(100) {
-        diag.error(format!("{f}.interval"), "must be at least 100ms");
-    }
-    if timeout.is_zero() || timeout > interval.max(Duration::from_millis(100)) {
+    let interval = duration(
+        diag,
+        format!("{f}.interval"),
+        c.interval,
+        secs(10),
+        (ms(100), DAY),
+    );
+    let timeout = c.timeout.map(|d| d.0).unwrap_or(secs(5));
+    if timeout < ms(1) || timeout > interval {
         diag.error(
             format!("{f}.timeout"),
-            "must be more than 0s and at most the interval",
+            format!(
+                "must be between 1ms and the interval ({}), not {}",
+                keel_common::duration::format(interval),
+                keel_common::duration::format(timeout)
+            ),
         );
     }
     let condition = c
@@ -715,10 +845,13 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
             };
             CheckKind::Clock {
                 server: server.clone(),
-                max_offset: c
-                    .max_offset
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_millis(500)),
+                max_offset: duration(
+                    diag,
+                    format!("{f}.max_offset"),
+                    c.max_offset,
+                    ms(500),
+                    (ms(1), HOUR),
+                ),
             }
         }
         "service" => {
@@ -750,7 +883,14 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
                     Ok(regex) => patterns.push(PatternSpec {
                         reason: p.reason.clone(),
                         regex,
-                        count: p.count.unwrap_or(1).max(1),
+                        count: count(
+                            diag,
+                            format!("{f}.patterns[{j}].count"),
+                            p.count.map(u64::from),
+                            1,
+                            1,
+                            10_000,
+                        ) as u32,
                     }),
                     Err(e) => diag.error(format!("{f}.patterns[{j}].regex"), e),
                 }
@@ -763,9 +903,22 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
             }
             CheckKind::KernelLog {
                 source: PathBuf::from(c.source.clone().unwrap_or_else(|| "/dev/kmsg".into())),
-                window: c.window.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
+                window: duration(
+                    diag,
+                    format!("{f}.window"),
+                    c.window,
+                    mins(10),
+                    (secs(1), DAY),
+                ),
                 patterns,
-                max_lines_per_second: c.max_lines_per_second.unwrap_or(2000).max(1),
+                max_lines_per_second: count(
+                    diag,
+                    format!("{f}.max_lines_per_second"),
+                    c.max_lines_per_second.map(u64::from),
+                    2000,
+                    1,
+                    1_000_000,
+                ) as u32,
             }
         }
         "plugin" => {
@@ -778,7 +931,14 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
             CheckKind::Plugin {
                 command: PathBuf::from(cmd),
                 args: c.args.clone().unwrap_or_default(),
-                max_output_length: c.max_output_length.unwrap_or(80),
+                max_output_length: count(
+                    diag,
+                    format!("{f}.max_output_length"),
+                    c.max_output_length.map(|n| n as u64),
+                    80,
+                    1,
+                    65_536,
+                ) as usize,
                 problem_reason: format!("{condition}Detected"),
                 concurrency: None,
             }
@@ -897,6 +1057,82 @@ health:
             text.contains("health.checks[1].kind: unknown kind"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_taint_rule_on_a_condition_no_check_sets_is_refused() {
+        let base = "health:\n  checks:\n    - {name: root, kind: disk, path: /, min_free: 10%}\n    - {name: k, kind: kernel_log, condition: KernelDeadlock, patterns: [{reason: X, regex: x}]}\n  taints:\n";
+        // A typo of a check's condition.
+        let e = check(&format!(
+            "{base}    - {{condition: KernelDeadlock, key: a, effect: NoSchedule}}\n    - {{condition: DiskSpaceLo, key: b, effect: NoSchedule}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "agent.yaml:7: health.taints[1].condition: no check sets condition \"DiskSpaceLo\""
+            ) && e.contains("the checks set DiskSpaceLow, KernelDeadlock"),
+            "{e}"
+        );
+        assert!(!e.contains("taints[0]"), "{e}");
+        // kubelet's conditions never reach the policy.
+        let e = check(&format!(
+            "{base}    - {{condition: MemoryPressure, key: a, effect: NoSchedule}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("health.taints[0].condition: \"MemoryPressure\" is kubelet's condition"),
+            "{e}"
+        );
+        // A default condition and an NPD plugin's condition both count.
+        let dir = tempfile::tempdir().unwrap();
+        let npd = dir.path().join("ntp.json");
+        std::fs::write(&npd, super::super::npd::tests::NPD_NTP).unwrap();
+        check(&format!(
+            "{base}    - {{condition: DiskSpaceLow, key: a, effect: NoSchedule}}\n    - {{condition: NTPProblem, key: b, effect: NoSchedule}}\n  npd_plugin_configs: [{:?}]\n",
+            npd.display()
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn durations_and_counts_out_of_range_are_refused_in_words() {
+        let e = check(
+            "health:\n  refresh: 1us\n  checks:\n    - {name: k, kind: kernel_log, window: 87000h, max_lines_per_second: 0, patterns: [{reason: X, regex: x, count: 0}]}\n  drain:\n    timeout: 0s\n    parallel: 0\n    retry_interval: 1us\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "agent.yaml:2: health.refresh: must be between 10s and 1h, not 1us",
+            "health.checks[0].window: must be between 1s and 24h, not 87000h",
+            "health.checks[0].max_lines_per_second: must be between 1 and 1000000, not 0",
+            "health.checks[0].patterns[0].count: must be between 1 and 10000, not 0",
+            "agent.yaml:6: health.drain.timeout: must be between 1s and 24h, not 0s",
+            "agent.yaml:7: health.drain.parallel: must be between 1 and 64, not 0",
+            "agent.yaml:8: health.drain.retry_interval: must be between 100ms and 10m, not 1us",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+    }
+
+    /// 500ms used to become 0 (delete at once) through `as_secs`.
+    #[test]
+    fn a_sub_second_grace_period_is_refused_not_truncated() {
+        for (text, want) in [
+            ("500ms", "must be between 1s and 24h, not 500ms"),
+            ("1500ms", "must be a whole number of seconds"),
+        ] {
+            let e = check(&format!("health:\n  drain:\n    grace_period: {text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("agent.yaml:3: health.drain.grace_period: ") && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+        let cfg = check("health:\n  drain:\n    grace_period: 90s\n").unwrap();
+        assert_eq!(cfg.drain.grace_period, Some(Duration::from_secs(90)));
     }
 
     #[test]

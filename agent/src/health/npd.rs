@@ -183,11 +183,11 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<CheckSpec>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// node-problem-detector's own `config/custom-plugin-monitor.json`-style file, verbatim shape.
-    const NPD_NTP: &str = r#"{
+    pub(crate) const NPD_NTP: &str = r#"{
   "plugin": "custom",
   "pluginConfig": {
     "invoke_interval": "30s",

@@ -193,7 +193,7 @@ fn service_main(_args: Vec<OsString>) {
     let exit = match &result {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "agent stopped with an error");
+            tracing::error!(error = %keel_common::error::one_line(e.as_ref()), "agent stopped with an error");
             1
         }
     };

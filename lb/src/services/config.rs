@@ -289,6 +289,28 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters (object names).
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A qualified name as upstream's `ValidateQualifiedName`: `[prefix/]name`, the prefix a DNS
+/// subdomain, the name 1-63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    name_ok && prefix.is_none_or(is_dns_subdomain)
+}
+
 /// Validates the section. `routers` are the VRRP routers of the file: (name, is IPv4).
 pub fn validate(
     raw: &RawServices,
@@ -301,11 +323,24 @@ pub fn validate(
         diag.error(format!("{f}.kubeconfig"), "must be an absolute path");
     }
     if let Some(c) = &raw.load_balancer_class {
-        // A label-style qualified name: prefix/name (upstream validates it as a qualified name).
-        if c.is_empty() || c.len() > 253 || c.chars().any(|ch| ch.is_whitespace()) {
+        // Upstream validates spec.loadBalancerClass as a qualified name (prefix/name); a class the
+        // API server would never accept on a Service would match none.
+        if !is_qualified_name(c) {
             diag.error(
                 format!("{f}.load_balancer_class"),
-                format!("{c:?} is not a valid loadBalancerClass (e.g. keel.io/lb)"),
+                format!("{c:?} is not a qualified name: [DNS subdomain/]name, the name 1-63 letters, digits, '-', '_', '.', starting and ending with a letter or digit (e.g. keel.io/lb)"),
+            );
+        }
+    }
+    if let Some(i) = &raw.instance {
+        // The Lease's holderIdentity: empty would read as "no holder".
+        if i.trim().is_empty()
+            || i.len() > 253
+            || i.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            diag.error(
+                format!("{f}.instance"),
+                format!("{i:?} must be 1-253 characters without spaces (it names this keel-lb in the writer Lease)"),
             );
         }
     }
@@ -339,8 +374,11 @@ pub fn validate(
             format!("{lease_namespace:?} is not a namespace name"),
         );
     }
-    if lease_name.is_empty() || lease_name.len() > 253 {
-        diag.error(format!("{f}.writer_lease.name"), "must be 1-253 characters");
+    if !is_dns_subdomain(&lease_name) {
+        diag.error(
+            format!("{f}.writer_lease.name"),
+            format!("{lease_name:?} is not a Lease name: a DNS subdomain, at most 253 characters of a-z, 0-9, '-', '.'"),
+        );
     }
     let lease_duration = raw
         .writer_lease
@@ -558,4 +596,46 @@ fn overlaps(a: &Range, b: &Range) -> bool {
     same_family(a.first, b.first)
         && ip_u128(a.first) <= ip_u128(b.last)
         && ip_u128(b.first) <= ip_u128(a.last)
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_common::Source;
+
+    fn check(services: &str) -> Result<crate::config::Config, keel_common::ConfigErrors> {
+        let text = format!(
+            "frontends: []\npools: {{}}\nservices:\n  kubeconfig: /etc/keel/lb.kubeconfig\n{services}"
+        );
+        crate::config::load_source(&Source::from_text("lb.yaml", text))
+    }
+
+    #[test]
+    fn empty_or_invalid_names_are_refused_with_their_line() {
+        let e = check("  instance: \"\"\n  load_balancer_class: \"not a class\"\n  writer_lease:\n    name: Keel_LB\n")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "lb.yaml:5: services.instance:",
+            "lb.yaml:6: services.load_balancer_class:",
+            "lb.yaml:8: services.writer_lease.name:",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+        for bad in ["/lb", "keel.io/", "-x", "a/b/c"] {
+            let e = check(&format!("  load_balancer_class: \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("services.load_balancer_class:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn valid_names_pass() {
+        let r = check("  instance: lb-1\n  load_balancer_class: keel.io/lb\n  writer_lease:\n    name: keel-lb.writer\n");
+        // Only the names matter here; the section may miss other parts.
+        let text = r.err().map(|e| e.to_string()).unwrap_or_default();
+        for field in ["instance", "load_balancer_class", "writer_lease"] {
+            assert!(!text.contains(&format!("services.{field}")), "{text}");
+        }
+    }
 }

@@ -137,6 +137,11 @@ impl AgentSetup {
     }
 
     pub fn spawn(&self) -> AgentProc {
+        self.spawn_env(&[])
+    }
+
+    /// `keel-agent run` with extra environment variables.
+    pub fn spawn_env(&self, env: &[(&str, &Path)]) -> AgentProc {
         let log = self
             .dir
             .join(format!("agent-{}.log", rand::random::<u32>()));
@@ -149,6 +154,7 @@ impl AgentSetup {
                 "info,keel_agent=debug,kube_client::client::builder=off",
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
