@@ -135,7 +135,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("keel-lb: {e:#}");
+                    eprintln!("keel-lb: {}", keel_common::error::one_line(e.as_ref()));
                     ExitCode::from(1)
                 }
             }
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("keel-lb demo: {e:#}");
+                    eprintln!("keel-lb demo: {}", keel_common::error::one_line(e.as_ref()));
                     ExitCode::from(1)
                 }
             }
