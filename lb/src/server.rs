@@ -107,6 +107,8 @@ pub struct Server {
     /// Shared with blocking tasks: keel-vrrp's start/reload/shutdown wait on its thread, which must
     /// never stall the data plane (it may share one thread with it).
     vrrp: Option<Arc<keel_vrrp::Vrrp>>,
+    /// Registered at the first start and kept: counters survive a handover and resume.
+    vrrp_metrics: Option<keel_vrrp::VrrpMetrics>,
 }
 
 impl Server {
@@ -135,6 +137,7 @@ impl Server {
             pool_users: HashMap::new(),
             pool_up: HashMap::new(),
             vrrp: None,
+            vrrp_metrics: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
         if let Some(path) = cfg.services.as_ref().and_then(|c| c.state_file.clone()) {
@@ -737,23 +740,36 @@ impl Server {
                     tracing::info!("vrrp section removed; stopping virtual routers");
                     stop_vrrp(v).await;
                 }
+                if let Some(m) = &self.vrrp_metrics {
+                    m.clear();
+                }
                 Ok(())
             }
             (None, Some(n)) => {
-                let registry = self.metrics.registry.clone();
-                match tokio::task::spawn_blocking(move || keel_vrrp::Vrrp::start(n, &registry))
-                    .await
-                {
-                    Ok(Ok(v)) => {
-                        tracing::info!("vrrp started");
-                        self.vrrp = Some(Arc::new(v));
-                        self.vrrp_backoff.reset();
-                        self.vrrp_retry_at = None;
-                        self.pool_up.clear(); // re-announce every pool's health to the new routers
-                        Ok(())
+                let metrics = match &self.vrrp_metrics {
+                    Some(m) => Ok(m.clone()),
+                    None => keel_vrrp::VrrpMetrics::register(&self.metrics.registry)
+                        .map(|m| self.vrrp_metrics.insert(m).clone())
+                        .map_err(|e| format!("vrrp metrics: {e}")),
+                };
+                match metrics {
+                    Err(e) => Err(e),
+                    Ok(m) => {
+                        match tokio::task::spawn_blocking(move || keel_vrrp::Vrrp::start(n, m))
+                            .await
+                        {
+                            Ok(Ok(v)) => {
+                                tracing::info!("vrrp started");
+                                self.vrrp = Some(Arc::new(v));
+                                self.vrrp_backoff.reset();
+                                self.vrrp_retry_at = None;
+                                self.pool_up.clear(); // re-announce every pool's health to the new routers
+                                Ok(())
+                            }
+                            Ok(Err(e)) => Err(format!("failed to start: {e}")),
+                            Err(e) => Err(format!("start task failed: {e}")),
+                        }
                     }
-                    Ok(Err(e)) => Err(format!("failed to start: {e}")),
-                    Err(e) => Err(format!("start task failed: {e}")),
                 }
             }
             (None, None) => Ok(()),

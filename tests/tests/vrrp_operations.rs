@@ -398,6 +398,9 @@ fn after_a_handover_the_routers_stay_stopped_until_resumed() {
         );
         assert!(m.contains(&line), "{line} missing");
     }
+    let transitions = |lab: &Lab| lab.metric_sum("lb1", "keel_vrrp_transitions_total", &[]);
+    let before = transitions(&lab);
+    assert!(before >= 1.0, "lb1 became master: at least one transition");
     let (code, body) = admin(&lab, "lb1", "POST", "/handover");
     assert_eq!(code, 200, "{body}");
     assert!(lab.wait_owner(VIP4, "lb2", LBS, TAKEOVER));
@@ -420,4 +423,10 @@ fn after_a_handover_the_routers_stay_stopped_until_resumed() {
         lab.log("lb1")
     );
     assert_eq!(admin(&lab, "lb1", "GET", "/healthz").0, 200);
+    // The counters ran on across the stop and the restart: no reset for rate() to paper over.
+    let after = transitions(&lab);
+    assert!(
+        after >= before + 2.0,
+        "transitions went from {before} to {after} across handover and resume"
+    );
 }

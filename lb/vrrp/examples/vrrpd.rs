@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = keel_vrrp::config::validate(&top.vrrp, "vrrp", &mut diag);
     let cfg = diag.finish(cfg.unwrap_or_default())?;
     let registry = prometheus::Registry::new();
-    let vrrp = keel_vrrp::Vrrp::start(cfg, &registry)?;
+    let metrics = keel_vrrp::VrrpMetrics::register(&registry)?;
+    let vrrp = keel_vrrp::Vrrp::start(cfg, metrics)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

@@ -381,6 +381,7 @@ impl Driver {
                 };
                 self.apply(i, acts).await;
                 tracing::info!(router = %self.slots[i].cfg.name, vrid = self.slots[i].cfg.vrid, "vrrp router removed by reload");
+                self.metrics.remove_router(&self.slots[i].labels());
                 self.slots.remove(i);
             }
         }

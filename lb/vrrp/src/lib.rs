@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use config::{Family, VrrpConfig, VrrpFile};
 pub use fsm::State;
+pub use metrics::Metrics as VrrpMetrics;
 
 use driver::Command;
 
@@ -64,19 +65,16 @@ pub struct Vrrp {
     tx: tokio::sync::mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Vec<RouterStatus>>>,
-    registry: prometheus::Registry,
-    metrics: metrics::Metrics,
 }
 
 impl Vrrp {
-    /// Starts every configured virtual router on a dedicated thread and registers metrics.
+    /// Starts every configured virtual router on a dedicated thread. `metrics` are registered once
+    /// by the caller and outlive this instance, so counters run on across a handover and resume.
     /// Fails when an interface is missing or the raw sockets cannot be opened (needs CAP_NET_RAW
     /// and CAP_NET_ADMIN).
-    pub fn start(cfg: VrrpConfig, registry: &prometheus::Registry) -> Result<Vrrp, Error> {
+    pub fn start(cfg: VrrpConfig, metrics: VrrpMetrics) -> Result<Vrrp, Error> {
         let sockets = open_sockets(&cfg)?;
         let announcer = net::Announcer::open()?;
-        let metrics = metrics::Metrics::register(registry)
-            .map_err(|e| Error::Other(format!("metrics: {e}")))?;
         let status = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -85,29 +83,15 @@ impl Vrrp {
         let thread = std::thread::Builder::new()
             .name("keel-vrrp".into())
             .spawn(move || driver::run(cfg, sockets, announcer, m, st, rx, ready_tx));
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => {
-                metrics.unregister(registry);
-                return Err(e.into());
-            }
-        };
+        let thread = thread?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Vrrp {
                 tx,
                 thread: Some(thread),
                 status,
-                registry: registry.clone(),
-                metrics,
             }),
-            Ok(Err(e)) => {
-                metrics.unregister(registry);
-                Err(Error::Other(e))
-            }
-            Err(_) => {
-                metrics.unregister(registry);
-                Err(Error::Other("the VRRP thread did not start".into()))
-            }
+            Ok(Err(e)) => Err(Error::Other(e)),
+            Err(_) => Err(Error::Other("the VRRP thread did not start".into())),
         }
     }
 
@@ -170,7 +154,6 @@ impl Vrrp {
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            self.metrics.unregister(&self.registry);
         }
     }
 }

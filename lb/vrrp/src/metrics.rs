@@ -77,15 +77,25 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Takes the collectors out of the registry, so that VRRP can be started again later (a
-    /// reload that removes, then restores, the `vrrp:` section).
-    pub fn unregister(&self, registry: &Registry) {
-        let _ = registry.unregister(Box::new(self.state.clone()));
-        let _ = registry.unregister(Box::new(self.transitions.clone()));
-        let _ = registry.unregister(Box::new(self.adverts_sent.clone()));
-        let _ = registry.unregister(Box::new(self.adverts_received.clone()));
-        let _ = registry.unregister(Box::new(self.packet_errors.clone()));
-        let _ = registry.unregister(Box::new(self.last_transition.clone()));
-        let _ = registry.unregister(Box::new(self.priority.clone()));
+    /// Drops every series: the `vrrp:` section was removed, so no router of this process exists
+    /// (stale `state` series would read as routers stopped, and page as "no master").
+    pub fn clear(&self) {
+        self.state.reset();
+        self.transitions.reset();
+        self.adverts_sent.reset();
+        self.adverts_received.reset();
+        self.packet_errors.reset();
+        self.last_transition.reset();
+        self.priority.reset();
+    }
+
+    /// Drops one router's series (removed by a reload).
+    pub fn remove_router(&self, labels: &[&str]) {
+        let _ = self.state.remove_label_values(labels);
+        let _ = self.transitions.remove_label_values(labels);
+        let _ = self.adverts_sent.remove_label_values(labels);
+        let _ = self.adverts_received.remove_label_values(labels);
+        let _ = self.last_transition.remove_label_values(labels);
+        let _ = self.priority.remove_label_values(labels);
     }
 }
