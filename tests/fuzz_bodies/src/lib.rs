@@ -13,9 +13,12 @@ pub mod join;
 pub mod proxy;
 pub mod vrrp;
 
+/// A target's body: takes the fuzzer's input, panics on a finding.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (the file in `fuzz/fuzz_targets/` and the folder in `fuzz/corpus/`) and
 /// its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("vrrp_ipv4", vrrp::ipv4),
     ("vrrp_ipv6", vrrp::ipv6),
     ("proxy_v2", proxy::v2),
