@@ -77,7 +77,7 @@ for t in "${targets[@]}"; do
   min=$work/min/$t
   rm -rf "$min"
   mkdir -p "$min"
-  "$bin" -merge=1 -use_counters=0 "$min" "$corpus" >"$work/$t.merge.log" 2>&1 || true
+  "$bin" -merge=1 -use_counters=0 -artifact_prefix="$work/merge-" "$min" "$corpus" >"$work/$t.merge.log" 2>&1 || true
   after=$(find "$min" -type f | wc -l)
   size=$(du -sk "$min" | cut -f1)
   if [ "${UPDATE_CORPUS:-0}" = 1 ] && [ "$crashes" -eq 0 ] && [ "$after" -gt 0 ]; then
