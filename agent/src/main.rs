@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel_agent::config::{self, Config};
-use keel_agent::credentials::StateDir;
+use keel_agent::join::credentials::StateDir;
 use keel_agent::metrics::Metrics;
 use keel_agent::run::Agent;
 use keel_agent::status::{self, JoinState};
@@ -375,9 +375,9 @@ async fn leave(config_path: PathBuf, kubeconfig: Option<PathBuf>) -> anyhow::Res
     );
     status.update(|s| s.join_state = JoinState::Leaving);
     let report = tokio::time::timeout(
-        keel_agent::leave::LEAVE_TIMEOUT
+        keel_agent::node::leave::LEAVE_TIMEOUT
             .max(cfg.health.drain.timeout + std::time::Duration::from_secs(60)),
-        keel_agent::leave::leave(&cfg, &metrics, kubeconfig.as_deref()),
+        keel_agent::node::leave::leave(&cfg, &metrics, kubeconfig.as_deref()),
     )
     .await
     .context("leave timed out")??;
@@ -410,7 +410,7 @@ async fn health_once(
         )),
     };
     let metrics = Metrics::new();
-    let outcomes = keel_agent::health::run_once(&cfg.health, &metrics.registry).await?;
+    let outcomes = keel_agent::health_loop::run_once(&cfg.health, &metrics.registry).await?;
     for (name, o) in &outcomes {
         println!("{name}: {:?} {} {}", o.status, o.reason, o.message);
     }

@@ -28,6 +28,8 @@ fn counters(s: &Status) -> (u64, u64) {
 
 /// Signals the agent `pid`, whose status file is `status_file`, and waits up to `timeout` for its
 /// verdict on the config.
+// A blocking CLI outside any runtime: real time.
+#[allow(clippy::disallowed_methods)]
 pub fn request(pid: i32, status_file: &Path, timeout: Duration) -> Result<(), ReloadError> {
     let read = || {
         status::read_file(status_file).map_err(|e| ReloadError::Status {

@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apiclient::{ApiClients, ClientError};
 use crate::config::Config;
-use crate::credentials::{NodeCredentials, StateDir};
-use crate::heartbeat::{self, Heartbeat, Timing};
-use crate::host::{self, Facts};
+use crate::join::credentials::{NodeCredentials, StateDir};
 use crate::join::{self, JoinError};
-use crate::kubelet::{self, KubeletError};
 use crate::metrics::Metrics;
-use crate::register::{self, RegisterError};
+use crate::node::heartbeat::{self, Heartbeat, Timing};
+use crate::node::host::{self, Facts};
+use crate::node::kubelet::{self, KubeletError};
+use crate::node::register::{self, RegisterError};
 use crate::status::{JoinState, Status, StatusHandle, Versions};
 
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +310,7 @@ impl Agent {
     }
 }
 
-/// Starts node health (issue 5's `crate::health::run`) once the node is registered; returns the
+/// Starts node health (issue 5's `crate::health_loop::run`) once the node is registered; returns the
 /// task so a node shutdown can wait for its drain.
 fn start_health(
     agent: &Agent,
@@ -321,7 +321,7 @@ fn start_health(
 ) -> tokio::task::JoinHandle<()> {
     let status = agent.status.clone();
     let path = agent.cfg.path.clone();
-    let ctx = crate::health::HealthContext {
+    let ctx = crate::health_loop::HealthContext {
         config: agent.cfg.health.clone(),
         node_name: agent.cfg.node.name.clone(),
         client: Some(client),
@@ -338,7 +338,7 @@ fn start_health(
     let node = agent.cfg.node.name.clone();
     let cancel = cancel.clone();
     tasks.spawn(async move {
-        if let Err(e) = crate::health::run(ctx, cancel).await {
+        if let Err(e) = crate::health_loop::run(ctx, cancel).await {
             tracing::error!(node = %node, error = %e, "node health stopped with an error");
         }
     })
@@ -361,7 +361,8 @@ async fn renewal_loop(
     cancel: CancellationToken,
 ) {
     let mut backoff = keel_common::Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
-    let mut renew_at = crate::csr::renew_at(&creds.cert, crate::csr::jittered_fraction());
+    let mut renew_at =
+        crate::join::csr::renew_at(&creds.cert, crate::join::csr::jittered_fraction());
     loop {
         status.update(|s| s.cert_renew_at = Some(renew_at));
         let wait = Duration::from_secs((renew_at - unix_now()).max(0) as u64);
@@ -417,7 +418,8 @@ async fn renewal_loop(
                 metrics.set_cert_expiry(new.cert.not_after);
                 status.update(|s| s.cert_not_after = Some(new.cert.not_after));
                 creds = new;
-                renew_at = crate::csr::renew_at(&creds.cert, crate::csr::jittered_fraction());
+                renew_at =
+                    crate::join::csr::renew_at(&creds.cert, crate::join::csr::jittered_fraction());
             }
             Err(e) => {
                 let delay = backoff.next_delay();

@@ -140,7 +140,7 @@ fn write_file(path: &Path, status: &Status) -> std::io::Result<()> {
         return Ok(());
     }
     let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    crate::credentials::write_atomic(path, &text, false)
+    crate::files::write_atomic(path, &text, false)
 }
 
 pub fn read_file(path: &Path) -> std::io::Result<Status> {

@@ -10,6 +10,9 @@
 //! Flags: --nodes N (1000), --duration D (120s), --join-concurrency C (50),
 //! --server-bin PATH (next to this binary's target dir: ../keel-test-apiserver).
 
+// A benchmark measures real time (agent/clippy.toml keeps clocks out of the library's cores).
+#![allow(clippy::disallowed_methods)]
+
 #[cfg(not(unix))]
 fn main() {
     eprintln!("agent_scale reads /proc and getrusage: run it on Linux");
@@ -26,8 +29,8 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use keel_agent::config;
-    use keel_agent::heartbeat::{self, Heartbeat, Timing};
     use keel_agent::metrics::Metrics;
+    use keel_agent::node::heartbeat::{self, Heartbeat, Timing};
     use keel_agent::run::Agent;
     use keel_common::Source;
     use tokio::sync::{watch, Semaphore};

@@ -6,76 +6,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{CheckKind, CheckSpec};
 use super::metrics::HealthMetrics;
+use super::outcome::{Outcome, Status};
 use super::{kernel_log, plugin, probes};
-
-/// What one run of a check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Status {
-    Ok,
-    Problem,
-    Unknown,
-}
-
-impl Status {
-    /// Node condition status for this outcome (a problem makes the condition True).
-    pub fn condition_status(self) -> &'static str {
-        match self {
-            Status::Ok => "False",
-            Status::Problem => "True",
-            Status::Unknown => "Unknown",
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Problem => "problem",
-            Status::Unknown => "unknown",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub status: Status,
-    /// CamelCase reason; empty means "use the check's default for this status".
-    pub reason: String,
-    pub message: String,
-    /// The measured value (bytes free, percent used, offset seconds...), for metrics.
-    pub value: Option<f64>,
-}
-
-impl Outcome {
-    pub fn ok(message: impl Into<String>, value: Option<f64>) -> Outcome {
-        Outcome {
-            status: Status::Ok,
-            reason: String::new(),
-            message: message.into(),
-            value,
-        }
-    }
-    pub fn problem(
-        reason: impl Into<String>,
-        message: impl Into<String>,
-        value: Option<f64>,
-    ) -> Outcome {
-        Outcome {
-            status: Status::Problem,
-            reason: reason.into(),
-            message: message.into(),
-            value,
-        }
-    }
-    pub fn unknown(reason: impl Into<String>, message: impl Into<String>) -> Outcome {
-        Outcome {
-            status: Status::Unknown,
-            reason: reason.into(),
-            message: message.into(),
-            value: None,
-        }
-    }
-}
+use crate::config::health::{CheckKind, CheckSpec};
 
 /// One check run, as sent from a check task to the health loop.
 #[derive(Debug, Clone)]
@@ -122,6 +56,8 @@ impl Runner {
             .map_or(0, |w| w.dropped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    // The kernel-log reader thread stamps lines with the real clock; its window is judged on the same clock.
+    #[allow(clippy::disallowed_methods)]
     pub async fn run_once(&self) -> Outcome {
         let spec = &self.spec;
         let probe = async {
@@ -220,7 +156,7 @@ pub fn spawn_all(
                         _ = cancel.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    let started = Instant::now();
+                    let started = tokio::time::Instant::now().into_std();
                     let outcome = tokio::select! {
                         _ = cancel.cancelled() => return,
                         o = runner.run_once() => o,
@@ -237,7 +173,7 @@ pub fn spawn_all(
                         index,
                         outcome,
                         latency: started.elapsed(),
-                        at: Instant::now(),
+                        at: tokio::time::Instant::now().into_std(),
                     };
                     if tx.send(result).await.is_err() {
                         return;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::check::{Outcome, Status};
+use super::outcome::{Outcome, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConditionView {
@@ -216,6 +216,7 @@ impl Book {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::check::Outcome;
-use super::config::PatternSpec;
+use super::outcome::Outcome;
+use crate::config::health::PatternSpec;
 
 const MAX_LINE: usize = 1024;
 
@@ -171,6 +171,8 @@ fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     Ok((f, is_kmsg))
 }
 
+// A blocking reader thread outside the runtime: real time.
+#[allow(clippy::disallowed_methods)]
 fn follow(
     check: &str,
     path: &Path,
@@ -277,9 +279,10 @@ fn follow(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
-    use crate::health::check::Status;
+    use crate::health::outcome::Status;
 
     fn pat(reason: &str, re: &str, count: u32) -> PatternSpec {
         PatternSpec {

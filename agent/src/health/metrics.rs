@@ -5,7 +5,7 @@ use prometheus::{
     Opts, Registry,
 };
 
-use super::check::Status;
+use super::outcome::Status;
 
 #[derive(Clone)]
 pub struct HealthMetrics {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::check::{Outcome, Status};
+use super::outcome::{Outcome, Status};
 
 const MAX_READ: usize = 4096;
 
@@ -222,7 +222,7 @@ mod tests {
             "hang",
             &format!("sleep 60 & echo $! > {}; wait", marker.display()),
         );
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now().into_std();
         let o = run(&p, &[], Duration::from_millis(500), 80).await;
         assert_eq!(
             (o.status, o.reason.as_str()),

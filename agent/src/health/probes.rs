@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::check::{Outcome, Status};
-use super::config::{ServiceSpec, Threshold};
+use super::outcome::{Outcome, Status};
+use crate::config::health::{ServiceSpec, Threshold};
 use crate::platform::{self, ServiceState};
 
 fn human(bytes: u64) -> String {
@@ -163,6 +163,8 @@ fn unix_f64(t: SystemTime) -> f64 {
 }
 
 /// Offset of the local clock against `server` (seconds; positive means the server is ahead).
+// The clock check compares wall time with an NTP server.
+#[allow(clippy::disallowed_methods)]
 pub async fn sntp_offset(server: &str) -> Result<f64, String> {
     let target =
         if server.contains(':') && !server.starts_with('[') && server.matches(':').count() > 1 {
@@ -303,6 +305,7 @@ pub async fn services(list: &[ServiceSpec], _timeout: Duration) -> Outcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
 

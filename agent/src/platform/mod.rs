@@ -14,6 +14,32 @@ pub mod windows_service;
 #[cfg(windows)]
 pub use windows as imp;
 
+/// The hostname, as kubelet would register it before lowercasing.
+pub fn hostname() -> Option<String> {
+    #[cfg(unix)]
+    {
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let h = h.trim().to_string();
+            if !h.is_empty() {
+                return Some(h);
+            }
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            let h = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+            return (!h.is_empty()).then_some(h);
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("COMPUTERNAME").ok().filter(|h| !h.is_empty())
+    }
+}
+
 /// Physical memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {

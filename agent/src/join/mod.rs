@@ -5,6 +5,10 @@
 //! CSR's name derives from the key, the CSR filed before the crash is found instead of filing a
 //! second; a node kubeconfig with a usable certificate means the node is joined and nothing runs.
 
+pub mod credentials;
+pub mod csr;
+pub mod discovery;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,9 +18,9 @@ use kube::{Api, Client};
 
 use crate::apiclient::{self, ApiClients, ClientError};
 use crate::config::{Config, TokenSource};
-use crate::credentials::{CredentialsError, NodeCredentials, StateDir};
-use crate::csr::{self, CsrError, Outcome};
-use crate::discovery::{self, BootstrapToken, DiscoveryError, Pin};
+use crate::join::credentials::{CredentialsError, NodeCredentials, StateDir};
+use crate::join::csr::{CsrError, Outcome};
+use crate::join::discovery::{BootstrapToken, DiscoveryError, Pin};
 use crate::metrics::Metrics;
 use crate::status::{JoinState, StatusHandle};
 
@@ -50,6 +54,8 @@ pub enum JoinError {
     Client(#[from] ClientError),
 }
 
+// Certificate validity is wall time.
+#[allow(clippy::disallowed_methods)]
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(csr_name(&key, "a"), csr_name(&again, "a"));
         assert_ne!(csr_name(&key, "a"), csr_name(&key, "b"));
         assert_ne!(csr_name(&key, "a"), csr_name(&new_key().unwrap(), "a"));
-        assert!(crate::labels::dns1123_subdomain(&csr_name(&key, "a")).is_ok());
+        assert!(crate::config::names::dns1123_subdomain(&csr_name(&key, "a")).is_ok());
     }
 
     fn issue(key: &KeyPair, cn: &str) -> String {

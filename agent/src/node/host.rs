@@ -5,31 +5,7 @@ use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 
 use crate::config::Os;
 
-/// The hostname, as kubelet would register it before lowercasing.
-pub fn hostname() -> Option<String> {
-    #[cfg(unix)]
-    {
-        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            let h = h.trim().to_string();
-            if !h.is_empty() {
-                return Some(h);
-            }
-        }
-        let mut buf = [0u8; 256];
-        // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if rc == 0 {
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            let h = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-            return (!h.is_empty()).then_some(h);
-        }
-        None
-    }
-    #[cfg(not(unix))]
-    {
-        std::env::var("COMPUTERNAME").ok().filter(|h| !h.is_empty())
-    }
-}
+pub use crate::platform::hostname;
 
 /// Kubernetes' name for this CPU architecture (`GOARCH`).
 pub fn arch() -> &'static str {

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use keel_common::{Diagnostics, Source};
 
-use super::check::{Runner, Status};
-use super::config::{validate, CheckSpec, HealthConfig, HealthFile};
+use crate::config::health::{validate, CheckSpec, HealthConfig, HealthFile};
+use crate::health::check::Runner;
+use crate::health::outcome::Status;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

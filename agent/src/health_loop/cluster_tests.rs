@@ -14,8 +14,8 @@ use keel_test_apiserver::{Options, TestServer};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{validate, HealthConfig, HealthFile};
 use super::HealthContext;
+use crate::config::health::{validate, HealthConfig, HealthFile};
 
 struct Env {
     server: TestServer,
@@ -352,14 +352,14 @@ async fn drain_skips_mirror_and_daemonset_pods_and_retries_pdb_refusals_until_al
     );
     let client = env.node_client().await;
     env.server.clear_request_log();
-    let cfg = super::config::DrainConfig {
+    let cfg = crate::config::health::DrainConfig {
         retry_interval: Duration::from_millis(300),
         timeout: Duration::from_secs(20),
         ..Default::default()
     };
     let progress = std::sync::Mutex::new(Vec::new());
-    let record = |p: &crate::drain::Progress| progress.lock().unwrap().push(p.clone());
-    let drain = crate::drain::drain(&client, &n, &cfg, &record);
+    let record = |p: &crate::ops::drain::Progress| progress.lock().unwrap().push(p.clone());
+    let drain = crate::ops::drain::drain(&client, &n, &cfg, &record);
     let relax = async {
         // Let a few refusals happen, then the budget allows one disruption.
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -13,10 +13,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::conditions::{ConditionView, Transition};
-use super::metrics::HealthMetrics;
-use super::status::SharedStatus;
-use crate::taints::{self, DesiredTaint};
+use crate::health::conditions::{ConditionView, Transition};
+use crate::health::metrics::HealthMetrics;
+use crate::ops::status::SharedStatus;
+use crate::ops::taints::{self, DesiredTaint};
 
 pub fn k8s_time(t: SystemTime) -> Time {
     Time(
@@ -47,6 +47,8 @@ pub fn conditions_patch(conds: &[ConditionView], heartbeat: SystemTime) -> serde
     serde_json::json!({ "status": { "conditions": list } })
 }
 
+// Condition timestamps are wall time for the API server.
+#[allow(clippy::disallowed_methods)]
 pub async fn patch_conditions(
     client: &kube::Client,
     node: &str,
@@ -176,6 +178,8 @@ pub async fn status_writer(
 }
 
 /// Creates one Event per transition; a full queue drops events (counted) rather than stall checks.
+// Event timestamps are wall time for the API server.
+#[allow(clippy::disallowed_methods)]
 pub async fn event_writer(
     client: super::NodeClient,
     node: String,

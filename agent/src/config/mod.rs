@@ -9,9 +9,14 @@ use std::time::Duration;
 use keel_common::{ConfigErrors, Diagnostics, Dur, Source};
 use serde::Deserialize;
 
-use crate::discovery::{BootstrapToken, Pin};
-use crate::health;
-use crate::labels;
+pub mod health;
+pub mod names;
+pub mod npd;
+pub mod os;
+pub mod token;
+
+pub use os::{is_absolute_for, require_absolute, Os};
+pub use token::{BootstrapToken, Pin};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,21 +144,6 @@ impl std::fmt::Debug for TokenSource {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Os {
-    Linux,
-    Windows,
-}
-
-impl Os {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Os::Linux => "linux",
-            Os::Windows => "windows",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     NoSchedule,
     PreferNoSchedule,
@@ -208,41 +198,6 @@ pub fn default_state_dir(os: Os) -> PathBuf {
     }
 }
 
-/// Whether `p` is absolute on a node running `os`, judged from the text alone (not by the host
-/// doing the check): image pipelines validate Windows nodes' configs on Linux build hosts. On
-/// Windows a drive letter with a separator (`C:\x`, `C:/x`) or a UNC/device path (`\\server\share`,
-/// `\\?\C:\x`) is absolute; `\x` and `C:x` are relative to the current drive/directory.
-pub fn is_absolute_for(os: Os, p: &Path) -> bool {
-    let s = p.to_string_lossy();
-    let b = s.as_bytes();
-    match os {
-        Os::Linux => b.first() == Some(&b'/'),
-        Os::Windows => {
-            let sep = |c: u8| c == b'\\' || c == b'/';
-            (b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && sep(b[2]))
-                || (b.len() >= 3 && sep(b[0]) && sep(b[1]) && !sep(b[2]))
-        }
-    }
-}
-
-/// Records an error at `field` unless `p` is absolute for `os`.
-pub fn require_absolute(d: &mut Diagnostics, field: &str, os: Os, p: &Path) {
-    if !is_absolute_for(os, p) {
-        let example = match os {
-            Os::Linux => "/var/lib/keel",
-            Os::Windows => r"C:\ProgramData\keel or \\server\share",
-        };
-        d.error(
-            field,
-            format!(
-                "`{}` must be an absolute path on a {} node (like {example})",
-                p.display(),
-                os.as_str()
-            ),
-        );
-    }
-}
-
 fn detected_os() -> Os {
     if cfg!(windows) {
         Os::Windows
@@ -254,7 +209,7 @@ fn detected_os() -> Os {
 /// Reads, parses and validates a config file; every problem is reported at once.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = Source::read(path)?;
-    from_source(&src, crate::host::hostname().as_deref())
+    from_source(&src, crate::platform::hostname().as_deref())
 }
 
 /// Validates config text; `hostname` is the default node name (passed in so tests are exact).
@@ -381,11 +336,11 @@ fn validate_cluster(raw: &ClusterFile, d: &mut Diagnostics) -> Option<Cluster> {
 
 fn validate_taint(raw: &TaintFile, field: &str, d: &mut Diagnostics) -> Option<Taint> {
     let mut ok = true;
-    if let Err(e) = labels::qualified_name(&raw.key) {
+    if let Err(e) = names::qualified_name(&raw.key) {
         d.error(format!("{field}.key"), e);
         ok = false;
     }
-    if let Err(e) = labels::label_value(&raw.value) {
+    if let Err(e) = names::label_value(&raw.value) {
         d.error(format!("{field}.value"), e);
         ok = false;
     }
@@ -423,7 +378,7 @@ fn validate_node(raw: &NodeFile, hostname: Option<&str>, d: &mut Diagnostics) ->
         }
     };
     if !name.is_empty() {
-        if let Err(e) = labels::dns1123_subdomain(&name) {
+        if let Err(e) = names::dns1123_subdomain(&name) {
             let origin = if raw.name.is_some() {
                 ""
             } else {
@@ -436,7 +391,7 @@ fn validate_node(raw: &NodeFile, hostname: Option<&str>, d: &mut Diagnostics) ->
         ok = false;
     }
     if let Some(pool) = &raw.pool {
-        if let Err(e) = labels::label_value(pool).and_then(|_| {
+        if let Err(e) = names::label_value(pool).and_then(|_| {
             if pool.is_empty() {
                 Err("must not be empty".to_string())
             } else {
@@ -453,16 +408,16 @@ fn validate_node(raw: &NodeFile, hostname: Option<&str>, d: &mut Diagnostics) ->
     let mut node_labels = BTreeMap::new();
     for (k, v) in &raw.labels {
         let field = format!("node.labels.{k}");
-        let checks = labels::qualified_name(k)
-            .and_then(|_| labels::label_value(v))
+        let checks = names::qualified_name(k)
+            .and_then(|_| names::label_value(v))
             .and_then(|_| {
-                if labels::AGENT_LABELS.contains(&k.as_str()) || k == POOL_LABEL {
+                if names::AGENT_LABELS.contains(&k.as_str()) || k == POOL_LABEL {
                     Err(format!("label {k:?} is set by the agent itself"))
                 } else {
                     Ok(())
                 }
             })
-            .and_then(|_| labels::node_may_set_label(k));
+            .and_then(|_| names::node_may_set_label(k));
         match checks {
             Ok(()) => {
                 node_labels.insert(k.clone(), v.clone());

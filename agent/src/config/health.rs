@@ -2,7 +2,7 @@
 //! `validate` that turns them into the typed model everything else trusts.
 //!
 //! One section holds everything node health needs (checks, NPD plugin configs, taint policy, drain,
-//! the orchestrator API, the privileged credential) so that the agent's `config.rs` only embeds it.
+//! the orchestrator API, the privileged credential) so that `config/mod.rs` only embeds it.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -38,6 +38,13 @@ pub struct HealthFile {
 }
 
 /// One check; `kind` says which of the optional fields apply (validation refuses the others).
+//
+// Deliberately not `#[serde(tag = "kind")]`: serde's internally tagged enums buffer the mapping
+// before choosing a variant, and serde_yaml 0.9 then loses every position inside it. Tried with
+// `checks: [memory, disk with bogus: 1]`: the error reads "checks: unknown field `bogus` ... at
+// line 2 column 1" (the start of the list, no index, no field line); a bad value inside a check
+// lands at the same spot. With the flat struct, serde_yaml reports an unknown field at its own
+// line and `allowed_fields` below reports a field foreign to the kind under its own path and line.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckFile {

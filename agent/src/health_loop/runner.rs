@@ -10,37 +10,17 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::check::{self, CheckResult, Outcome};
-use super::conditions::{Book, Transition};
-use super::config::{CheckSpec, HealthConfig, Report};
-use super::metrics::HealthMetrics;
 use super::report;
-use super::status::{CheckView, SharedStatus};
 use super::HealthContext;
-use crate::drain;
-use crate::taints::{self, DesiredTaint, Policy};
-
-/// A request from the orchestrator API (or a signal) to the health loop.
-#[derive(Debug)]
-pub enum Command {
-    Cordon(oneshot::Sender<Result<String, CommandError>>),
-    Uncordon(oneshot::Sender<Result<String, CommandError>>),
-    /// Replies once the drain has started; progress is in the status.
-    Drain(oneshot::Sender<Result<String, CommandError>>),
-    Reload(oneshot::Sender<Result<String, CommandError>>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Failed(String),
-}
+use crate::config::health::{CheckSpec, HealthConfig, Report};
+use crate::health::check::{self, CheckResult};
+use crate::health::conditions::{Book, Transition};
+use crate::health::metrics::HealthMetrics;
+use crate::health::outcome::Outcome;
+use crate::ops::command::{Command, CommandError};
+use crate::ops::drain;
+use crate::ops::status::{CheckView, SharedStatus};
+use crate::ops::taints::{self, DesiredTaint, Policy};
 
 /// Builds a client from a kubeconfig file (the privileged identity for taints): the agent's one
 /// kubeconfig client (`apiclient::from_kubeconfig_file`), with its timeouts and without kube's
@@ -68,13 +48,15 @@ struct Loop {
     policy: Policy,
     metrics: HealthMetrics,
     status: SharedStatus,
-    conditions_tx: watch::Sender<Vec<super::conditions::ConditionView>>,
+    conditions_tx: watch::Sender<Vec<crate::health::conditions::ConditionView>>,
     taints_tx: watch::Sender<Vec<DesiredTaint>>,
     events_tx: Option<mpsc::Sender<Transition>>,
     policy_wake: Option<Instant>,
 }
 
 impl Loop {
+    // Condition transition times are wall time for the API server.
+    #[allow(clippy::disallowed_methods)]
     fn on_result(&mut self, spec: &CheckSpec, r: &CheckResult) {
         let o: &Outcome = &r.outcome;
         self.metrics
@@ -154,7 +136,7 @@ impl Loop {
     }
 
     fn next_wake(&self) -> Instant {
-        let mut at = Instant::now() + Duration::from_secs(1);
+        let mut at = tokio::time::Instant::now().into_std() + Duration::from_secs(1);
         if let Some(w) = self.policy_wake {
             at = at.min(w);
         }
@@ -267,7 +249,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(8);
     if let Some(api) = &config.api {
-        let server = crate::orchestrator::Server::bind(
+        let server = crate::ops::orchestrator::Server::bind(
             api,
             cmd_tx.clone(),
             status.clone(),
@@ -353,7 +335,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
                         lp.on_result(&spec, &r);
                     }
                 }
-                lp.settle(Instant::now());
+                lp.settle(tokio::time::Instant::now().into_std());
             }
             Some(cmd) = cmd_rx.recv() => {
                 match cmd {
@@ -394,7 +376,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
                     }
                 }
             }
-            _ = tokio::time::sleep_until(lp.next_wake().into()) => lp.settle(Instant::now()),
+            _ = tokio::time::sleep_until(lp.next_wake().into()) => lp.settle(tokio::time::Instant::now().into_std()),
         }
     }
 }
@@ -497,10 +479,12 @@ fn do_reload(
         s.last_reload_error = None;
     });
     tracing::info!(node = %lp.node, checks = specs.len(), "health config reloaded");
-    lp.settle(Instant::now());
+    lp.settle(tokio::time::Instant::now().into_std());
     Ok("reloaded".into())
 }
 
+// Condition transition times are wall time for the API server.
+#[allow(clippy::disallowed_methods)]
 pub async fn run_once(
     config: &HealthConfig,
     registry: &prometheus::Registry,
@@ -508,7 +492,7 @@ pub async fn run_once(
     let metrics = HealthMetrics::register(registry).context("registering health metrics")?;
     let runs = config.checks.iter().map(|spec| async move {
         let runner = check::Runner::new(spec.clone());
-        let started = Instant::now();
+        let started = tokio::time::Instant::now().into_std();
         let o = runner.run_once().await;
         (spec, o, started.elapsed())
     });

@@ -10,9 +10,9 @@ use kube::{Api, Client};
 
 use crate::apiclient::{self, ApiClients, ClientError};
 use crate::config::Config;
-use crate::credentials::{CredentialsError, StateDir};
+use crate::join::credentials::{CredentialsError, StateDir};
 use crate::metrics::Metrics;
-use crate::register::LEASE_NAMESPACE;
+use crate::node::register::LEASE_NAMESPACE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaveError {
@@ -21,7 +21,7 @@ pub enum LeaveError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("drain failed (the node stays cordoned; rerun leave): {0}")]
-    Drain(#[from] crate::drain::DrainError),
+    Drain(#[from] crate::ops::drain::DrainError),
     #[error("the node identity may not delete Node {node} ({message}): run `keel-agent leave --kubeconfig <administrator kubeconfig>` (or delete it with kubectl delete node {node} and rerun leave); credentials are kept until then")]
     CannotDelete { node: String, message: String },
     #[error("{what} of node {node} failed: {source}")]
@@ -83,8 +83,8 @@ pub async fn leave(
             .with_cert(&creds.cert_pem, &creds.key_pem)?;
         report.cordoned = cordon(&client, node, metrics).await?;
         tracing::info!(node, "cordoned");
-        // Eviction API, PDB-aware, DaemonSet/mirror pods skipped (crate::drain, `health.drain`).
-        let progress = crate::drain::drain(&client, node, &cfg.health.drain, &|p| {
+        // Eviction API, PDB-aware, DaemonSet/mirror pods skipped (crate::ops::drain, `health.drain`).
+        let progress = crate::ops::drain::drain(&client, node, &cfg.health.drain, &|p| {
             tracing::info!(
                 node,
                 evicted = p.evicted,

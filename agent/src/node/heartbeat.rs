@@ -18,9 +18,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::apiclient;
-use crate::host::Facts;
 use crate::metrics::Metrics;
-use crate::register::{self, Observed, LEASE_DURATION_SECS, LEASE_NAMESPACE};
+use crate::node::host::Facts;
+use crate::node::register::{self, Observed, LEASE_DURATION_SECS, LEASE_NAMESPACE};
 use crate::status::StatusHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -310,6 +310,7 @@ pub async fn run(mut clients: watch::Receiver<Client>, hb: Heartbeat, cancel: Ca
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
 

@@ -8,14 +8,17 @@
 //! The node identity may cordon itself (`spec.unschedulable`) and evict pods bound to it under
 //! NodeRestriction, so no privileged credential is needed here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The pausable clock: a drain's deadline and retries follow a test's paused time.
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use serde::Serialize;
 
-use crate::health::config::DrainConfig;
+use crate::config::health::DrainConfig;
 
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
@@ -258,7 +261,7 @@ async fn evict_one(
 
 async fn sleep_until_or(deadline: Instant, d: Duration) {
     let until = (Instant::now() + d).min(deadline);
-    tokio::time::sleep_until(until.into()).await;
+    tokio::time::sleep_until(until).await;
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 
 use crate::config::{Config, Taint};
-use crate::credentials::{self, NodeCredentials};
+use crate::join::credentials::{self, NodeCredentials};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), KubeletError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     }
-    credentials::write_atomic(path, text.as_bytes(), secret).map_err(|e| file_err(path, e))
+    crate::files::write_atomic(path, text.as_bytes(), secret).map_err(|e| file_err(path, e))
 }
 
 /// Writes kubelet's kubeconfig (the node identity), its config and flags.
@@ -124,7 +124,7 @@ pub fn write_kubeconfig(cfg: &Config, creds: &NodeCredentials) -> Result<(), Kub
     let text = credentials::render_kubeconfig(
         &creds.server,
         &creds.ca_pem,
-        &crate::csr::common_name(&cfg.node.name),
+        &crate::join::csr::common_name(&cfg.node.name),
         &creds.cert_pem,
         &creds.key_pem,
     );

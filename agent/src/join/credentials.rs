@@ -9,13 +9,12 @@
 //! - `instance-id`       random id of this installation, to tell two machines claiming one name apart;
 //! - `status.json`       the last status, for `keel-agent status`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::csr::{self, CertInfo};
+use crate::join::csr::{self, CertInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -35,38 +34,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename; `secret` files
-/// get mode 0600 from the moment they exist (unix).
-pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(dir) {
-            // Make the rename itself durable.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+use crate::files::write_atomic;
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]

@@ -6,9 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::conditions::ConditionView;
-use crate::drain::Progress;
-use crate::taints::DesiredTaint;
+use crate::health::conditions::ConditionView;
+use crate::ops::drain::Progress;
+use crate::ops::taints::DesiredTaint;
+
+/// A JSON snapshot of the join state (the join code's status), shown under `join` in `/v1/status`.
+pub type JoinStatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckView {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{CheckKind, CheckSpec, Limiter, Report};
+use super::health::{CheckKind, CheckSpec, Limiter, Report};
 
 #[derive(Debug, Deserialize)]
 struct NpdFile {

@@ -19,11 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::config::ApiConfig;
+use crate::config::health::ApiConfig;
 use crate::health::metrics::HealthMetrics;
-use crate::health::runner::{Command, CommandError};
-use crate::health::status::SharedStatus;
-use crate::health::JoinStatusFn;
+use crate::ops::command::{Command, CommandError};
+use crate::ops::status::JoinStatusFn;
+use crate::ops::status::SharedStatus;
 
 const MAX_BODY: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 64;

@@ -11,7 +11,6 @@
 //! [`verify_cluster_info`]); [`discover`] is the thin driver that does the two fetches.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -19,91 +18,11 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::apiclient::{self, ApiClients};
+pub use crate::config::token::{BootstrapToken, Pin};
 use crate::metrics::Metrics;
-
-/// A bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`; the secret half never appears in logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct BootstrapToken {
-    pub id: String,
-    secret: String,
-}
-
-impl fmt::Debug for BootstrapToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BootstrapToken({}.<redacted>)", self.id)
-    }
-}
-
-impl BootstrapToken {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        let ok_part = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        match t.split_once('.') {
-            Some((id, secret)) if ok_part(id, 6) && ok_part(secret, 16) => Ok(Self {
-                id: id.to_string(),
-                secret: secret.to_string(),
-            }),
-            _ => Err("bootstrap token must match [a-z0-9]{6}.[a-z0-9]{16}".to_string()),
-        }
-    }
-
-    pub fn secret(&self) -> &str {
-        &self.secret
-    }
-
-    /// The bearer token as sent to the API server.
-    pub fn bearer(&self) -> String {
-        format!("{}.{}", self.id, self.secret)
-    }
-}
-
-/// A CA pin `sha256:<64 hex>`: SHA-256 of the CA certificate's DER SubjectPublicKeyInfo.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Pin(pub [u8; 32]);
-
-impl Pin {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let hexpart = text.strip_prefix("sha256:").ok_or_else(|| {
-            format!("CA pin {text:?} must be sha256:<64 hex digits> (other hash types are not supported)")
-        })?;
-        let bytes = hex::decode(hexpart)
-            .ok()
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| format!("CA pin {text:?} must be sha256: followed by 64 hex digits"))?;
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&bytes);
-        Ok(Pin(out))
-    }
-
-    /// The pin of a DER certificate.
-    pub fn of_cert(der: &[u8]) -> Result<Self, DiscoveryError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
-            DiscoveryError::BadKubeconfig(format!("CA certificate does not parse: {e}"))
-        })?;
-        Ok(Pin(
-            Sha256::digest(cert.tbs_certificate.subject_pki.raw).into()
-        ))
-    }
-}
-
-impl fmt::Display for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -177,7 +96,7 @@ pub fn verify_jws(
     let signature = URL_SAFE_NO_PAD
         .decode(sig_b64)
         .map_err(|_| malformed("signature is not base64url"))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.secret.as_bytes())
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.secret().as_bytes())
         .map_err(|_| malformed("unusable token secret"))?;
     mac.update(header_b64.as_bytes());
     mac.update(b".");
@@ -192,7 +111,7 @@ pub fn verify_jws(
 /// Signs `payload` the way the token signer controller does (used by tests and tools).
 pub fn sign_jws(payload: &[u8], token: &BootstrapToken) -> String {
     let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, token.id));
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.secret.as_bytes()) else {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.secret().as_bytes()) else {
         return String::new(); // HMAC takes keys of any length
     };
     mac.update(header.as_bytes());
@@ -247,7 +166,7 @@ pub fn parse_cluster_info(kubeconfig: &str) -> Result<ClusterInfo, DiscoveryErro
 pub fn pinned_ca<'a>(info: &'a ClusterInfo, pins: &[Pin]) -> Result<&'a [u8], DiscoveryError> {
     let mut found = Vec::new();
     for der in &info.ca_certs {
-        let pin = Pin::of_cert(der)?;
+        let pin = Pin::of_cert(der).map_err(DiscoveryError::BadKubeconfig)?;
         if pins.contains(&pin) {
             return Ok(der);
         }
@@ -358,7 +277,7 @@ pub async fn discover(
         tracing::info!(server = %server, token_id = %token.id, error = %err, retry_in = ?delay, "waiting for signed cluster-info");
         tokio::time::sleep(delay).await;
     };
-    tracing::info!(server = %server, ca_pin = %Pin::of_cert(&verified.ca_der)?, "cluster-info signature and CA pin verified");
+    tracing::info!(server = %server, ca_pin = %Pin::of_cert(&verified.ca_der).map_err(DiscoveryError::BadKubeconfig)?, "cluster-info signature and CA pin verified");
     let clients = ApiClients::new(server.clone(), verified.ca_pem());
     let trusted = clients
         .anonymous()
@@ -395,7 +314,7 @@ mod tests {
     // hmac/hashlib (not with this module), header `{"alg":"HS256","kid":"abcdef"}` as go-jose writes it.
     const TOKEN: &str = "abcdef.0123456789abcdef";
     const PAYLOAD: &str = "apiVersion: v1\nkind: Config\n";
-    const JWS: &str = include_str!("../tests/fixtures/jws-abcdef.txt");
+    const JWS: &str = include_str!("../../tests/fixtures/jws-abcdef.txt");
 
     fn token() -> BootstrapToken {
         BootstrapToken::parse(TOKEN).unwrap()
@@ -458,7 +377,9 @@ mod tests {
     fn pin_is_sha256_of_spki_and_parses_both_ways() {
         let (_, der) = fixture_kubeconfig();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let expected = hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw));
+        let expected = hex::encode(<Sha256 as sha2::Digest>::digest(
+            cert.tbs_certificate.subject_pki.raw,
+        ));
         let pin = Pin::of_cert(&der).unwrap();
         assert_eq!(pin.to_string(), format!("sha256:{expected}"));
         assert_eq!(Pin::parse(&pin.to_string()).unwrap(), pin);

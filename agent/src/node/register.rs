@@ -21,8 +21,8 @@ use kube::{Api, Client};
 
 use crate::apiclient;
 use crate::config::{self, Config};
-use crate::host::Facts;
 use crate::metrics::Metrics;
+use crate::node::host::Facts;
 
 /// Annotation naming the agent installation that owns the Node, to tell two machines apart.
 pub const INSTANCE_ANNOTATION: &str = "keel.io/agent-instance";
@@ -508,7 +508,7 @@ mod tests {
     }
 
     fn facts() -> Facts {
-        crate::host::gather(
+        crate::node::host::gather(
             "w1",
             config::Os::Linux,
             &"https://127.0.0.1:6443".parse().unwrap(),

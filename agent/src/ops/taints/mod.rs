@@ -2,7 +2,7 @@
 //! the condition has been healthy for `clear_after` (hysteresis, so a flapping check does not flap
 //! taints). The policy is a pure core (condition states + `now` in, desired taints out); `merge`
 //! computes the Node's new taint list without ever touching taints the policy did not add (the
-//! pool's own taints); `apply` writes it.
+//! pool's own taints); `apply` (the API writer, apart from the pure core) writes it.
 //!
 //! NodeRestriction forbids a node from changing its own taints after registration, so writes use a
 //! separate privileged identity; without one the write is tried with the node identity, the 403 is
@@ -13,7 +13,10 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 
-use crate::health::config::TaintRule;
+use crate::config::health::TaintRule;
+
+mod apply;
+pub use apply::{apply, ApplyError};
 
 /// Node annotation listing the taints this policy added (`key:effect`, comma separated), written in
 /// the same update as the taints, so that after a restart the agent still knows which are its own.
@@ -214,78 +217,11 @@ pub fn merge(current: &[Taint], owned: &BTreeSet<String>, desired: &[DesiredTain
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("forbidden to change taints of node {node} as this identity (NodeRestriction); configure health.privileged_kubeconfig: {message}")]
-    Forbidden { node: String, message: String },
-    #[error("taint update of node {node} failed: {source}")]
-    Api {
-        node: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("taint update of node {node} kept conflicting")]
-    Conflict { node: String },
-}
-
-/// Reads the Node, merges, and replaces it (optimistic concurrency: a 409 re-reads and retries).
-/// Returns the taints now owned.
-pub async fn apply(
-    client: &kube::Client,
-    node: &str,
-    desired: &[DesiredTaint],
-) -> Result<BTreeSet<String>, ApplyError> {
-    let api: kube::Api<Node> = kube::Api::all(client.clone());
-    for _ in 0..5 {
-        let mut n = api.get(node).await.map_err(|source| ApplyError::Api {
-            node: node.into(),
-            source,
-        })?;
-        let owned = owned_from(&n);
-        let current = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
-        let m = merge(&current, &owned, desired);
-        if !m.changed {
-            return Ok(m.owned);
-        }
-        let spec = n.spec.get_or_insert_with(Default::default);
-        spec.taints = (!m.taints.is_empty()).then_some(m.taints);
-        let ann = n.metadata.annotations.get_or_insert_with(Default::default);
-        if m.owned.is_empty() {
-            ann.remove(OWNED_ANNOTATION);
-        } else {
-            ann.insert(
-                OWNED_ANNOTATION.into(),
-                m.owned.iter().cloned().collect::<Vec<_>>().join(","),
-            );
-        }
-        match api.replace(node, &Default::default(), &n).await {
-            Ok(_) => return Ok(m.owned),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(ApplyError::Forbidden {
-                    node: node.into(),
-                    message: s.message.clone(),
-                })
-            }
-            Err(source) => {
-                return Err(ApplyError::Api {
-                    node: node.into(),
-                    source,
-                })
-            }
-        }
-    }
-    Err(ApplyError::Conflict { node: node.into() })
-}
-
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
-    use crate::health::config::TaintEffect;
+    use crate::config::health::TaintEffect;
     use std::time::Duration;
 
     fn rule(after: u64, clear: u64) -> TaintRule {
