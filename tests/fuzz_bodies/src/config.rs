@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use keel_agent::health::config::{CheckKind, CheckSpec};
-use keel_agent::health::npd;
+use keel_agent::config::health::{CheckKind, CheckSpec};
+use keel_agent::config::npd;
 use keel_common::config::{ConfigErrors, Source};
 
 /// `keel-lb check`: parse and validate (`keel_lb::config::load_source`, what `load` does after

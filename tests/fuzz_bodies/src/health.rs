@@ -3,9 +3,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use keel_agent::health::check::Status;
-use keel_agent::health::config::PatternSpec;
+use keel_agent::config::health::PatternSpec;
 use keel_agent::health::kernel_log::{self, Window};
+use keel_agent::health::outcome::Status;
 use keel_agent::health::plugin;
 
 /// What the reader keeps of one line (`kernel_log`'s private `MAX_LINE`).

@@ -1,12 +1,13 @@
 //! What the agent reads while joining and at every start: the cluster-info ConfigMap fetched
-//! anonymously (a detached JWS and a kubeconfig, `keel_agent::discovery`) and its own
-//! `node.kubeconfig` (`keel_agent::credentials::parse_kubeconfig`).
+//! anonymously (a detached JWS and a kubeconfig, `keel_agent::join::discovery`) and its own
+//! `node.kubeconfig` (`keel_agent::join::credentials::parse_kubeconfig`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use keel_agent::credentials;
-use keel_agent::discovery::{self, BootstrapToken, DiscoveryError, Pin};
+use keel_agent::config::{BootstrapToken, Pin};
+use keel_agent::join::credentials;
+use keel_agent::join::discovery::{self, DiscoveryError};
 
 /// The token the discovery body verifies with: the fuzzer does not know its secret, as an attacker
 /// serving cluster-info does not.
