@@ -95,11 +95,39 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 /// Reads an NPD custom-plugin-monitor file into checks. Relative plugin paths resolve against the
 /// file's directory.
 pub fn load(path: &Path) -> Result<Vec<CheckSpec>, String> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    // Bounded like the agent's own config: a path to /dev/zero must not eat the node's memory.
+    let file = std::fs::File::open(path)
         .map_err(|e| format!("cannot read NPD config {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read NPD config {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "NPD config {} is not a regular file",
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read NPD config {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "NPD config {} is larger than {} KiB",
+            path.display(),
+            MAX_FILE_BYTES / 1024
+        ));
+    }
     parse(&text, path.parent().unwrap_or(Path::new(".")))
         .map_err(|e| format!("NPD config {}: {e}", path.display()))
 }
+
+/// NPD's own sample files are a few KiB.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// More plugins at once than any node runs; also below tokio's semaphore limit.
+const MAX_CONCURRENCY: usize = 1024;
 
 pub fn parse(text: &str, base: &Path) -> Result<Vec<CheckSpec>, String> {
     let f: NpdFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -122,9 +150,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<CheckSpec>, String> {
         return Err("invoke_interval and timeout must be more than 0".into());
     }
     let max_output_length = pc.max_output_length.unwrap_or(80);
-    let limiter = Limiter(Arc::new(tokio::sync::Semaphore::new(
-        pc.concurrency.unwrap_or(3).max(1),
-    )));
+    let concurrency = pc.concurrency.unwrap_or(3);
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        return Err(format!(
+            "pluginConfig.concurrency {concurrency} must be from 1 to {MAX_CONCURRENCY}"
+        ));
+    }
+    let limiter = Limiter(Arc::new(tokio::sync::Semaphore::new(concurrency)));
     let mut out = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
         let report = match r.kind.as_str() {
@@ -221,6 +253,30 @@ pub(crate) mod tests {
     }
   ]
 }"#;
+
+    /// Found by the npd_config fuzz target: tokio's semaphore panics above 2^61 - 1 permits.
+    #[test]
+    fn concurrency_out_of_range_is_refused_not_a_panic() {
+        for c in ["0", "1025", "4611686018427387904"] {
+            let text = NPD_NTP.replace("\"concurrency\": 3", &format!("\"concurrency\": {c}"));
+            let e = parse(&text, Path::new("/etc/npd")).unwrap_err();
+            assert!(
+                e.contains("concurrency") && e.contains("1 to 1024"),
+                "{c}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_device_or_an_oversized_file_is_refused() {
+        let e = load(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 2 * 1024 * 1024]).unwrap();
+        let e = load(&big).unwrap_err();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
 
     #[test]
     fn reads_an_upstream_npd_config_unchanged() {
