@@ -6,7 +6,8 @@
 #   - every 20 s backend be2 dies for 5 s (its health check marks it down, then up),
 #   - a host on the segment that is no peer sends 200 hostile VRRP packets/s (bad checksum, TTL 64,
 #     wrong version, truncated, another VRID, lower-priority adverts that ask for healing),
-#   - the same host floods the read-only metrics listener (held-open idle connections + scrapes).
+#   - the same host floods the read-only metrics listener (held-open idle connections + scrapes), while
+#     the client host scrapes it once a second as Prometheus would.
 # It reports failed client connections by cause window (failover, backend death, other), VRRP
 # transitions, and each keel-lb's fd count and RSS sampled every 10 s (they must stay flat).
 #
@@ -78,6 +79,8 @@ NS atk python3 tests/bench/soak_hostile.py adverts 198.18.1.90 51 200 $SECS > $D
 ADVPID=$!
 NS atk python3 tests/bench/soak_hostile.py admin 198.18.1.11 9101 200 $SECS > $DIR/admin &
 FLOODPID=$!
+NS cl python3 tests/bench/soak_hostile.py scrape 198.18.1.11 9101 $SECS > $DIR/scrape &
+SCRAPEPID=$!
 t1=$(pid_of lb1); t2=$(pid_of lb2)
 TR0=$(( $(metric_sum lb1 keel_vrrp_transitions_total) + $(metric_sum lb2 keel_vrrp_transitions_total) ))
 echo "t_s lb1_fds lb1_rss_kb lb2_fds lb2_rss_kb" > $DIR/samples
@@ -109,7 +112,7 @@ for tick in $(seq 1 $((SECS / 5))); do
     echo "$t $f1 ${r1:-0} $f2 ${r2:-0}" >> $DIR/samples
   fi
 done
-wait $LOADPID $ADVPID $FLOODPID || true
+wait $LOADPID $ADVPID $FLOODPID $SCRAPEPID || true
 TR1=$(( $(metric_sum lb1 keel_vrrp_transitions_total) + $(metric_sum lb2 keel_vrrp_transitions_total) ))
 [ "$(pid_of lb1)" = "$t1" ] && [ "$(pid_of lb2)" = "$t2" ] || echo "WARNING: a keel-lb process was replaced during the run" >&2
 
@@ -151,7 +154,8 @@ if rows:
         print(f"{n}: first {v[0]} min {min(v)} max {max(v)} last {v[-1]} (second half {min(half)}-{max(half)})")
 PY
 echo "VRRP transitions (both LBs): $((TR1 - TR0)); reloads ok $reload_ok failed $reload_fail"
-echo "hostile adverts sent: $(cat $DIR/adverts); metrics flood (idle opened, scrapes, answered): $(cat $DIR/admin)"
+echo "hostile adverts sent: $(cat $DIR/adverts); metrics flood from the hostile host (idle opened, scrapes, answered): $(cat $DIR/admin)"
+echo "scrapes from another host during the flood (tries, answered): $(cat $DIR/scrape)"
 echo "keel_vrrp_packet_errors_total on lb1: $(metric_sum lb1 keel_vrrp_packet_errors_total), lb2: $(metric_sum lb2 keel_vrrp_packet_errors_total)"
 [ -s $DIR/reload.err ] && { echo "reload errors:"; sort $DIR/reload.err | uniq -c | head; }
 true

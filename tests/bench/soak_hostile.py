@@ -7,7 +7,10 @@ lower-priority adverts for the real VRID (each of those asks the master to heal:
 the number sent.
 
 admin HOST PORT CONNS DURATION: holds up to CONNS idle connections to the admin port and, beside
-them, requests GET /metrics in a loop. Prints `idle_opened requests ok`."""
+them, requests GET /metrics in a loop. Prints `idle_opened requests ok`.
+
+scrape HOST PORT DURATION: what Prometheus does, from another host: GET /metrics once a second.
+Prints `scrapes answered`."""
 import socket
 import struct
 import sys
@@ -104,7 +107,27 @@ def admin(host, port, conns, duration):
     print(opened, requests, ok)
 
 
-if sys.argv[1] == "adverts":
+def scrape(host, port, duration):
+    tries, ok = 0, 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        tries += 1
+        try:
+            r = socket.create_connection((host, port), timeout=2)
+            r.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            r.settimeout(2)
+            if r.recv(12).startswith(b"HTTP/1.1 200"):
+                ok += 1
+            r.close()
+        except OSError:
+            pass
+        time.sleep(1)
+    print(tries, ok)
+
+
+if sys.argv[1] == "scrape":
+    scrape(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+elif sys.argv[1] == "adverts":
     adverts(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
 else:
     admin(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
