@@ -101,6 +101,15 @@ for line in "service running" "keel-agent starting" "service control STOP: stopp
     grep -q "$line" agent.unix || fail "log lacks '$line'"
 done
 grep -q 'service stopped.*exit_code=0' agent.unix || fail "log lacks exit_code=0"
+# The state dir's DACL as Wine reports it after the agent set it: protected, SYSTEM and
+# Administrators only, inherited by the files in it.
+acl=$(grep 'state dir protected' agent.unix | head -1)
+[ -n "$acl" ] || fail "log lacks 'state dir protected'"
+for ace in 'D:P' '(A;OICI;FA;;;SY)' '(A;OICI;FA;;;BA)'; do
+    grep -qF "$ace" <<<"$acl" || fail "state dir DACL lacks $ace: $acl"
+done
+grep -qE 'WD\)|AU\)|BU\)' <<<"$acl" && fail "state dir DACL grants Everyone or Users: $acl"
+echo "$acl"
 sleep 2
 wait_state STOPPED   # not started again behind our back
 grep -E 'service (running|control|stopped)' agent.unix

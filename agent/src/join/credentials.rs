@@ -152,6 +152,18 @@ impl StateDir {
         self.root.join("instance-id")
     }
 
+    /// Makes the state dir private before anything is written to it: mode 0700 on Unix; on Windows a
+    /// protected DACL (SYSTEM and Administrators, inherited by every file), read back and logged.
+    pub fn prepare(&self) -> Result<(), CredentialsError> {
+        self.ensure()?;
+        #[cfg(windows)]
+        {
+            let dacl = crate::platform::windows::protect_dir(&self.root).map_err(io(&self.root))?;
+            tracing::info!(dir = %self.root.display(), %dacl, "state dir protected: SYSTEM and Administrators only");
+        }
+        Ok(())
+    }
+
     fn ensure(&self) -> Result<(), CredentialsError> {
         create_private_dir(&self.root.join("pki")).map_err(io(&self.root))
     }

@@ -123,6 +123,7 @@ pub async fn ensure_joined(
     status: &StatusHandle,
 ) -> Result<NodeCredentials, JoinError> {
     let node = &cfg.node.name;
+    state.prepare()?;
     match state.load_node() {
         Ok(Some(creds)) => match reusable(cfg, &creds, now_unix()) {
             Ok(()) => {

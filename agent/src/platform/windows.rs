@@ -132,3 +132,121 @@ pub fn service_state(name: &str) -> io::Result<ServiceState> {
         other => ServiceState::NotRunning(format!("{other:?}")),
     })
 }
+
+/// The state dir's DACL: protected (nothing inherited from `C:\`, which lets Authenticated Users
+/// modify what is created below it), full control for SYSTEM and Administrators, inherited by every
+/// file in it (the node key, the bootstrap token).
+pub const PRIVATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+
+/// Sets [`PRIVATE_DIR_SDDL`] on `dir` and reads it back: the DACL as the system reports it, in SDDL.
+pub fn protect_dir(dir: &Path) -> io::Result<String> {
+    use windows_sys::Win32::Foundation::{LocalFree, ERROR_SUCCESS};
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SetNamedSecurityInfoW,
+        SDDL_REVISION_1, SE_FILE_OBJECT,
+    };
+    use windows_sys::Win32::Security::{
+        GetSecurityDescriptorDacl, ACL, DACL_SECURITY_INFORMATION,
+        PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+    };
+    let sddl = wide(OsStr::new(PRIVATE_DIR_SDDL));
+    let path = wide(dir.as_os_str());
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `sddl` is NUL-terminated; on success `sd` is a LocalAlloc'd descriptor freed below.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut sd,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut present = 0;
+    let mut defaulted = 0;
+    let mut dacl: *mut ACL = std::ptr::null_mut();
+    // SAFETY: `sd` is the valid descriptor made above; the out-pointers are valid locals.
+    let got = unsafe { GetSecurityDescriptorDacl(sd, &mut present, &mut dacl, &mut defaulted) };
+    let result = if got == 0 || present == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `path` is NUL-terminated; `dacl` points into `sd`, alive until LocalFree below.
+        let rc = unsafe {
+            SetNamedSecurityInfoW(
+                path.as_ptr(),
+                SE_FILE_OBJECT,
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                dacl,
+                std::ptr::null(),
+            )
+        };
+        if rc == ERROR_SUCCESS {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc as i32))
+        }
+    };
+    // SAFETY: `sd` came from ConvertStringSecurityDescriptorToSecurityDescriptorW (LocalAlloc).
+    unsafe { LocalFree(sd) };
+    result?;
+    read_dacl(&path)
+}
+
+/// The DACL of the NUL-terminated wide `path`, in SDDL.
+fn read_dacl(path: &[u16]) -> io::Result<String> {
+    use windows_sys::Win32::Foundation::{LocalFree, ERROR_SUCCESS};
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW,
+        SDDL_REVISION_1, SE_FILE_OBJECT,
+    };
+    use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `path` is NUL-terminated; only the descriptor is asked for, freed below.
+    let rc = unsafe {
+        GetNamedSecurityInfoW(
+            path.as_ptr(),
+            SE_FILE_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if rc != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(rc as i32));
+    }
+    let mut text: *mut u16 = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `sd` is the descriptor returned above; `text` is LocalAlloc'd on success.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            &mut len,
+        )
+    };
+    let out = if ok == 0 || text.is_null() {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `text` holds `len` UTF-16 units (NUL included) per the API's contract.
+        let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
+        let end = units.iter().position(|&u| u == 0).unwrap_or(units.len());
+        Ok(String::from_utf16_lossy(&units[..end]))
+    };
+    // SAFETY: both were allocated by the system with LocalAlloc.
+    unsafe {
+        if !text.is_null() {
+            LocalFree(text.cast());
+        }
+        LocalFree(sd);
+    }
+    out
+}
