@@ -1,6 +1,6 @@
 //! The join driver: discovery → CA on disk → key → CSR → signed certificate → node kubeconfig.
 //!
-//! Every step first looks at what a previous run left behind (STYLE §6), so a crash at any line
+//! Every step first looks at what a previous run left behind (kubeadm join is restartable the same way), so a crash at any line
 //! resumes: a stored CA that matches a pin skips discovery; a pending key is reused and, since the
 //! CSR's name derives from the key, the CSR filed before the crash is found instead of filing a
 //! second; a node kubeconfig with a usable certificate means the node is joined and nothing runs.
