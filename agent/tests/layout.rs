@@ -22,10 +22,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("health", &["config", "platform"]),
     // Commands, taint policy and writer, drain, the orchestrator API.
     ("ops", &["health", "config", "apiclient", "files"]),
-    // Discovery, CSR, credentials, the join driver.
+    // Discovery, CSR, credentials (the state dir's ACL on Windows), the join driver.
     (
         "join",
-        &["config", "apiclient", "metrics", "status", "files"],
+        &[
+            "config",
+            "apiclient",
+            "metrics",
+            "status",
+            "files",
+            "platform",
+        ],
     ),
     // The Node: host facts, register, heartbeat, kubelet, leave.
     (

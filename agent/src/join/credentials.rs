@@ -158,8 +158,14 @@ impl StateDir {
         self.ensure()?;
         #[cfg(windows)]
         {
-            let dacl = crate::platform::windows::protect_dir(&self.root).map_err(io(&self.root))?;
-            tracing::info!(dir = %self.root.display(), %dacl, "state dir protected: SYSTEM and Administrators only");
+            use crate::platform::windows::{protect_dir, PRIVATE_DIR_SDDL};
+            let dacl = protect_dir(&self.root).map_err(io(&self.root))?;
+            if dacl == PRIVATE_DIR_SDDL {
+                tracing::info!(dir = %self.root.display(), %dacl, "state dir protected: SYSTEM and Administrators only");
+            } else {
+                // Set, yet the system reports another DACL (Wine keeps none on its files): say so.
+                tracing::warn!(dir = %self.root.display(), asked = PRIVATE_DIR_SDDL, reported = %dacl, "state dir NOT verified private: the system reports another DACL than the one set");
+            }
         }
         Ok(())
     }
