@@ -290,9 +290,11 @@ async fn kernel_log_fixture_raises_and_then_clears_after_the_window() {
         .unwrap()
         .write_all(fixture.as_bytes())
         .unwrap();
+    // The reader thread takes the lines in its own time: wait until all four matched (on a loaded
+    // machine the first Problem can come after only the OOM line).
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut o = runner.run_once().await;
-    while o.status != Status::Problem && Instant::now() < deadline {
+    while (o.status != Status::Problem || o.value != Some(3.0)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         o = runner.run_once().await;
     }
