@@ -69,6 +69,19 @@ def adverts(src, vrid, rate, duration):
     print(sent)
 
 
+def get_metrics(host, port):
+    """1 when GET /metrics answers 200 within 2 s, else 0."""
+    try:
+        r = socket.create_connection((host, port), timeout=2)
+        r.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        r.settimeout(2)
+        answered = r.recv(12).startswith(b"HTTP/1.1 200")
+        r.close()
+        return int(answered)
+    except OSError:
+        return 0
+
+
 def admin(host, port, conns, duration):
     idle, opened, requests, ok = [], 0, 0, 0
     end = time.monotonic() + duration
@@ -94,15 +107,7 @@ def admin(host, port, conns, duration):
                 c.close()
         for _ in range(20):
             requests += 1
-            try:
-                r = socket.create_connection((host, port), timeout=1)
-                r.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                r.settimeout(2)
-                if r.recv(12).startswith(b"HTTP/1.1 200"):
-                    ok += 1
-                r.close()
-            except OSError:
-                pass
+            ok += get_metrics(host, port)
         time.sleep(0.05)
     print(opened, requests, ok)
 
@@ -112,15 +117,7 @@ def scrape(host, port, duration):
     end = time.monotonic() + duration
     while time.monotonic() < end:
         tries += 1
-        try:
-            r = socket.create_connection((host, port), timeout=2)
-            r.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            r.settimeout(2)
-            if r.recv(12).startswith(b"HTTP/1.1 200"):
-                ok += 1
-            r.close()
-        except OSError:
-            pass
+        ok += get_metrics(host, port)
         time.sleep(1)
     print(tries, ok)
 

@@ -657,24 +657,6 @@ fn micros(text: &str) -> u128 {
     (n * per).round() as u128
 }
 
-/// 250000 → `250ms`: the largest unit that holds it exactly.
-fn format_micros(us: u128) -> String {
-    if us == 0 {
-        return "0s".into();
-    }
-    for (unit, per) in [
-        ("h", 3_600_000_000u128),
-        ("m", 60_000_000),
-        ("s", 1_000_000),
-        ("ms", 1_000),
-    ] {
-        if us.is_multiple_of(per) {
-            return format!("{}{unit}", us / per);
-        }
-    }
-    format!("{us}us")
-}
-
 fn kind_of(row: &Row) -> Option<Kind> {
     match row.ty.as_str() {
         "duration" => Some(Kind::Duration),
@@ -687,7 +669,9 @@ fn yaml_value(kind: Kind, v: u128, text: Option<&str>) -> Value {
     match kind {
         Kind::Duration => text
             .map(str::to_string)
-            .unwrap_or_else(|| format_micros(v))
+            .unwrap_or_else(|| {
+                keel_common::duration::format(std::time::Duration::from_micros(v as u64))
+            })
             .into(),
         Kind::Integer => Value::from(v as u64),
     }
