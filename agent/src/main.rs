@@ -65,19 +65,28 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
-    /// Print the agent's status (from the status file in the state directory).
+    /// Print the agent's status as tables: join and certificate state, checks with their last
+    /// result, conditions, taints applied or refused and why, drain (from the status file in the
+    /// state directory, so it works while the agent is down).
     Status {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Read the status from this state directory instead of the config's.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Print the status file's JSON instead of tables (for scripts).
+        #[arg(long)]
+        json: bool,
     },
-    /// Run every configured health check once (no cluster), print the outcomes and the metrics,
-    /// then (with `--serve-for`) serve them on `metrics.listen` for that long.
+    /// Run every configured health check once (no cluster) and print a table of the outcomes;
+    /// with `--metrics`, print the Prometheus text instead (the table goes to stderr). With
+    /// `--serve-for`, then serve the metrics on `metrics.listen` for that long.
     HealthOnce {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Print the metrics text on stdout (for promtool or a file) and the table on stderr.
+        #[arg(long)]
+        metrics: bool,
         /// Serve /metrics and /healthz on `metrics.listen` for this long after the pass (e.g. `5s`),
         /// so a scraper (or promtool) can read what the pass recorded; bounded so it always exits.
         #[arg(long, value_parser = keel_common::duration::parse)]
@@ -160,7 +169,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Status { config, state_dir } => print_status(&config, state_dir),
+        Command::Status {
+            config,
+            state_dir,
+            json,
+        } => print_status(&config, state_dir, json),
         Command::Reload {
             config,
             pid,
@@ -197,9 +210,13 @@ fn main() -> ExitCode {
         }
         #[cfg(windows)]
         Command::Service { action } => service(action),
-        Command::HealthOnce { config, serve_for } => {
+        Command::HealthOnce {
+            config,
+            metrics,
+            serve_for,
+        } => {
             init_logging();
-            runtime().and_then(|rt| rt.block_on(health_once(config, serve_for)))
+            runtime().and_then(|rt| rt.block_on(health_once(config, metrics, serve_for)))
         }
     };
     match result {
@@ -220,7 +237,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn print_status(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn print_status(config_path: &Path, state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let dir = match state_dir {
         Some(d) => d,
         None => load(config_path)?.state_dir,
@@ -228,7 +245,17 @@ fn print_status(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Resul
     let path = StateDir::new(dir).status_file();
     let st = status::read_file(&path)
         .with_context(|| format!("cannot read {} (has the agent run?)", path.display()))?;
-    let text = serde_json::to_string_pretty(&st)?;
+    let text = if json {
+        serde_json::to_string_pretty(&st)?
+    } else {
+        // Wall time: "5s ago" is relative to the Unix timestamps in the file.
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        status::render(&st, now).trim_end().to_string()
+    };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout(), "{text}");
     Ok(())
@@ -391,6 +418,7 @@ async fn leave(config_path: PathBuf, kubeconfig: Option<PathBuf>) -> anyhow::Res
 
 async fn health_once(
     config_path: PathBuf,
+    print_metrics: bool,
     serve_for: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let cfg = load(&config_path)?;
@@ -411,10 +439,22 @@ async fn health_once(
     };
     let metrics = Metrics::new();
     let outcomes = keel_agent::health_loop::run_once(&cfg.health, &metrics.registry).await?;
+    let mut table = keel_common::table::Table::new(["CHECK", "STATUS", "REASON", "MESSAGE"]);
     for (name, o) in &outcomes {
-        println!("{name}: {:?} {} {}", o.status, o.reason, o.message);
+        table.row([
+            name.clone(),
+            format!("{:?}", o.status),
+            o.reason.clone(),
+            o.message.clone(),
+        ]);
     }
-    print!("{}", metrics.render());
+    // Either stream stays one format: a table for people, or metrics text a parser can read whole.
+    if print_metrics {
+        eprint!("{}", table.render());
+        print!("{}", metrics.render());
+    } else {
+        print!("{}", table.render());
+    }
     std::io::stdout().flush().ok();
     if let Some((d, addr, listener)) = listener {
         let st = status::StatusHandle::new(status::Status::default(), None);

@@ -320,6 +320,7 @@ fn start_health(
     node_shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let status = agent.status.clone();
+    let section = agent.status.clone();
     let path = agent.cfg.path.clone();
     let ctx = crate::health_loop::HealthContext {
         config: agent.cfg.health.clone(),
@@ -328,6 +329,7 @@ fn start_health(
         privileged: None,
         registry: agent.metrics.registry.clone(),
         join_status: Arc::new(move || serde_json::to_value(status.snapshot()).unwrap_or_default()),
+        publish: Some(Arc::new(move |v| section.set_section("health", v))),
         reload: Some(Arc::new(move || {
             crate::config::load(&path)
                 .map(|c| c.health)

@@ -103,3 +103,74 @@ fn health_once_serves_the_pass_metrics_for_the_bounded_time_then_exits() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(3));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn health_once_prints_a_table_or_only_metrics_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "cluster:\n  server: https://198.18.0.10:6443\n  token: abcdef.0123456789abcdef\n  ca_pins: [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\nnode:\n  name: once\nhealth:\n  checks:\n    - {name: memory, kind: memory, min_available: 1%}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(keel_e2e::bin("keel-agent"))
+            .arg("health-once")
+            .args(extra)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (table, _) = run(&[]);
+    let mut lines = table.lines();
+    assert!(
+        lines.next().is_some_and(|h| h.starts_with("CHECK")),
+        "{table}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("memory ") && l.contains(" Ok ")),
+        "{table}"
+    );
+    assert!(
+        !table.contains("# HELP"),
+        "metrics mixed into the table:\n{table}"
+    );
+    // `--metrics`: stdout is metrics text only (a parser reads it whole), the table on stderr.
+    let (metrics, stderr) = run(&["--metrics"]);
+    assert!(metrics.starts_with("# HELP"), "{metrics}");
+    assert!(!metrics.contains("CHECK"), "{metrics}");
+    assert!(
+        metrics.contains("keel_agent_check_status{check=\"memory\",status=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        stderr.contains("CHECK") && stderr.contains("memory"),
+        "{stderr}"
+    );
+    if let Ok(mut p) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "promtool: {out:?}");
+    } else {
+        panic!("promtool is missing (apt-get install prometheus)");
+    }
+}

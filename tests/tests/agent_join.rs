@@ -102,9 +102,19 @@ async fn join_from_nothing_registers_node_with_pool_labels_taints_and_lease() {
         metrics.contains("keel_agent_api_requests_total{resource=\"leases\""),
         "{metrics}"
     );
-    let (st, out) = a.command("status", Duration::from_secs(10)).await;
+    let (st, out) = a
+        .command_with("status", &["--json"], Duration::from_secs(10))
+        .await;
     assert!(st.success(), "{out}");
     assert!(out.contains("\"join_state\": \"joined\""), "{out}");
+    let (st, out) = a.command("status", Duration::from_secs(10)).await;
+    assert!(st.success(), "{out}");
+    assert!(out.contains("State:") && out.contains(" joined\n"), "{out}");
+    assert!(out.contains("join-full (pool pool-a)"), "{out}");
+    assert!(
+        out.contains("Lease renewed:") && out.contains(" ago)"),
+        "{out}"
+    );
 
     // SIGTERM: a clean, prompt exit.
     p.signal(libc::SIGTERM);
@@ -557,10 +567,26 @@ async fn kubelet_managed_mode_writes_configs_kubelet_and_kubectl_can_use() {
     let (ok, out, err) = kubectl(&kubeconfig, &["get", "node", "managed", "-o", "name"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "node/managed");
-    // In managed mode kubelet heartbeats, not the agent.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(c.lease("managed").is_none());
-    assert!(p.running(), "{}", p.log_text());
+    // In managed mode kubelet heartbeats, not the agent: the agent has joined, and through more
+    // than one renew interval (10 s) it never creates the Lease an unmanaged agent creates at once.
+    let (st, out) = a
+        .command_with("status", &["--json"], Duration::from_secs(10))
+        .await;
+    assert!(
+        st.success() && out.contains("\"join_state\": \"joined\""),
+        "{out}"
+    );
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(11) {
+        assert!(
+            c.lease("managed").is_none(),
+            "a Lease appeared after {:?}\n{}",
+            watched.elapsed(),
+            p.log_text()
+        );
+        assert!(p.running(), "{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,7 +677,7 @@ async fn leave_cordons_deletes_the_node_and_removes_credentials() {
         a.credentials()
     );
     let (st, out) = a.command("status", Duration::from_secs(10)).await;
-    assert!(st.success() && out.contains("\"left\""), "{out}");
+    assert!(st.success() && out.contains(" left\n"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,6 +734,32 @@ async fn certificate_is_renewed_with_the_node_identity_before_it_expires() {
     )
     .await;
     let transition = marker().unwrap()["lastTransitionTime"].clone();
+    // `keel-agent status` shows the check's last result and the condition it set, from the status
+    // file the health loop publishes to (at most once a second).
+    let mut shown = String::new();
+    for _ in 0..50 {
+        let (st, out) = a.command("status", Duration::from_secs(10)).await;
+        assert!(st.success(), "{out}");
+        shown = out;
+        let check = shown.lines().find(|l| l.starts_with("marker "));
+        let cond = shown.lines().find(|l| l.starts_with("MarkerProblem "));
+        if check.is_some_and(|l| l.contains("problem") && l.contains("marker problem"))
+            && cond.is_some_and(|l| l.contains("True"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        shown.contains("CHECK") && shown.contains("CONDITION"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("MarkerProblem ") && l.contains("True")),
+        "{shown}"
+    );
     wait_until(
         "the transition's Event",
         Duration::from_secs(15),

@@ -49,6 +49,14 @@ impl Runner {
         Runner { spec, kernel }
     }
 
+    /// Kernel log lines matched against the patterns so far, within the rate limit (0 for other
+    /// kinds).
+    pub fn read_lines(&self) -> u64 {
+        self.kernel
+            .as_ref()
+            .map_or(0, |w| w.read.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Kernel log lines dropped by the rate limit so far (0 for other kinds).
     pub fn dropped_lines(&self) -> u64 {
         self.kernel

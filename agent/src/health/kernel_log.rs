@@ -110,6 +110,8 @@ pub struct Watcher {
     state: Arc<Mutex<Window>>,
     stop: Arc<AtomicBool>,
     pub dropped: Arc<AtomicU64>,
+    /// Lines matched against the patterns (within the rate limit).
+    pub read: Arc<AtomicU64>,
 }
 
 impl Drop for Watcher {
@@ -129,11 +131,16 @@ impl Watcher {
         let state = Arc::new(Mutex::new(Window::new(window, patterns)));
         let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
-        let (s, st, dr) = (state.clone(), stop.clone(), dropped.clone());
+        let read = Arc::new(AtomicU64::new(0));
+        let counts = Counts {
+            dropped: dropped.clone(),
+            read: read.clone(),
+        };
+        let (s, st) = (state.clone(), stop.clone());
         let check = name.to_string();
         let spawned = std::thread::Builder::new()
             .name("kernel-log".into())
-            .spawn(move || follow(&check, &source, s, st, dr, max_lines_per_second));
+            .spawn(move || follow(&check, &source, s, st, counts, max_lines_per_second));
         if let Err(e) = spawned {
             tracing::error!(check = name, error = %e, "cannot start kernel log reader");
         }
@@ -141,6 +148,7 @@ impl Watcher {
             state,
             stop,
             dropped,
+            read,
         }
     }
 
@@ -171,6 +179,11 @@ fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     Ok((f, is_kmsg))
 }
 
+struct Counts {
+    dropped: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+}
+
 // A blocking reader thread outside the runtime: real time.
 #[allow(clippy::disallowed_methods)]
 fn follow(
@@ -178,7 +191,7 @@ fn follow(
     path: &Path,
     state: Arc<Mutex<Window>>,
     stop: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
+    counts: Counts,
     max_per_sec: u32,
 ) {
     let idle = Duration::from_millis(200);
@@ -256,10 +269,11 @@ fn follow(
                     budget = max_per_sec;
                 }
                 if budget == 0 {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+                    counts.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 budget -= 1;
+                counts.read.fetch_add(1, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
                 if let Some(msg) = strip_kmsg_prefix(text) {

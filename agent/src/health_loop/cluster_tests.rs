@@ -164,6 +164,7 @@ fn ctx(
             privileged: None,
             registry: registry.clone(),
             join_status: Arc::new(|| json!({"state": "joined"})),
+            publish: None,
             reload: None,
             node_shutdown: shutdown.clone(),
         },
@@ -437,13 +438,16 @@ async fn node_shutdown_drains_before_run_returns() {
     assert_eq!(env.node_json()["spec"]["unschedulable"], true);
 }
 
-/// A CA plus server and client certificates for the orchestrator API.
+/// A CA plus server and client certificates for the orchestrator API: the allowed client, one
+/// from another CA, and one from the right CA with another subject CN.
+#[allow(clippy::type_complexity)]
 fn api_pki(
     dir: &Path,
 ) -> (
     PathBuf,
     PathBuf,
     PathBuf,
+    (String, String),
     (String, String),
     (String, String),
 ) {
@@ -467,6 +471,7 @@ fn api_pki(
     let (srv_cert, srv_key) = leaf(&ca, "keel-agent", vec!["127.0.0.1".into()]);
     let good = leaf(&ca, "orchestrator", vec![]);
     let stranger = leaf(&other, "orchestrator", vec![]);
+    let impostor = leaf(&ca, "some-workload", vec![]);
     let w = |n: &str, t: &str| {
         let p = dir.join(n);
         std::fs::write(&p, t).unwrap();
@@ -478,6 +483,7 @@ fn api_pki(
         w("client-ca.crt", &ca_cert.pem()),
         good,
         stranger,
+        impostor,
     )
 }
 
@@ -500,7 +506,7 @@ fn curl(args: &[&str]) -> (bool, u16, String) {
 async fn orchestrator_api_requires_a_client_certificate_from_its_ca() {
     let env = Env::start("health-api").await;
     let d = env.dir.path();
-    let (crt, key, ca, good, stranger) = api_pki(d);
+    let (crt, key, ca, good, stranger, impostor) = api_pki(d);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -560,6 +566,26 @@ async fn orchestrator_api_requires_a_client_certificate_from_its_ca() {
         &status_url,
     ]);
     assert!(!strange.0 || strange.1 == 0, "{strange:?}");
+    // The right CA but another subject CN: TLS succeeds, `allowed_cn` refuses every request, and
+    // nothing it asked for happens.
+    let (ic, ik) = (w("i.crt", &impostor.0), w("i.key", &impostor.1));
+    for (method, path) in [("GET", "/v1/status"), ("POST", "/v1/cordon")] {
+        let (_, code, body) = curl(&[
+            "--cacert",
+            &cacert,
+            "--cert",
+            &ic,
+            "--key",
+            &ik,
+            "-X",
+            method,
+            &format!("{url}{path}"),
+        ]);
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        assert!(body.contains("some-workload"), "{body}");
+        assert!(!body.contains("health-api"), "status leaked: {body}");
+    }
+    assert_ne!(env.node_json()["spec"]["unschedulable"], true);
     // Bad requests get JSON errors.
     let (_, code, body) = curl(&[
         "--cacert",

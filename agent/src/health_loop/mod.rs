@@ -27,6 +27,9 @@ use std::sync::Arc;
 use crate::config::health::HealthConfig;
 use crate::health::outcome::Outcome;
 pub use crate::ops::status::JoinStatusFn;
+
+/// Where the health status goes for the status file (see [`HealthContext::publish`]).
+pub type PublishFn = std::sync::Arc<dyn Fn(serde_json::Value) + Send + Sync>;
 use tokio_util::sync::CancellationToken;
 
 /// Re-reads the agent's config file and returns its validated `health:` section, or every error
@@ -58,6 +61,10 @@ pub struct HealthContext {
     pub privileged: Option<kube::Client>,
     pub registry: prometheus::Registry,
     pub join_status: JoinStatusFn,
+    /// Receives the health status (checks, conditions, taints, drain) as JSON when it changed, at
+    /// most once a second, and once more when `run` returns: the agent keeps it in its status file
+    /// so `keel-agent status` shows it without the orchestrator API.
+    pub publish: Option<PublishFn>,
     pub reload: Option<ReloadFn>,
     /// Cancelled when the node itself is shutting down (systemd stopping the system, Windows
     /// PRESHUTDOWN): `run` cordons and drains when `drain.on_shutdown` is set, then returns.

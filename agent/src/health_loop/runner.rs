@@ -155,6 +155,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
         privileged,
         registry,
         join_status,
+        publish,
         reload,
         node_shutdown,
     } = ctx;
@@ -245,6 +246,10 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
                 tasks.clone(),
             ));
         }
+    }
+
+    if let Some(publish) = publish {
+        tokio::spawn(publisher(status.clone(), publish, tasks.clone()));
     }
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(8);
@@ -392,6 +397,28 @@ async fn renewed(rx: &mut Option<super::NodeClient>) -> bool {
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+/// Hands the health status to `publish` when it changed, at most once a second (a check result
+/// must not cost a file write), and a last time when the loop stops.
+async fn publisher(status: SharedStatus, publish: super::PublishFn, cancel: CancellationToken) {
+    let mut last = serde_json::Value::Null;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = cancel.cancelled() => true,
+        };
+        let now = serde_json::to_value(status.snapshot()).unwrap_or_default();
+        if now != last {
+            publish(now.clone());
+            last = now;
+        }
+        if stop {
+            return;
+        }
     }
 }
 
