@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_common::{Diagnostics, Dur};
@@ -182,6 +183,34 @@ pub struct CheckSpec {
     pub kind: CheckKind,
 }
 
+impl CheckSpec {
+    /// For a check read from an NPD config: its rules as NPD's metrics name them, (the condition of
+    /// a permanent rule or None, reason), so `problem_counter` and `problem_gauge` start at 0 for
+    /// each as NPD's do. Empty for the agent's own checks, which NPD's metrics never described.
+    pub fn npd_rules(&self) -> Vec<(Option<String>, String)> {
+        match &self.kind {
+            CheckKind::LogMonitor { monitor, condition } => monitor
+                .rules
+                .iter()
+                // Each rule once: the condition checks take the permanent rules of their
+                // condition, the events check the temporary ones.
+                .filter(|r| r.condition == *condition)
+                .map(|r| (r.condition.clone(), r.reason.clone()))
+                .collect(),
+            // Only NPD custom-plugin configs share a concurrency limiter.
+            CheckKind::Plugin {
+                problem_reason,
+                concurrency: Some(_),
+                ..
+            } => vec![(
+                (self.report == Report::Condition).then(|| self.condition.clone()),
+                problem_reason.clone(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Threshold {
     Bytes(u64),
@@ -236,6 +265,12 @@ pub enum CheckKind {
         problem_reason: String,
         /// Shared limit on concurrently running plugins of one NPD config.
         concurrency: Option<Limiter>,
+    },
+    /// One NPD system log monitor's view: the sticky state of `condition`, or (`None`) the events
+    /// of its temporary rules. Checks with the same `monitor` share one reader.
+    LogMonitor {
+        monitor: Arc<super::npd::LogMonitorSpec>,
+        condition: Option<String>,
     },
 }
 
@@ -400,7 +435,7 @@ fn default_condition(kind: &str) -> &'static str {
 
 /// Conditions kubelet sets on a Node. The taint policy never sees them (it watches only what this
 /// agent's checks report), and kubelet taints for them itself (`node.kubernetes.io/*`).
-const KUBELET_CONDITIONS: &[&str] = &[
+pub(crate) const KUBELET_CONDITIONS: &[&str] = &[
     "Ready",
     "MemoryPressure",
     "DiskPressure",
@@ -764,6 +799,12 @@ fn validate_check(c: &CheckFile, f: &str, os: Os, diag: &mut Diagnostics) -> Opt
             format!("{f}.condition"),
             "must be a condition type such as DiskSpaceLow",
         );
+    } else if KUBELET_CONDITIONS.contains(&condition.as_str()) {
+        // Two writers of one condition overwrite each other every status period.
+        diag.error(
+            format!("{f}.condition"),
+            format!("{condition:?} is kubelet's condition; keel-agent never writes it (the default for a {} check is {})", c.kind, default_condition(&c.kind)),
+        );
     }
     let threshold = |diag: &mut Diagnostics, name: &str, v: &Option<String>| -> Option<Threshold> {
         let s = v.as_ref()?;
@@ -1090,6 +1131,14 @@ health:
         .to_string();
         assert!(
             e.contains("health.taints[0].condition: \"MemoryPressure\" is kubelet's condition"),
+            "{e}"
+        );
+        // A check never writes one of kubelet's conditions: two writers would overwrite each other.
+        let e = check("health:\n  checks:\n    - {name: mem, kind: memory, min_available: 5%, condition: MemoryPressure}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("health.checks[0].condition: \"MemoryPressure\" is kubelet's condition; keel-agent never writes it (the default for a memory check is MemoryAvailableLow)"),
             "{e}"
         );
         // A default condition and an NPD plugin's condition both count.

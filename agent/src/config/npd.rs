@@ -1,9 +1,16 @@
-//! node-problem-detector custom-plugin-monitor configs (`plugin: custom`), read unchanged and turned
-//! into plugin checks, so that existing NPD plugins run under Keel without edits.
+//! node-problem-detector monitor configs, read unchanged, so that existing NPD setups run under Keel
+//! without edits:
+//! - custom-plugin-monitor files (`plugin: custom`) become plugin checks
+//!   (upstream `pkg/custompluginmonitor/types/config.go`);
+//! - system-log-monitor files (`plugin: kmsg | filelog | journald`, upstream
+//!   `pkg/systemlogmonitor/config.go` and `logwatchers/types`) become one log monitor: a reader that
+//!   keeps the last `bufferSize` lines and matches each rule's `pattern` against their end (so a
+//!   pattern may span lines), shared by one check per declared condition and one for events.
 //!
-//! Upstream: `pkg/custompluginmonitor/types/config.go`. `permanent` rules set a Node condition,
-//! `temporary` rules only emit events. Fields Keel does not use (`metricsReporting`,
-//! `skip_initial_status`, ...) are accepted and ignored, as NPD would read them.
+//! In both, `permanent` rules set a Node condition and `temporary` rules only emit events. Fields
+//! Keel does not use (`metricsReporting`, `skip_initial_status`, `delay`, ...) are accepted and
+//! ignored, as NPD would read them. Conditions kubelet owns are refused: two writers of one
+//! condition would overwrite each other every status period.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::health::{CheckKind, CheckSpec, Limiter, Report};
+use super::health::{CheckKind, CheckSpec, Limiter, Report, KUBELET_CONDITIONS};
 
 #[derive(Debug, Deserialize)]
 struct NpdFile {
@@ -23,14 +30,26 @@ struct NpdFile {
     conditions: Vec<NpdCondition>,
     #[serde(default)]
     rules: Vec<NpdRule>,
+    // System log monitors only.
+    #[serde(rename = "logPath")]
+    log_path: Option<String>,
+    lookback: Option<String>,
+    #[serde(rename = "bufferSize")]
+    buffer_size: Option<usize>,
+    #[serde(rename = "skipList", default)]
+    skip_list: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct PluginConfig {
+    // Custom plugin monitors.
     invoke_interval: Option<String>,
     timeout: Option<String>,
     max_output_length: Option<usize>,
     concurrency: Option<usize>,
+    // System log monitors: journald's SYSLOG_IDENTIFIER, filelog's message regex.
+    source: Option<String>,
+    message: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,11 +66,85 @@ struct NpdRule {
     kind: String,
     condition: Option<String>,
     reason: String,
-    path: String,
+    /// Custom plugin monitors: the plugin to run.
+    path: Option<String>,
     #[serde(default)]
     args: Vec<String>,
     timeout: Option<String>,
+    /// System log monitors: the regex matched against the end of the buffered lines.
+    pattern: Option<String>,
+    #[serde(rename = "patternGeneratedMessageSuffix")]
+    suffix: Option<String>,
 }
+
+/// Where a log monitor reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogInput {
+    /// `/dev/kmsg`, or a file of kmsg records (`6,1234,5678901,-;message`).
+    Kmsg(PathBuf),
+    /// A text log; `message` (NPD's `pluginConfig.message`) extracts the message from a line, and
+    /// lines it does not match are skipped.
+    File {
+        path: PathBuf,
+        message: Option<RegexText>,
+    },
+    /// The systemd journal (through `journalctl -o json --follow`), entries whose
+    /// SYSLOG_IDENTIFIER is `identifier`; `dir` is NPD's `logPath` when it exists.
+    Journald {
+        dir: Option<PathBuf>,
+        identifier: String,
+    },
+}
+
+/// A compiled regex that compares by its text (configs are compared on reload).
+#[derive(Debug, Clone)]
+pub struct RegexText(pub regex::Regex);
+
+impl PartialEq for RegexText {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.as_str() == o.0.as_str()
+    }
+}
+
+/// One rule of a log monitor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRule {
+    /// The condition a `permanent` rule sets; `None` for `temporary` (an event only).
+    pub condition: Option<String>,
+    pub reason: String,
+    /// The rule's pattern with `\z` appended: it must match up to the end of the newest line.
+    pub pattern: RegexText,
+    /// NPD's `patternGeneratedMessageSuffix`, appended to the message as `; suffix`.
+    pub suffix: Option<String>,
+}
+
+/// A condition a log monitor declares, with its healthy reason and message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredCondition {
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// An NPD system-log-monitor file, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogMonitorSpec {
+    /// NPD's `source`, e.g. `kernel-monitor`: the Events' source and the checks' name prefix.
+    pub source: String,
+    pub input: LogInput,
+    /// How far back to read at start (kmsg and journald; a text file starts at its end).
+    pub lookback: Duration,
+    /// Lines kept for multi-line patterns (NPD's `bufferSize`, default 10).
+    pub buffer_size: usize,
+    /// Lines containing any of these are not matched (NPD's `skipList`).
+    pub skip: Vec<String>,
+    pub rules: Vec<LogRule>,
+    pub conditions: Vec<DeclaredCondition>,
+}
+
+/// Bounds on a log monitor: NPD's default buffer is 10 lines; a pattern over more than 1,000 lines
+/// is a mistake, not a use.
+const MAX_BUFFER_LINES: usize = 1000;
 
 /// Go's `time.ParseDuration` for the forms NPD configs use: `30s`, `5m`, `1m30s`, `500ms`, `1.5h`.
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
@@ -131,12 +224,162 @@ const MAX_CONCURRENCY: usize = 1024;
 
 pub fn parse(text: &str, base: &Path) -> Result<Vec<CheckSpec>, String> {
     let f: NpdFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    if f.plugin != "custom" {
-        return Err(format!(
-            "plugin {:?} is not supported (only \"custom\")",
-            f.plugin
-        ));
+    for (i, c) in f.conditions.iter().enumerate() {
+        if KUBELET_CONDITIONS.contains(&c.kind.as_str()) {
+            return Err(format!(
+                "conditions[{i}].type {:?} is kubelet's condition; keel-agent never writes it",
+                c.kind
+            ));
+        }
     }
+    match f.plugin.as_str() {
+        "custom" => parse_custom(&f, base),
+        "kmsg" | "filelog" | "journald" => parse_log_monitor(&f),
+        other => Err(format!(
+            "plugin {other:?} is not supported (custom, kmsg, filelog or journald)"
+        )),
+    }
+}
+
+/// A system-log-monitor file: one check per declared condition (its sticky state), one for the
+/// events of `temporary` rules, all sharing one reader.
+fn parse_log_monitor(f: &NpdFile) -> Result<Vec<CheckSpec>, String> {
+    let pc = &f.plugin_config;
+    let path = |default: &str| PathBuf::from(f.log_path.as_deref().unwrap_or(default));
+    let input = match f.plugin.as_str() {
+        "kmsg" => LogInput::Kmsg(path("/dev/kmsg")),
+        "filelog" => {
+            let Some(p) = &f.log_path else {
+                return Err("plugin filelog needs logPath".into());
+            };
+            let message = match &pc.message {
+                Some(m) => Some(RegexText(regex::Regex::new(m).map_err(|e| {
+                    format!("pluginConfig.message is not a valid regex: {e}")
+                })?)),
+                None => None,
+            };
+            LogInput::File {
+                path: PathBuf::from(p),
+                message,
+            }
+        }
+        _ => {
+            let Some(identifier) = pc.source.clone().filter(|s| !s.is_empty()) else {
+                return Err(
+                    "plugin journald needs pluginConfig.source (the SYSLOG_IDENTIFIER to follow)"
+                        .into(),
+                );
+            };
+            LogInput::Journald {
+                dir: f.log_path.as_ref().map(PathBuf::from),
+                identifier,
+            }
+        }
+    };
+    let lookback = match &f.lookback {
+        Some(s) => parse_go_duration(s).map_err(|e| format!("lookback: {e}"))?,
+        None => Duration::ZERO,
+    };
+    let buffer_size = match f.buffer_size {
+        None | Some(0) => 10,
+        Some(n) if n <= MAX_BUFFER_LINES => n,
+        Some(n) => {
+            return Err(format!(
+                "bufferSize {n} must be from 1 to {MAX_BUFFER_LINES} lines"
+            ))
+        }
+    };
+    let conditions: Vec<DeclaredCondition> = f
+        .conditions
+        .iter()
+        .map(|c| DeclaredCondition {
+            kind: c.kind.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .collect();
+    let mut rules = Vec::new();
+    for (i, r) in f.rules.iter().enumerate() {
+        let Some(pattern) = &r.pattern else {
+            return Err(format!("rules[{i}] has no pattern"));
+        };
+        // NPD appends `\z` so a rule matches at the end of the buffer, i.e. on the newest line.
+        let re = regex::Regex::new(&format!("{pattern}\\z"))
+            .map_err(|e| format!("rules[{i}].pattern is not a valid regex: {e}"))?;
+        let condition = match r.kind.as_str() {
+            "temporary" => None,
+            "permanent" => {
+                let Some(c) = &r.condition else {
+                    return Err(format!("rules[{i}] is permanent but names no condition"));
+                };
+                if !conditions.iter().any(|d| &d.kind == c) {
+                    return Err(format!(
+                        "rules[{i}] sets condition {c:?} that `conditions` does not declare"
+                    ));
+                }
+                Some(c.clone())
+            }
+            other => {
+                return Err(format!(
+                    "rules[{i}].type {other:?} must be temporary or permanent"
+                ))
+            }
+        };
+        rules.push(LogRule {
+            condition,
+            reason: r.reason.clone(),
+            pattern: RegexText(re),
+            suffix: r.suffix.clone(),
+        });
+    }
+    let spec = Arc::new(LogMonitorSpec {
+        source: f.source.clone(),
+        input,
+        lookback,
+        buffer_size,
+        skip: f.skip_list.clone(),
+        rules,
+        conditions,
+    });
+    // The checks run when the reader finds something (not at their interval), and every 10 s to
+    // report that all is still well.
+    let interval = Duration::from_secs(10);
+    let mut out: Vec<CheckSpec> = spec
+        .conditions
+        .iter()
+        .map(|c| CheckSpec {
+            name: format!("{}/{}", f.source, c.kind),
+            interval,
+            timeout: Duration::from_secs(1),
+            condition: c.kind.clone(),
+            report: Report::Condition,
+            ok_reason: c.reason.clone(),
+            ok_message: c.message.clone(),
+            kind: CheckKind::LogMonitor {
+                monitor: spec.clone(),
+                condition: Some(c.kind.clone()),
+            },
+        })
+        .collect();
+    if spec.rules.iter().any(|r| r.condition.is_none()) {
+        out.push(CheckSpec {
+            name: format!("{}/events", f.source),
+            interval,
+            timeout: Duration::from_secs(1),
+            condition: f.source.clone(),
+            report: Report::Event,
+            ok_reason: String::new(),
+            ok_message: String::new(),
+            kind: CheckKind::LogMonitor {
+                monitor: spec.clone(),
+                condition: None,
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn parse_custom(f: &NpdFile, base: &Path) -> Result<Vec<CheckSpec>, String> {
     let pc = &f.plugin_config;
     let interval = match &pc.invoke_interval {
         Some(s) => parse_go_duration(s)?,
@@ -190,7 +433,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<CheckSpec>, String> {
             Some(s) => parse_go_duration(s)?,
             None => timeout,
         };
-        let mut command = PathBuf::from(&r.path);
+        let Some(path) = &r.path else {
+            return Err(format!("rules[{i}] has no path (the plugin to run)"));
+        };
+        let mut command = PathBuf::from(path);
         if command.is_relative() {
             command = base.join(command);
         }
@@ -312,6 +558,155 @@ pub(crate) mod tests {
         );
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5d").is_err());
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/fixtures/npd");
+
+    fn fixture(name: &str) -> Vec<CheckSpec> {
+        load(&Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn monitor(c: &CheckSpec) -> (&LogMonitorSpec, Option<&str>) {
+        match &c.kind {
+            CheckKind::LogMonitor { monitor, condition } => (monitor, condition.as_deref()),
+            k => panic!("{k:?}"),
+        }
+    }
+
+    #[test]
+    fn npd_sample_log_monitors_are_read_unchanged() {
+        // kernel-monitor.json: kmsg, 3 conditions, 14 rules (4 permanent), lookback 5m, buffer 10.
+        let checks = fixture("kernel-monitor.json");
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "kernel-monitor/KernelDeadlock",
+                "kernel-monitor/XfsShutdown",
+                "kernel-monitor/CperHardwareErrorFatal",
+                "kernel-monitor/events"
+            ]
+        );
+        let (m, cond) = monitor(&checks[0]);
+        assert_eq!(cond, Some("KernelDeadlock"));
+        assert_eq!(m.input, LogInput::Kmsg("/dev/kmsg".into()));
+        assert_eq!(m.lookback, Duration::from_secs(300));
+        assert_eq!(m.buffer_size, 10);
+        assert_eq!(m.rules.len(), 14);
+        assert_eq!(m.rules.iter().filter(|r| r.condition.is_some()).count(), 3);
+        assert_eq!(checks[0].ok_reason, "KernelHasNoDeadlock");
+        assert_eq!(checks[0].report, Report::Condition);
+        assert_eq!(checks[3].report, Report::Event);
+        assert_eq!(checks[3].condition, "kernel-monitor");
+        // The checks of one file share one monitor (one reader).
+        for c in &checks[1..] {
+            assert!(
+                matches!(&c.kind, CheckKind::LogMonitor { monitor, .. } if Arc::ptr_eq(monitor, match &checks[0].kind { CheckKind::LogMonitor { monitor, .. } => monitor, _ => unreachable!() }))
+            );
+        }
+        // NPD's metrics: each rule once over the checks.
+        let rules: usize = checks.iter().map(|c| c.npd_rules().len()).sum();
+        assert_eq!(rules, 14);
+
+        let checks = fixture("kernel-monitor-filelog.json");
+        let (m, _) = monitor(&checks[0]);
+        match &m.input {
+            LogInput::File { path, message } => {
+                assert_eq!(path, Path::new("/var/log/kern.log"));
+                let re = &message.as_ref().unwrap().0;
+                let line = "Dec  1 23:16:06 node kernel: [ 12.345] Out of memory: Killed process 1";
+                assert_eq!(
+                    &re.captures(line).unwrap()[1],
+                    "Out of memory: Killed process 1"
+                );
+            }
+            i => panic!("{i:?}"),
+        }
+
+        for (file, identifier, conditions) in [
+            ("systemd-monitor.json", "systemd", 0),
+            ("docker-monitor.json", "dockerd", 1),
+        ] {
+            let checks = fixture(file);
+            let (m, _) = monitor(checks.last().unwrap());
+            assert_eq!(
+                m.input,
+                LogInput::Journald {
+                    dir: Some("/var/log/journal".into()),
+                    identifier: identifier.into()
+                },
+                "{file}"
+            );
+            assert_eq!(m.conditions.len(), conditions, "{file}");
+        }
+        assert_eq!(fixture("readonly-monitor.json").len(), 1);
+        assert_eq!(fixture("custom-plugin-monitor.json").len(), 2);
+    }
+
+    #[test]
+    fn log_monitor_mistakes_are_named() {
+        let base = r#"{"plugin": "kmsg", "source": "k", "conditions": [{"type": "KernelDeadlock", "reason": "R", "message": "m"}], "rules": [RULE]}"#;
+        for (rule, want) in [
+            (
+                r#"{"type": "temporary", "reason": "X", "pattern": "(unclosed"}"#,
+                "rules[0].pattern is not a valid regex",
+            ),
+            (
+                r#"{"type": "temporary", "reason": "X"}"#,
+                "rules[0] has no pattern",
+            ),
+            (
+                r#"{"type": "permanent", "reason": "X", "pattern": "x"}"#,
+                "permanent but names no condition",
+            ),
+            (
+                r#"{"type": "permanent", "condition": "Other", "reason": "X", "pattern": "x"}"#,
+                "\"Other\" that `conditions` does not declare",
+            ),
+            (
+                r#"{"type": "sometimes", "reason": "X", "pattern": "x"}"#,
+                "must be temporary or permanent",
+            ),
+        ] {
+            let e = parse(&base.replace("RULE", rule), Path::new("/")).unwrap_err();
+            assert!(e.contains(want), "{rule}: {e}");
+        }
+        let e = parse(
+            r#"{"plugin": "journald", "source": "s", "rules": []}"#,
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("pluginConfig.source"), "{e}");
+        let e = parse(
+            r#"{"plugin": "filelog", "source": "s", "rules": []}"#,
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("needs logPath"), "{e}");
+        let e = parse(
+            r#"{"plugin": "kmsg", "source": "s", "bufferSize": 5000, "rules": []}"#,
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("bufferSize 5000 must be from 1 to 1000"), "{e}");
+        let e = parse(
+            r#"{"plugin": "syslog", "source": "s", "rules": []}"#,
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("\"syslog\" is not supported"), "{e}");
+    }
+
+    #[test]
+    fn kubelet_conditions_are_refused() {
+        let text = r#"{"plugin": "kmsg", "source": "k", "conditions": [{"type": "MemoryPressure", "reason": "R", "message": "m"}], "rules": []}"#;
+        let e = parse(text, Path::new("/")).unwrap_err();
+        assert!(
+            e.contains("\"MemoryPressure\" is kubelet's condition"),
+            "{e}"
+        );
+        let e = parse(&NPD_NTP.replace("NTPProblem", "Ready"), Path::new("/")).unwrap_err();
+        assert!(e.contains("\"Ready\" is kubelet's condition"), "{e}");
     }
 
     #[test]

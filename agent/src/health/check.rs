@@ -1,6 +1,7 @@
 //! Running checks: one task per check, each with its own interval and timeout, so a hung check
 //! (a stuck statvfs on a dead NFS mount, a plugin that never exits) delays nobody else.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::HealthMetrics;
 use super::outcome::{Outcome, Status};
-use super::{kernel_log, plugin, probes};
+use super::{kernel_log, log_monitor, plugin, probes};
 use crate::config::health::{CheckKind, CheckSpec};
 
 /// One check run, as sent from a check task to the health loop.
@@ -21,16 +22,31 @@ pub struct CheckResult {
     pub outcome: Outcome,
     pub latency: Duration,
     pub at: Instant,
+    /// Events of an NPD log monitor's temporary rules since the last run (reason, message).
+    pub events: Vec<(String, String)>,
 }
 
 /// Runs a check's probe once, bounded by its timeout.
 pub struct Runner {
     spec: CheckSpec,
     kernel: Option<kernel_log::Watcher>,
+    log: Option<Arc<log_monitor::Watcher>>,
 }
 
 impl Runner {
+    /// A runner with its own log monitor reader, if it needs one.
     pub fn new(spec: CheckSpec) -> Runner {
+        let log = match &spec.kind {
+            CheckKind::LogMonitor { monitor, .. } => {
+                Some(log_monitor::Watcher::start(monitor.clone()))
+            }
+            _ => None,
+        };
+        Runner::with_log(spec, log)
+    }
+
+    /// A runner that shares `log` (one reader per NPD log monitor, whatever its number of checks).
+    pub fn with_log(spec: CheckSpec, log: Option<Arc<log_monitor::Watcher>>) -> Runner {
         let kernel = match &spec.kind {
             CheckKind::KernelLog {
                 source,
@@ -46,7 +62,42 @@ impl Runner {
             )),
             _ => None,
         };
-        Runner { spec, kernel }
+        Runner { spec, kernel, log }
+    }
+
+    /// Wakes when the log monitor this check reads found something, so detection does not wait
+    /// for the interval.
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.log.as_ref().map(|w| w.changes())
+    }
+
+    /// The events of the log monitor's temporary rules since the last call (events checks only).
+    pub fn take_events(&self) -> Vec<(String, String)> {
+        match (&self.spec.kind, &self.log) {
+            (
+                CheckKind::LogMonitor {
+                    condition: None, ..
+                },
+                Some(w),
+            ) => {
+                let (events, dropped) = w.take_events();
+                if dropped > 0 {
+                    tracing::warn!(check = %self.spec.name, dropped, "log monitor events dropped while waiting (more than 256 pending)");
+                }
+                events
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Lines the log monitor's reader took and shed: (read, dropped).
+    pub fn log_lines(&self) -> (u64, u64) {
+        self.log.as_ref().map_or((0, 0), |w| {
+            (
+                w.counts.read.load(std::sync::atomic::Ordering::Relaxed),
+                w.counts.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// Kernel log lines matched against the patterns so far, within the rate limit (0 for other
@@ -85,6 +136,14 @@ impl Runner {
                     probes::clock(server, *max_offset, spec.timeout).await
                 }
                 CheckKind::Service { services } => probes::services(services, spec.timeout).await,
+                CheckKind::LogMonitor { condition, .. } => match (&self.log, condition) {
+                    (None, _) => Outcome::unknown("LogMonitorUnavailable", "no log monitor reader"),
+                    (Some(w), _) if w.error().is_some() => {
+                        Outcome::unknown("LogMonitorUnavailable", w.error().unwrap_or_default())
+                    }
+                    (Some(w), Some(c)) => w.condition(c),
+                    (Some(_), None) => Outcome::ok("", None),
+                },
                 CheckKind::KernelLog { .. } => match &self.kernel {
                     Some(w) => w.evaluate(Instant::now()),
                     None => Outcome::unknown("KernelLogUnavailable", "no kernel log watcher"),
@@ -144,6 +203,11 @@ pub fn spawn_all(
     metrics: Option<HealthMetrics>,
     cancel: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    // One reader per NPD log monitor, shared by its checks (they hold the same spec).
+    let mut readers: Vec<(
+        Arc<crate::config::npd::LogMonitorSpec>,
+        Arc<log_monitor::Watcher>,
+    )> = Vec::new();
     specs
         .iter()
         .cloned()
@@ -152,24 +216,54 @@ pub fn spawn_all(
             let tx = tx.clone();
             let cancel = cancel.clone();
             let metrics = metrics.clone();
+            // The first check of a monitor counts its reader's shed lines (once, not per check).
+            let (log, counts_drops) = match &spec.kind {
+                CheckKind::LogMonitor { monitor, .. } => {
+                    match readers.iter().find(|(m, _)| Arc::ptr_eq(m, monitor)) {
+                        Some((_, w)) => (Some(w.clone()), false),
+                        None => {
+                            let w = log_monitor::Watcher::start(monitor.clone());
+                            readers.push((monitor.clone(), w.clone()));
+                            (Some(w), true)
+                        }
+                    }
+                }
+                _ => (None, false),
+            };
             tokio::spawn(async move {
                 let interval = spec.interval;
                 let name = spec.name.clone();
                 let mut dropped_seen = 0u64;
-                let runner = Runner::new(spec);
+                let runner = Runner::with_log(spec, log);
+                let mut changes = runner.changes();
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
+                    let changed = async {
+                        match changes.as_mut() {
+                            Some(c) => {
+                                if c.changed().await.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tick.tick() => {}
+                        _ = changed => {}
                     }
                     let started = tokio::time::Instant::now().into_std();
                     let outcome = tokio::select! {
                         _ = cancel.cancelled() => return,
                         o = runner.run_once() => o,
                     };
-                    let dropped = runner.dropped_lines();
+                    let events = runner.take_events();
+                    let mut dropped = runner.dropped_lines();
+                    if counts_drops {
+                        dropped += runner.log_lines().1;
+                    }
                     if let (Some(m), true) = (&metrics, dropped > dropped_seen) {
                         m.kernel_lines_dropped
                             .with_label_values(&[&name])
@@ -182,6 +276,7 @@ pub fn spawn_all(
                         outcome,
                         latency: started.elapsed(),
                         at: tokio::time::Instant::now().into_std(),
+                        events,
                     };
                     if tx.send(result).await.is_err() {
                         return;

@@ -140,7 +140,23 @@ impl Watcher {
         let check = name.to_string();
         let spawned = std::thread::Builder::new()
             .name("kernel-log".into())
-            .spawn(move || follow(&check, &source, s, st, counts, max_lines_per_second));
+            .spawn(move || {
+                follow(
+                    &check,
+                    &source,
+                    false,
+                    &st,
+                    &counts,
+                    max_lines_per_second,
+                    &mut |text, now| {
+                        if let Some(msg) = strip_kmsg_prefix(text) {
+                            if let Ok(mut w) = s.lock() {
+                                w.observe(msg, now);
+                            }
+                        }
+                    },
+                )
+            });
         if let Err(e) = spawned {
             tracing::error!(check = name, error = %e, "cannot start kernel log reader");
         }
@@ -160,7 +176,8 @@ impl Watcher {
     }
 }
 
-fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+/// Opens a log to follow: at its end, or (`from_start`, for a lookback) at its beginning.
+fn open_log(path: &Path, from_start: bool) -> std::io::Result<(std::fs::File, bool)> {
     let is_kmsg = path == Path::new("/dev/kmsg");
     #[cfg(unix)]
     let mut f = if is_kmsg {
@@ -174,25 +191,36 @@ fn open_at_end(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     };
     #[cfg(not(unix))]
     let mut f = std::fs::File::open(path)?;
-    // Start at the end: what was logged before the agent started is not this run's to report.
-    f.seek(SeekFrom::End(0))?;
+    // Start at the end: what was logged before the agent started is not this run's to report,
+    // unless a lookback asks for it (the caller filters by time).
+    f.seek(if from_start {
+        SeekFrom::Start(0)
+    } else {
+        SeekFrom::End(0)
+    })?;
     Ok((f, is_kmsg))
 }
 
-struct Counts {
-    dropped: Arc<AtomicU64>,
-    read: Arc<AtomicU64>,
+/// Lines a reader took (within its rate limit) and shed (beyond it).
+#[derive(Clone, Default)]
+pub struct Counts {
+    pub dropped: Arc<AtomicU64>,
+    pub read: Arc<AtomicU64>,
 }
 
+/// Follows `path` (`/dev/kmsg`: one record per read; anything else: lines, following truncation and
+/// rotation) until `stop`, handing each line to `on_line` at most `max_per_sec` per second; the
+/// rest are counted in `counts.dropped`. Shared by the kernel-log check and NPD's log monitors.
 // A blocking reader thread outside the runtime: real time.
 #[allow(clippy::disallowed_methods)]
-fn follow(
+pub(crate) fn follow(
     check: &str,
     path: &Path,
-    state: Arc<Mutex<Window>>,
-    stop: Arc<AtomicBool>,
-    counts: Counts,
+    mut from_start: bool,
+    stop: &AtomicBool,
+    counts: &Counts,
     max_per_sec: u32,
+    on_line: &mut dyn FnMut(&str, Instant),
 ) {
     let idle = Duration::from_millis(200);
     let mut budget_start = Instant::now();
@@ -201,13 +229,16 @@ fn follow(
     let mut line = Vec::with_capacity(MAX_LINE);
     while !stop.load(Ordering::Relaxed) {
         if file.is_none() {
-            match open_at_end(path) {
+            match open_log(path, from_start) {
                 Ok((f, kmsg)) => {
-                    let pos = if kmsg {
+                    let pos = if kmsg || from_start {
                         0
                     } else {
                         f.metadata().map(|m| m.len()).unwrap_or(0)
                     };
+                    // Only the first open looks back; a reopen (truncation, an error) starts at
+                    // the end as before.
+                    from_start = false;
                     file = Some((BufReader::new(f), kmsg, pos));
                 }
                 Err(e) => {
@@ -275,12 +306,7 @@ fn follow(
                 budget -= 1;
                 counts.read.fetch_add(1, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
-                if let Some(msg) = strip_kmsg_prefix(text) {
-                    if let Ok(mut w) = state.lock() {
-                        w.observe(msg, now);
-                    }
-                }
+                on_line(text.trim_end(), now);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(idle),
             Err(e) => {

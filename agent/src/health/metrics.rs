@@ -22,6 +22,11 @@ pub struct HealthMetrics {
     pub kernel_lines_dropped: CounterVec,
     pub orchestrator_requests: IntCounterVec,
     pub client_swaps: IntCounter,
+    /// node-problem-detector's own series, under its names, for the checks read from NPD configs:
+    /// dashboards and alerts built on NPD keep working. (promtool's lint dislikes the names; they
+    /// are NPD's, kept as they are.)
+    pub problem_counter: IntCounterVec,
+    pub problem_gauge: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -91,6 +96,14 @@ impl HealthMetrics {
             client_swaps: reg(r, IntCounter::new(
                 "keel_agent_health_client_renewals_total",
                 "Renewed node certificates node health switched to in place (without restarting)",
+            )?)?,
+            problem_counter: reg(r, IntCounterVec::new(
+                Opts::new("problem_counter", "Number of times a specific type of problem have occurred."),
+                &["reason"],
+            )?)?,
+            problem_gauge: reg(r, IntGaugeVec::new(
+                Opts::new("problem_gauge", "Whether a specific type of problem is affecting the node or not."),
+                &["type", "reason"],
             )?)?,
         })
     }

@@ -3,6 +3,7 @@
 //! NodeRestriction and reported (node identity), drain evicts and retries PDB refusals, node
 //! shutdown drains, and the orchestrator API demands a client certificate from its CA.
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -662,6 +663,125 @@ async fn orchestrator_api_requires_a_client_certificate_from_its_ca() {
         &format!("{url}/v1/reload"),
     ]);
     assert_eq!(code, 503, "{body}");
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npd_kernel_monitor_reaches_the_node_with_npd_metrics() {
+    let env = Env::start("health-npd-log").await;
+    let log = env.dir.path().join("kmsg");
+    std::fs::write(&log, "").unwrap();
+    // NPD's own kernel-monitor.json, unchanged but for where it reads.
+    let text = include_str!("../config/fixtures/npd/kernel-monitor.json")
+        .replace("\"/dev/kmsg\"", &format!("{:?}", log.display().to_string()));
+    std::fs::write(env.dir.path().join("kernel-monitor.json"), text).unwrap();
+    let cfg = env.config("npd_plugin_configs: [kernel-monitor.json]\n");
+    let registry = prometheus::Registry::new();
+    let client = env.node_client().await;
+    let (c, _shutdown) = ctx(&env, cfg, client, &registry);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(super::run(c, cancel.clone()));
+    wait_for(
+        "the declared conditions, False",
+        Duration::from_secs(15),
+        || {
+            ["KernelDeadlock", "XfsShutdown", "CperHardwareErrorFatal"]
+                .iter()
+                .all(|k| env.condition(k).is_some_and(|c| c["status"] == "False"))
+        },
+    )
+    .await;
+    let c = env.condition("XfsShutdown").unwrap();
+    assert_eq!(c["reason"], "XfsHasNotShutDown");
+    let metrics = || {
+        use prometheus::Encoder as _;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    // NPD's series exist at 0 for every rule before anything happened.
+    let m = metrics();
+    assert!(
+        m.contains("problem_counter{reason=\"OOMKilling\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("problem_gauge{reason=\"XfsHasShutdown\",type=\"XfsShutdown\"} 0"),
+        "{m}"
+    );
+
+    // Stamped now (microseconds since boot, as kmsg does): the file's 5m lookback keeps them.
+    let up = std::fs::read_to_string("/proc/uptime").unwrap();
+    let t = (up
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        * 1e6) as u64;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(
+        f,
+        "6,1,{t},-;Killed process 77 (java) total-vm:2048kB, anon-rss:1024kB, file-rss:0kB"
+    )
+    .unwrap();
+    writeln!(
+        f,
+        "2,2,{t},-;XFS (vdb): Corruption of in-memory data detected. Shutting down filesystem"
+    )
+    .unwrap();
+    let t = wait_for("XfsShutdown=True", Duration::from_secs(10), || {
+        env.condition("XfsShutdown")
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    // kubectl's own polling adds to this; tests/bench/agent_health.sh measures the real figure.
+    assert!(t < Duration::from_secs(5), "{t:?}");
+    let c = env.condition("XfsShutdown").unwrap();
+    assert_eq!(c["reason"], "XfsHasShutdown");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("Shutting down filesystem"),
+        "{c}"
+    );
+    wait_for("the OOMKilling Event", Duration::from_secs(10), || {
+        env.kubectl(&["get", "events", "-n", "default"])["items"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter().any(|e| {
+                    e["involvedObject"]["name"] == "health-npd-log"
+                        && e["reason"] == "OOMKilling"
+                        && e["type"] == "Warning"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("Killed process 77 (java)"))
+                })
+            })
+    })
+    .await;
+    let m = metrics();
+    assert!(
+        m.contains("problem_counter{reason=\"OOMKilling\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("problem_counter{reason=\"XfsHasShutdown\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("problem_gauge{reason=\"XfsHasShutdown\",type=\"XfsShutdown\"} 1"),
+        "{m}"
+    );
+    // The agent's own checks are not in NPD's series.
+    assert!(
+        !m.contains("problem_counter{reason=\"NoKernelDeadlock"),
+        "{m}"
+    );
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

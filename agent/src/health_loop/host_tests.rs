@@ -451,3 +451,187 @@ async fn npd_config_and_plugins_run_unchanged() {
         "{text}"
     );
 }
+
+/// NPD's own `kernel-monitor.json`, unchanged but for `logPath` (a file of kmsg records here).
+fn npd_kernel_monitor(dir: &Path, log: &Path) -> Vec<CheckSpec> {
+    let text = include_str!("../config/fixtures/npd/kernel-monitor.json")
+        .replace("\"/dev/kmsg\"", &format!("{:?}", log.display().to_string()));
+    std::fs::write(dir.join("kernel-monitor.json"), text).unwrap();
+    config("npd_plugin_configs: [kernel-monitor.json]\n", dir).checks
+}
+
+/// Seconds since boot, as kmsg stamps records.
+fn uptime_us() -> u64 {
+    let t = std::fs::read_to_string("/proc/uptime").unwrap();
+    (t.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1e6) as u64
+}
+
+#[tokio::test]
+async fn npd_kernel_monitor_reads_kmsg_records_with_lookback_events_and_sticky_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kmsg");
+    // Before the start: one record 10 min old (beyond the 5m lookback) and one 1 min old.
+    let up = uptime_us();
+    std::fs::write(
+        &log,
+        format!(
+            "3,1,{},-;XFS (sdb1): Corruption detected. Shutting down filesystem\n\
+             3,2,{},-;unregister_netdevice: waiting for eth0 to become free. Usage count = 2\n",
+            up.saturating_sub(600_000_000),
+            up.saturating_sub(60_000_000)
+        ),
+    )
+    .unwrap();
+    let checks = npd_kernel_monitor(dir.path(), &log);
+    let by_name = |n: &str| checks.iter().find(|c| c.name == n).unwrap().clone();
+    let xfs = by_name("kernel-monitor/XfsShutdown");
+    let deadlock = by_name("kernel-monitor/KernelDeadlock");
+    let events = by_name("kernel-monitor/events");
+    // One reader for the monitor, as the health loop shares it.
+    let CheckKindLog { monitor } = log_monitor_of(&xfs);
+    let w = crate::health::log_monitor::Watcher::start(monitor);
+    let xfs = Runner::with_log(xfs, Some(w.clone()));
+    let deadlock = Runner::with_log(deadlock, Some(w.clone()));
+    let events = Runner::with_log(events, Some(w.clone()));
+    let mut changes = events.changes().unwrap();
+
+    // The lookback finds the recent record only: an event, and XfsShutdown stays False.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen.extend(events.take_events());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, "UnregisterNetDevice");
+    let o = xfs.run_once().await;
+    assert_eq!(
+        o.status,
+        Status::Ok,
+        "a record older than the lookback was reported: {o:?}"
+    );
+    assert_eq!(o.reason, "XfsHasNotShutDown");
+    assert_eq!(o.message, "XFS has not shutdown");
+
+    // New records: a temporary rule (one event per match, two matches two events), a permanent
+    // one (the condition turns True and stays), and a multi-line-free line that matches nothing.
+    changes.borrow_and_update();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let t = uptime_us();
+    let written = Instant::now();
+    writeln!(f, "6,3,{t},-;Killed process 4242 (stress) total-vm:1024kB, anon-rss:512kB, file-rss:0kB, shmem-rss:0kB").unwrap();
+    writeln!(f, "6,4,{t},-;Killed process 4243 (stress) total-vm:1024kB, anon-rss:512kB, file-rss:0kB, shmem-rss:0kB").unwrap();
+    writeln!(f, "6,5,{t},-;usb 1-1: new high-speed USB device").unwrap();
+    writeln!(
+        f,
+        "3,6,{t},-;INFO: task docker:1234 blocked for more than 120 seconds."
+    )
+    .unwrap();
+    // The reader wakes the checks itself: no interval to wait for.
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("no wake-up from the reader")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut o = deadlock.run_once().await;
+    while o.status != Status::Problem && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        o = deadlock.run_once().await;
+    }
+    let latency = written.elapsed();
+    assert_eq!(o.status, Status::Problem, "{o:?}");
+    assert_eq!(o.reason, "DockerHung");
+    assert_eq!(
+        o.message,
+        "INFO: task docker:1234 blocked for more than 120 seconds."
+    );
+    // Generous for a loaded machine; tests/bench/agent_health.sh measures it.
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
+    let mut seen = events.take_events();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen.extend(events.take_events());
+    }
+    let reasons: Vec<&str> = seen.iter().map(|(r, _)| r.as_str()).collect();
+    // "task docker:1234 blocked" is also TaskHung's pattern: a temporary event beside the condition.
+    assert_eq!(
+        reasons,
+        ["OOMKilling", "OOMKilling", "TaskHung"],
+        "{seen:?}"
+    );
+    assert!(
+        seen[0].1.starts_with("Killed process 4242 (stress)"),
+        "{seen:?}"
+    );
+    // Sticky, as NPD: later harmless lines do not clear it.
+    writeln!(f, "6,7,{t},-;all quiet").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deadlock.run_once().await.status, Status::Problem);
+    assert_eq!(xfs.run_once().await.status, Status::Ok);
+    assert_eq!(
+        w.counts.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+struct CheckKindLog {
+    monitor: std::sync::Arc<crate::config::npd::LogMonitorSpec>,
+}
+
+fn log_monitor_of(c: &CheckSpec) -> CheckKindLog {
+    match &c.kind {
+        crate::config::health::CheckKind::LogMonitor { monitor, .. } => CheckKindLog {
+            monitor: monitor.clone(),
+        },
+        k => panic!("{k:?}"),
+    }
+}
+
+#[tokio::test]
+async fn npd_filelog_monitor_takes_the_message_group_and_matches_across_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kern.log");
+    std::fs::write(&log, "").unwrap();
+    // A multi-line rule (two lines in NPD's buffer) and filelog's message extraction.
+    let cfg = format!(
+        r#"{{
+  "plugin": "filelog",
+  "pluginConfig": {{"timestamp": "^.{{15}}", "message": "kernel: \\[.*\\] (.*)", "timestampFormat": "Jan _2 15:04:05"}},
+  "logPath": {:?},
+  "bufferSize": 10,
+  "source": "kernel-monitor",
+  "conditions": [{{"type": "KernelDeadlock", "reason": "KernelHasNoDeadlock", "message": "kernel has no deadlock"}}],
+  "rules": [
+    {{"type": "permanent", "condition": "KernelDeadlock", "reason": "AUFSUmountHung",
+      "pattern": "task umount\\.aufs:\\w+ blocked for more than \\w+ seconds\\.\\nCall Trace:",
+      "patternGeneratedMessageSuffix": "see the node's kernel log"}}
+  ]
+}}"#,
+        log.display().to_string()
+    );
+    std::fs::write(dir.path().join("filelog.json"), cfg).unwrap();
+    let checks = config("npd_plugin_configs: [filelog.json]\n", dir.path()).checks;
+    let runner = Runner::new(checks[0].clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "Dec  1 23:16:06 node kernel: [ 1.000] task umount.aufs:123 blocked for more than 120 seconds.").unwrap();
+    writeln!(
+        f,
+        "Dec  1 23:16:06 node systemd[1]: not the kernel, skipped by the message regex"
+    )
+    .unwrap();
+    writeln!(f, "Dec  1 23:16:06 node kernel: [ 1.001] Call Trace:").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut o = runner.run_once().await;
+    while o.status != Status::Problem && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        o = runner.run_once().await;
+    }
+    assert_eq!(o.status, Status::Problem, "{o:?}");
+    assert_eq!(o.reason, "AUFSUmountHung");
+    assert_eq!(
+        o.message,
+        "task umount.aufs:123 blocked for more than 120 seconds.\nCall Trace:; see the node's kernel log"
+    );
+}

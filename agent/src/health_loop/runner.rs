@@ -16,7 +16,7 @@ use crate::config::health::{CheckSpec, HealthConfig, Report};
 use crate::health::check::{self, CheckResult};
 use crate::health::conditions::{Book, Transition};
 use crate::health::metrics::HealthMetrics;
-use crate::health::outcome::Outcome;
+use crate::health::outcome::{Outcome, Status};
 use crate::ops::command::{Command, CommandError};
 use crate::ops::drain;
 use crate::ops::status::{CheckView, SharedStatus};
@@ -52,6 +52,8 @@ struct Loop {
     taints_tx: watch::Sender<Vec<DesiredTaint>>,
     events_tx: Option<mpsc::Sender<Transition>>,
     policy_wake: Option<Instant>,
+    /// NPD's `problem_gauge`: the reason currently at 1 per condition.
+    npd_gauge: std::collections::BTreeMap<String, String>,
 }
 
 impl Loop {
@@ -70,6 +72,30 @@ impl Loop {
             }
             Report::Event => self.book.observe_event(&spec.name, &spec.condition, o),
         };
+        let npd = !spec.npd_rules().is_empty();
+        if npd {
+            self.record_npd(spec, o, transition.as_ref(), &r.events);
+        }
+        for (reason, message) in &r.events {
+            // A temporary rule of an NPD log monitor matched: one Event per match, as NPD.
+            tracing::info!(node = %self.node, check = %spec.name, reason = %reason, message = %message, "log monitor event");
+            let ev = Transition {
+                condition: spec.condition.clone(),
+                from: None,
+                to: "Event".into(),
+                reason: reason.clone(),
+                message: message.clone(),
+                warning: true,
+            };
+            if let Some(tx) = &self.events_tx {
+                if tx.try_send(ev).is_err() {
+                    self.metrics
+                        .api_writes
+                        .with_label_values(&["event", "dropped"])
+                        .inc();
+                }
+            }
+        }
         if let Some(tr) = transition {
             tracing::info!(node = %self.node, check = %spec.name, condition = %tr.condition,
                 from = ?tr.from, to = %tr.to, reason = %tr.reason, message = %tr.message,
@@ -103,6 +129,54 @@ impl Loop {
                 *c = CheckView { runs, ..view };
             }
         });
+    }
+
+    /// node-problem-detector's series for a check read from an NPD config: `problem_counter{reason}`
+    /// counts its events (temporary matches and condition changes to True), `problem_gauge{type,
+    /// reason}` is 1 for the reason a condition is True with (upstream `log_monitor.go`).
+    fn record_npd(
+        &mut self,
+        spec: &CheckSpec,
+        o: &Outcome,
+        transition: Option<&Transition>,
+        events: &[(String, String)],
+    ) {
+        let m = &self.metrics;
+        for (reason, _) in events {
+            m.problem_counter.with_label_values(&[reason]).inc();
+        }
+        match spec.report {
+            Report::Event => {
+                if let Some(tr) = transition {
+                    m.problem_counter.with_label_values(&[&tr.reason]).inc();
+                }
+            }
+            Report::Condition => {
+                if let Some(tr) = transition.filter(|t| t.to == "True") {
+                    m.problem_counter.with_label_values(&[&tr.reason]).inc();
+                }
+                let now = (o.status == Status::Problem).then(|| o.reason.clone());
+                let prev = self.npd_gauge.get(&spec.condition).cloned();
+                if prev != now {
+                    if let Some(p) = &prev {
+                        m.problem_gauge
+                            .with_label_values(&[&spec.condition, p])
+                            .set(0);
+                    }
+                    match &now {
+                        Some(r) => {
+                            m.problem_gauge
+                                .with_label_values(&[&spec.condition, r])
+                                .set(1);
+                            self.npd_gauge.insert(spec.condition.clone(), r.clone());
+                        }
+                        None => {
+                            self.npd_gauge.remove(&spec.condition);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Timers and outputs after any input: policy, condition writes, status.
@@ -270,6 +344,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
     let mut generation = 0u64;
     let mut checks_cancel = tasks.child_token();
     let mut specs = config.checks.clone();
+    init_npd_metrics(&metrics, &specs);
     check::spawn_all(
         &specs,
         generation,
@@ -290,6 +365,7 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
         taints_tx,
         events_tx,
         policy_wake: None,
+        npd_gauge: Default::default(),
     };
     let mut drain_task: Option<tokio::task::JoinHandle<()>> = None;
     // Watches renewals only to count and log them: the writers read the channel themselves.
@@ -422,6 +498,19 @@ async fn publisher(status: SharedStatus, publish: super::PublishFn, cancel: Canc
     }
 }
 
+/// NPD's series exist from the start, at 0, for every rule of the NPD configs (as NPD's do), so a
+/// dashboard or an alert sees 0 rather than no data.
+fn init_npd_metrics(m: &HealthMetrics, specs: &[CheckSpec]) {
+    for spec in specs {
+        for (condition, reason) in spec.npd_rules() {
+            m.problem_counter.with_label_values(&[&reason]);
+            if let Some(c) = condition {
+                m.problem_gauge.with_label_values(&[&c, &reason]);
+            }
+        }
+    }
+}
+
 fn record_drain(status: &SharedStatus, m: &HealthMetrics, p: &drain::Progress) {
     for (state, n) in [
         ("pending", p.pending),
@@ -489,6 +578,7 @@ fn do_reload(
         *specs = new.checks.clone();
         let names: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
         lp.book.retain_checks(&|c| names.contains(c));
+        init_npd_metrics(&lp.metrics, specs);
         check::spawn_all(
             specs,
             *generation,
