@@ -347,12 +347,13 @@ fn journald(
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
         let mut cmd = Command::new("journalctl");
-        cmd.args(["-o", "json", "--follow", "--no-pager", "--no-tail"]);
-        // The first start looks back; a restart goes on from now.
+        cmd.args(["-o", "json", "--follow", "--no-pager"]);
+        // The first start looks back (every entry since then: --no-tail undoes follow's last 10);
+        // a restart goes on from now.
         if first && !lookback.is_zero() {
-            cmd.arg(format!("--since=@{since}"));
+            cmd.arg(format!("--since=@{since}")).arg("--no-tail");
         } else {
-            cmd.args(["--lines=0"]);
+            cmd.arg("--lines=0");
         }
         if let Some(d) = dir.filter(|d| d.is_dir()) {
             cmd.arg("--directory").arg(d);

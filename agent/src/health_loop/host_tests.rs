@@ -635,3 +635,117 @@ async fn npd_filelog_monitor_takes_the_message_group_and_matches_across_lines() 
         "task umount.aufs:123 blocked for more than 120 seconds.\nCall Trace:; see the node's kernel log"
     );
 }
+
+/// Appends entries to a journal file in `dir` with systemd's own writer (systemd-journal-remote
+/// reading the journal export format), so `journalctl --directory` reads a real journal.
+fn journal_write(dir: &Path, file: &str, entries: &[(&str, &str, u64)]) {
+    let mut export = String::new();
+    for (ident, msg, usec) in entries {
+        export.push_str(&format!(
+            "MESSAGE={msg}\nSYSLOG_IDENTIFIER={ident}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n__REALTIME_TIMESTAMP={usec}\n\n"
+        ));
+    }
+    let mut p = Command::new("/lib/systemd/systemd-journal-remote")
+        .arg(format!("--output={}", dir.join(file).display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-journal-remote");
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test]
+async fn npd_journald_monitor_follows_the_journal_with_identifier_and_lookback() {
+    if !Path::new("/lib/systemd/systemd-journal-remote").exists()
+        || Command::new("journalctl")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        skip!(
+            "needs journalctl and systemd-journal-remote (apt-get install systemd-journal-remote)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    #[allow(clippy::disallowed_methods)] // journal timestamps are wall time
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let corrupt = "Handler for GET /containers/json returned error: readlink /var/lib/docker/overlay2/l/ABC: invalid argument";
+    // Before the start: beyond the 5m lookback (ignored), within it but another identifier
+    // (ignored), and within it (taken).
+    journal_write(
+        &journal,
+        "a.journal",
+        &[
+            ("dockerd", corrupt, now - 600_000_000),
+            ("containerd", "Error trying v2 registry: failed to register layer: rename /var/lib/docker/image/a /var/lib/docker/image/b: directory not empty", now - 60_000_000),
+            ("dockerd", "Error trying v2 registry: failed to register layer: rename /var/lib/docker/image/x /var/lib/docker/image/y: directory not empty", now - 60_000_000),
+        ],
+    );
+    // NPD's own docker-monitor.json, unchanged but for the journal's directory.
+    let text = include_str!("../config/fixtures/npd/docker-monitor.json").replace(
+        "\"/var/log/journal\"",
+        &format!("{:?}", journal.display().to_string()),
+    );
+    std::fs::write(dir.path().join("docker-monitor.json"), text).unwrap();
+    let checks = config("npd_plugin_configs: [docker-monitor.json]\n", dir.path()).checks;
+    let CheckKindLog { monitor } = log_monitor_of(&checks[0]);
+    let w = crate::health::log_monitor::Watcher::start(monitor);
+    let overlay = Runner::with_log(checks[0].clone(), Some(w.clone()));
+    assert_eq!(checks[0].name, "docker-monitor/CorruptDockerOverlay2");
+    let events = Runner::with_log(checks[1].clone(), Some(w.clone()));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen.extend(events.take_events());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, "CorruptDockerImage");
+    assert!(seen[0].1.contains("/var/lib/docker/image/x"), "{seen:?}");
+    assert_eq!(
+        overlay.run_once().await.status,
+        Status::Ok,
+        "an entry older than the lookback was read"
+    );
+    // A new entry (in a new journal file, as journald rotates) is followed.
+    journal_write(&journal, "b.journal", &[("dockerd", corrupt, now + 1)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut o = overlay.run_once().await;
+    while o.status != Status::Problem && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        o = overlay.run_once().await;
+    }
+    assert_eq!(o.status, Status::Problem, "{o:?}");
+    assert_eq!(o.reason, "CorruptDockerOverlay2");
+    assert_eq!(o.message, corrupt);
+    // Stopping the monitor ends its journalctl.
+    drop((overlay, events, w));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let running = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("journalctl.*{}", journal.display())])
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    while running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !running(),
+        "journalctl still running after the monitor stopped"
+    );
+}
