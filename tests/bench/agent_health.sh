@@ -2,11 +2,12 @@
 # keel-agent health benchmark (issue 5 targets): a joined agent (profile `agent`) with EVERY check on,
 # against keel-test-apiserver running as a separate process:
 #   memory, disk + inodes (a small tmpfs), PIDs, read-only, clock (SNTP to a local responder),
-#   service (pidfile stand-in), kernel log (from a file), a plugin check, an NPD plugin config,
-#   taint policy with the privileged credential.
+#   service (pidfile stand-in), kernel log (from a file), a plugin check, an NPD plugin config, an
+#   NPD system log monitor (kmsg records from a file), taint policy with the privileged credential.
 # Measures: VmRSS after 60 s, idle CPU over 60 s (% of one core, /proc/<pid>/stat), and, over
 # TRIALS trials each, problem -> Node condition latency (tmpfs filled; a plugin's exit code
-# flipped) minus the check interval, and condition -> taint latency minus the policy delay.
+# flipped) minus the check interval, condition -> taint latency minus the policy delay, and kernel
+# log line -> Node condition for the kernel_log check and an NPD log monitor (target: 1 s).
 #
 #   tests/bench/agent_health.sh            # builds the agent (profile agent) and the API server (release)
 #   IDLE_SECS=60 TRIALS=3 tests/bench/agent_health.sh
@@ -80,6 +81,7 @@ sleep 1000000 &
 pids+=($!)
 echo $! >"$W/svc.pid"
 : >"$W/kmsg"
+: >"$W/kmsg-npd"
 printf '#!/bin/sh\nif [ -e %s/plugin-fail ]; then echo "marker says no"; exit 1; fi\necho ok\nexit 0\n' "$W" >"$W/plugin.sh"
 printf '#!/bin/sh\necho ntp is up\nexit 0\n' >"$W/npd-ok.sh"
 chmod +x "$W/plugin.sh" "$W/npd-ok.sh"
@@ -91,6 +93,19 @@ cat >"$W/npd.json" <<EOF
   "conditions": [{"type": "NTPProblem", "reason": "NTPIsUp", "message": "ntp service is up"}],
   "rules": [{"type": "permanent", "condition": "NTPProblem", "reason": "NTPIsDown", "path": "$W/npd-ok.sh", "timeout": "3s"}]
 }
+EOF
+
+# An NPD system log monitor (NPD's kmsg plugin format) with one permanent rule per trial: its
+# conditions stay True (as NPD's), so each trial uses its own.
+python3 - "$W" "$TRIALS" <<'EOF'
+import json, sys
+w, n = sys.argv[1], int(sys.argv[2])
+json.dump({"plugin": "kmsg", "logPath": f"{w}/kmsg-npd", "lookback": "0", "bufferSize": 10,
+           "source": "bench-monitor",
+           "conditions": [{"type": f"BenchLog{i}", "reason": "Quiet", "message": "quiet"} for i in range(n)],
+           "rules": [{"type": "permanent", "condition": f"BenchLog{i}", "reason": "Seen",
+                      "pattern": f"bench trial {i} .*"} for i in range(n)]},
+          open(f"{w}/npd-log.json", "w"))
 EOF
 
 MPORT=$(free_port)
@@ -120,9 +135,10 @@ health:
       kind: kernel_log
       source: $W/kmsg
       condition: KernelDeadlock
+      window: 2s
       patterns: [{reason: OOMKilling, regex: 'Out of memory'}]
     - {name: marker, kind: plugin, command: $W/plugin.sh, interval: ${INTERVAL}s, timeout: 2s, condition: MarkerProblem}
-  npd_plugin_configs: [$W/npd.json]
+  npd_plugin_configs: [$W/npd.json, $W/npd-log.json]
   taints:
     - {condition: DiskSpaceLow, after: ${TAINT_AFTER}s, clear_after: 5s, key: keel.io/disk-low, effect: NoSchedule}
   privileged_kubeconfig: $W/privileged.kubeconfig
@@ -180,7 +196,12 @@ threads = len(os.listdir(f"/proc/{pid}/task"))
 print("threads:", sorted(open(f"/proc/{pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{pid}/task")), "smaps_rollup:", " ".join(l.split(":")[0] + "=" + l.split()[1] for l in open(f"/proc/{pid}/smaps_rollup") if l.split(":")[0] in ("Rss", "Pss_Anon", "Pss_File", "Anonymous")), flush=True)
 cpu = 100.0 * (c1 - c0) / hz / (t1 - t0)
 
-disk_cond, disk_taint, plug_cond = [], [], []
+disk_cond, disk_taint, plug_cond, klog_cond, npd_cond = [], [], [], [], []
+def uptime_us():
+    return int(float(open("/proc/uptime").read().split()[0]) * 1e6)
+def kmsg(path, line):
+    with open(path, "a") as f:
+        f.write(f"3,{uptime_us()},{uptime_us()},-;{line}\n")
 for i in range(trials):
     start = time.monotonic()
     os.system(f"dd if=/dev/zero of={w}/fill/blob bs=1M count=6 status=none")
@@ -196,6 +217,15 @@ for i in range(trials):
     plug_cond.append(tc - start)
     os.remove(f"{w}/plugin-fail")
     wait("MarkerProblem=False", lambda n: cond(n, "MarkerProblem") == "False", 60)
+    start = time.monotonic()
+    kmsg(f"{w}/kmsg", f"Out of memory: Killed process {1000 + i} (bench)")
+    tc = wait("KernelDeadlock=True", lambda n: cond(n, "KernelDeadlock") == "True", 60)
+    klog_cond.append(tc - start)
+    wait("KernelDeadlock=False (2 s window)", lambda n: cond(n, "KernelDeadlock") == "False", 60)
+    start = time.monotonic()
+    kmsg(f"{w}/kmsg-npd", f"bench trial {i} happened")
+    tc = wait(f"BenchLog{i}=True", lambda n: cond(n, f"BenchLog{i}") == "True", 60)
+    npd_cond.append(tc - start)
 
 def row(name, vals, minus, target):
     if not vals:
@@ -214,6 +244,8 @@ print(f"|---|---|---|---|---|")
 row(f"tmpfs filled → DiskSpaceLow=True on the Node (interval {interval:g} s)", disk_cond, interval, 2)
 row(f"flipped plugin exit → MarkerProblem=True (interval {interval:g} s)", plug_cond, interval, 2)
 row(f"condition True on the Node → taint (policy delay {after:g} s)", disk_taint, after, 1)
+row("kernel log line → KernelDeadlock=True (kernel_log check)", klog_cond, 0, 1)
+row("kernel log line → condition True (NPD kmsg log monitor)", npd_cond, 0, 1)
 EOF
 echo "agent log: $(grep -c . "$W/agent.log") lines, $(grep -ci warn "$W/agent.log") warnings"
 grep -i warn "$W/agent.log" | head -5 || true

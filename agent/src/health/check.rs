@@ -65,10 +65,14 @@ impl Runner {
         Runner { spec, kernel, log }
     }
 
-    /// Wakes when the log monitor this check reads found something, so detection does not wait
-    /// for the interval.
+    /// Wakes when the log this check reads (an NPD log monitor, the kernel log) had a match, so
+    /// detection does not wait for the interval.
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.log.as_ref().map(|w| w.changes())
+        match (&self.log, &self.kernel) {
+            (Some(w), _) => Some(w.changes()),
+            (None, Some(k)) => Some(k.changes()),
+            _ => None,
+        }
     }
 
     /// The events of the log monitor's temporary rules since the last call (events checks only).

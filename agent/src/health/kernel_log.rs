@@ -41,8 +41,10 @@ impl Window {
         }
     }
 
-    pub fn observe(&mut self, line: &str, now: Instant) {
-        for i in self.set.matches(line).iter() {
+    /// Takes one message; whether any pattern matched it.
+    pub fn observe(&mut self, line: &str, now: Instant) -> bool {
+        let matches = self.set.matches(line);
+        for i in matches.iter() {
             let h = &mut self.hits[i];
             h.push_back(now);
             // Only the newest `count` matches matter for "count within window".
@@ -51,6 +53,7 @@ impl Window {
             }
             self.last_line[i] = line.chars().take(200).collect();
         }
+        matches.matched_any()
     }
 
     pub fn evaluate(&mut self, now: Instant) -> Outcome {
@@ -112,6 +115,8 @@ pub struct Watcher {
     pub dropped: Arc<AtomicU64>,
     /// Lines matched against the patterns (within the rate limit).
     pub read: Arc<AtomicU64>,
+    /// Bumped when a line matched, so the check runs at once instead of at its interval.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Drop for Watcher {
@@ -137,6 +142,8 @@ impl Watcher {
             read: read.clone(),
         };
         let (s, st) = (state.clone(), stop.clone());
+        let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let wake = changed.clone();
         let check = name.to_string();
         let spawned = std::thread::Builder::new()
             .name("kernel-log".into())
@@ -150,8 +157,9 @@ impl Watcher {
                     max_lines_per_second,
                     &mut |text, now| {
                         if let Some(msg) = strip_kmsg_prefix(text) {
-                            if let Ok(mut w) = s.lock() {
-                                w.observe(msg, now);
+                            let matched = s.lock().map(|mut w| w.observe(msg, now)).unwrap_or(false);
+                            if matched {
+                                wake.send_modify(|n| *n = n.wrapping_add(1));
                             }
                         }
                     },
@@ -165,7 +173,13 @@ impl Watcher {
             stop,
             dropped,
             read,
+            changed,
         }
+    }
+
+    /// A receiver that changes whenever a line matched.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn evaluate(&self, now: Instant) -> Outcome {
