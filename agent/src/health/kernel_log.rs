@@ -157,7 +157,8 @@ impl Watcher {
                     max_lines_per_second,
                     &mut |text, now| {
                         if let Some(msg) = strip_kmsg_prefix(text) {
-                            let matched = s.lock().map(|mut w| w.observe(msg, now)).unwrap_or(false);
+                            let matched =
+                                s.lock().map(|mut w| w.observe(msg, now)).unwrap_or(false);
                             if matched {
                                 wake.send_modify(|n| *n = n.wrapping_add(1));
                             }

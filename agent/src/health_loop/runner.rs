@@ -627,3 +627,44 @@ pub async fn run_once(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The status file gets the health section when it changed, at most once a second, and a
+    /// last time when the loop stops: paused time, so the test takes no wall time and cannot flake.
+    #[tokio::test(start_paused = true)]
+    async fn publisher_sends_changes_at_most_once_a_second_and_once_more_at_the_end() {
+        let status = SharedStatus::default();
+        let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = got.clone();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(publisher(
+            status.clone(),
+            Arc::new(move |v| sink.lock().unwrap().push(v)),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(got.lock().unwrap().len(), 1, "the first state at once");
+        // Ten changes within one second: one publish, with the last of them.
+        for i in 0..10 {
+            status.update(|s| s.reloads = i);
+            tokio::time::sleep(Duration::from_millis(90)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(got.lock().unwrap().len(), 2);
+        assert_eq!(got.lock().unwrap()[1]["reloads"], 9);
+        // No change: nothing more, however long.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(got.lock().unwrap().len(), 2);
+        // A change just before the stop is not lost.
+        status.update(|s| s.reloads = 42);
+        cancel.cancel();
+        task.await.unwrap();
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2]["reloads"], 42);
+    }
+}
