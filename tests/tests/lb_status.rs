@@ -640,6 +640,33 @@ fn the_status_page_in_headless_chromium() {
         "{table}"
     );
 
+    // A reload that fails quotes the file: markup in it shows as text, in the server's rendering
+    // and in the script's (no element of it appears in the DOM).
+    std::fs::write(&cfg, format!("{yaml}\n\"<b id=injected>x</b>\": 1\n")).unwrap();
+    // Straight to the API: `keel-lb reload` would refuse to send a file that does not validate.
+    let (code, body) = lab
+        .t
+        .thread_in("lb1", move || http(live, "POST", "/reload", false, ""))
+        .join()
+        .unwrap();
+    assert_eq!(code, 422, "{body}");
+    let raw = lab
+        .t
+        .thread_in("lb1", move || http(live, "GET", "/", false, "").1)
+        .join()
+        .unwrap();
+    assert!(raw.contains("&lt;b id=injected&gt;x&lt;/b&gt;"), "{raw}");
+    assert!(!raw.contains("<b id=injected>"));
+    let dom = dump_dom(&lab, "lb1", url, &profile);
+    assert!(dom.contains(">live<") && dom.contains("FAILED"), "{dom}");
+    assert!(dom.contains("&lt;b id=injected&gt;x&lt;/b&gt;"), "{dom}");
+    assert!(
+        !dom.contains("id=\"injected\"") && !dom.contains("<b id=injected>"),
+        "{dom}"
+    );
+    std::fs::write(&cfg, &yaml).unwrap();
+    cli(&["reload"]);
+
     // For a person to look at: laptop and phone widths.
     for (name, size) in [("laptop.png", "1366,900"), ("phone.png", "412,915")] {
         let shot = artifacts.join(name);
