@@ -357,6 +357,40 @@ mod tests {
     }
 
     #[test]
+    fn the_check_log_keeps_the_reason_downs_and_downtime() {
+        let b = Backend::new_detached("10.0.0.1:80".parse().unwrap(), 1, AdminState::Active);
+        assert!(b.check_log().last.is_none());
+        b.record(Seen::CheckPassed, 1, 2);
+        b.record(Seen::CheckFailed("connect: refused"), 1, 2);
+        assert!(b.healthy(), "one failure of fall 2");
+        b.record(Seen::CheckFailed("connect: refused"), 1, 2);
+        assert!(!b.healthy());
+        let log = b.check_log();
+        assert_eq!((log.checks, log.failed_checks, log.downs), (3, 2, 1));
+        let last = log.last.unwrap();
+        assert!(!last.ok);
+        assert_eq!(last.reason, "connect: refused");
+        assert!(log.last_change.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // A failed proxied connect is not a check, but is the latest thing seen.
+        b.record(Seen::ConnectFailed, 1, 2);
+        assert_eq!(b.check_log().checks, 3);
+        assert!(b.check_log().last.unwrap().reason.contains("proxied"));
+        b.record(Seen::CheckPassed, 1, 2);
+        let log = b.check_log();
+        assert!(b.healthy());
+        let down = log.downtime(Instant::now());
+        assert!(down >= std::time::Duration::from_millis(30), "{down:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            log.downtime(Instant::now()),
+            down,
+            "no longer growing once up"
+        );
+        assert!(log.last.unwrap().ok);
+    }
+
+    #[test]
     fn a_single_contrary_result_resets_the_streak() {
         let mut s = HealthState::new(true);
         s.record(false, 2, 2);
