@@ -142,7 +142,7 @@ function tick(){
   x.send();
 }
 R.tick=tick;
-window.addEventListener('load',function(){tick();setInterval(tick,2000)});
+window.addEventListener('load',function(){document.body.setAttribute('data-load-ms',performance.now().toFixed(0));tick();setInterval(tick,2000)});
 })();
 "#;
 
