@@ -1,7 +1,9 @@
-//! The admin listener (HTTP/1.1): `GET /metrics`, `GET /healthz`, `GET /services`, and control:
-//! `POST /reload`, `POST /handover`, `POST /resume`. Control requires `Authorization: Bearer <token>`
-//! when a token is configured (read per request, so it can be rotated without a restart), and a
-//! config without one may only listen on loopback. The `metrics:` listener serves the reads only.
+//! The admin listener (HTTP/1.1): the status page (`GET /`, `/status`), `GET /v1/status` (JSON),
+//! `/v1/status.csv`, `GET /metrics`, `GET /healthz`, `GET /services`, and control: `POST /reload`,
+//! `POST /handover`, `POST /resume`, `POST /v1/backends/<pool>/<address>`. Control requires
+//! `Authorization: Bearer <token>` when a token is configured (read per request, so it can be
+//! rotated without a restart), and a config without one may only listen on loopback. The
+//! `metrics:` listener serves the reads only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub struct Admin {
     /// The Services provider's state (None without a `services:` section).
     pub services: Option<Arc<crate::services::controller::Shared>>,
     pub commands: mpsc::Sender<Command>,
+    /// What the status endpoints read.
+    pub status: Arc<crate::status::Source>,
     pub token: Option<crate::config::Token>,
     /// Control endpoints (reload, handover, resume) served here; false on the metrics listener.
     pub control: bool,
@@ -82,7 +86,10 @@ fn refuse(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !admin.control && matches!(path, "/reload" | "/handover" | "/resume") {
+    if !admin.control
+        && (matches!(path, "/reload" | "/handover" | "/resume")
+            || path.starts_with("/v1/backends/"))
+    {
         return reply(
             StatusCode::NOT_FOUND,
             "control endpoints are on the admin listener, not the metrics listener\n",
@@ -96,6 +103,24 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
+        }
+        (&Method::GET, "/" | "/status") => {
+            let page = crate::status_page::render(&snapshot(admin));
+            typed(reply(StatusCode::OK, page), "text/html; charset=utf-8")
+        }
+        (&Method::GET, "/v1/status") => {
+            let body = serde_json::to_vec(&snapshot(admin)).unwrap_or_default();
+            typed(reply(StatusCode::OK, body), "application/json")
+        }
+        (&Method::GET, "/v1/status.csv") => typed(
+            reply(StatusCode::OK, crate::status::csv(&snapshot(admin))),
+            "text/csv; charset=utf-8",
+        ),
+        (&Method::POST, path) if path.starts_with("/v1/backends/") => {
+            if let Some(r) = refuse(admin, &req) {
+                return r;
+            }
+            backend_change(admin, req).await
         }
         (&Method::GET, "/healthz") => match admin.metrics.vrrp_healthy() {
             Ok(()) => reply(StatusCode::OK, "ok\n"),
@@ -166,13 +191,120 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             }
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/handover" | "/resume" | "/services") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (
+            _,
+            "/" | "/status" | "/v1/status" | "/v1/status.csv" | "/metrics" | "/healthz" | "/reload"
+            | "/handover" | "/resume" | "/services",
+        ) => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, path) if path.starts_with("/v1/backends/") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: POST state=ready|drain|maint or weight=N\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /services, POST /reload, POST /handover, POST /resume\n",
+            "not found: try / (status page), /v1/status, /v1/status.csv, /metrics, /healthz, /services, POST /reload, POST /handover, POST /resume, POST /v1/backends/POOL/ADDRESS\n",
         ),
+    }
+}
+
+fn typed(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    // The page and its data are live: never serve them from a cache.
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn snapshot(admin: &Admin) -> crate::status::Snapshot {
+    let services = admin.services.as_ref().map(|s| services_json(s, None));
+    crate::status::collect(&admin.status, services)
+}
+
+/// `%XX` decoded (pool names and IPv6 addresses arrive encoded); None on a bad escape or UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `POST /v1/backends/<pool>/<address>` with `state=ready|drain|maint` or `weight=N` (the body, or
+/// the query string when the body is empty).
+async fn backend_change(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::overrides::ChangeError;
+    use http_body_util::BodyExt;
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/backends/")
+        .unwrap_or_default()
+        .to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    // The pool is everything before the last slash: the address never holds one.
+    let Some((pool, addr)) = rest
+        .rsplit_once('/')
+        .and_then(|(p, a)| Some((percent_decode(p)?, percent_decode(a)?)))
+    else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "expected /v1/backends/POOL/ADDRESS (e.g. /v1/backends/api/198.18.0.10:6443)\n",
+        );
+    };
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            format!("{addr:?} is not a backend address (ip:port, [v6]:port)\n"),
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, "body too large or unreadable\n"),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let text = if text.trim().is_empty() {
+        query.as_str().into()
+    } else {
+        text
+    };
+    let change = match crate::overrides::parse_change(&text) {
+        Ok(c) => c,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Backend {
+        pool,
+        addr,
+        change,
+        reply: tx,
+    };
+    if admin.commands.send(cmd).await.is_err() {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match rx.await {
+        Ok(Ok(said)) => reply(StatusCode::OK, format!("{said}\n")),
+        Ok(Err(ChangeError::NotFound(e))) => reply(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Ok(Err(ChangeError::Bad(e))) => reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Ok(Err(ChangeError::Failed(e))) => {
+            reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
 }
 

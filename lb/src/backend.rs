@@ -5,10 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
 use crate::config::AdminState;
+use crate::events::{Events, Kind};
 use crate::metrics::BackendMetrics;
 
 pub struct Backend {
@@ -18,8 +20,9 @@ pub struct Backend {
     state: AtomicU8,
     healthy: AtomicBool,
     active: AtomicUsize,
-    /// Rise/fall counting; touched by health checks and failed connects only, never on success paths.
-    check: Mutex<HealthState>,
+    /// Rise/fall counting and what the status page shows about checks; touched by health checks
+    /// and failed connects only, never on success paths.
+    check: Mutex<(HealthState, CheckLog)>,
     /// Per-backend series; None for Services' pools, whose Services x ports x nodes would swamp
     /// /metrics (their frontends, pools and checks still have series).
     pub metrics: Option<BackendMetrics>,
@@ -27,6 +30,47 @@ pub struct Backend {
     changed: Option<Arc<Notify>>,
     /// Health as a channel, for sessions that are cut when their backend is marked down.
     up: watch::Sender<bool>,
+    /// Up/down transitions go to the status page's recent events.
+    events: Option<Arc<Events>>,
+}
+
+/// One result fed into rise/fall.
+#[derive(Debug, Clone, Copy)]
+pub enum Seen<'a> {
+    CheckPassed,
+    CheckFailed(&'a str),
+    /// A proxied connection could not connect (passive check).
+    ConnectFailed,
+}
+
+/// What the status page says about a backend's checks. Times are wall clock for display; the
+/// downtime is measured on the monotonic clock.
+#[derive(Debug, Clone, Default)]
+pub struct CheckLog {
+    pub checks: u64,
+    pub failed_checks: u64,
+    pub last: Option<LastCheck>,
+    /// Transitions to down.
+    pub downs: u64,
+    pub last_change: Option<SystemTime>,
+    /// Down time of finished down spans.
+    downtime: Duration,
+    down_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    pub at: SystemTime,
+    pub ok: bool,
+    /// Empty when it passed.
+    pub reason: String,
+}
+
+impl CheckLog {
+    /// Time spent down since this backend was configured, the current span included.
+    pub fn downtime(&self, now: Instant) -> Duration {
+        self.downtime + self.down_since.map_or(Duration::ZERO, |t| now - t)
+    }
 }
 
 impl Backend {
@@ -37,6 +81,7 @@ impl Backend {
         state: AdminState,
         metrics: Option<BackendMetrics>,
         changed: Arc<Notify>,
+        events: Arc<Events>,
     ) -> Backend {
         let b = Backend {
             addr,
@@ -47,10 +92,11 @@ impl Backend {
             // elsewhere) and is ejected after `fall` failures.
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
-            check: Mutex::new(HealthState::new(true)),
+            check: Mutex::new((HealthState::new(true), CheckLog::default())),
             metrics,
             changed: Some(changed),
             up: watch::Sender::new(true),
+            events: Some(events),
         };
         if let Some(m) = &b.metrics {
             m.up.set(1);
@@ -67,10 +113,11 @@ impl Backend {
             state: AtomicU8::new(state as u8),
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
-            check: Mutex::new(HealthState::new(true)),
+            check: Mutex::new((HealthState::new(true), CheckLog::default())),
             metrics: None,
             changed: None,
             up: watch::Sender::new(true),
+            events: None,
         }
     }
 
@@ -122,15 +169,72 @@ impl Backend {
     }
 
     /// Feeds one check (or connect) result in; returns the new state on a transition.
-    pub fn record(&self, success: bool, rise: u32, fall: u32) -> Option<bool> {
-        let transition = match self.check.lock() {
-            Ok(mut s) => s.record(success, rise, fall),
-            Err(poisoned) => poisoned.into_inner().record(success, rise, fall),
+    pub fn record(&self, seen: Seen<'_>, rise: u32, fall: u32) -> Option<bool> {
+        let success = matches!(seen, Seen::CheckPassed);
+        let transition = {
+            let mut g = self.check.lock().unwrap_or_else(|p| p.into_inner());
+            let (health, log) = &mut *g;
+            let now = SystemTime::now();
+            let reason = match seen {
+                Seen::CheckPassed => "",
+                Seen::CheckFailed(why) => why,
+                Seen::ConnectFailed => "a proxied connection could not connect",
+            };
+            if !matches!(seen, Seen::ConnectFailed) {
+                log.checks += 1;
+                log.failed_checks += u64::from(!success);
+            }
+            // Only a change of outcome allocates: a steady backend costs no string per check.
+            let same = log
+                .last
+                .as_ref()
+                .is_some_and(|l| l.ok == success && l.reason == reason);
+            match &mut log.last {
+                Some(l) if same => l.at = now,
+                last => {
+                    *last = Some(LastCheck {
+                        at: now,
+                        ok: success,
+                        reason: reason.to_string(),
+                    })
+                }
+            }
+            let t = health.record(success, rise, fall);
+            if let Some(up) = t {
+                log.last_change = Some(now);
+                let mono = Instant::now();
+                if up {
+                    if let Some(since) = log.down_since.take() {
+                        log.downtime += mono - since;
+                    }
+                } else {
+                    log.downs += 1;
+                    log.down_since = Some(mono);
+                }
+                if let Some(e) = &self.events {
+                    let subject = format!("{}/{}", self.pool, self.addr);
+                    if up {
+                        e.push(Kind::Backend, subject, "UP: health checks pass");
+                    } else {
+                        e.push(Kind::Backend, subject, format!("DOWN: {reason}"));
+                    }
+                }
+            }
+            t
         };
         if let Some(up) = transition {
             self.set_healthy(up);
         }
         transition
+    }
+
+    /// What the checks found so far (the status page).
+    pub fn check_log(&self) -> CheckLog {
+        self.check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Resolves once this backend has been marked down and stayed down for `grace` (a backend
@@ -250,6 +354,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(down.elapsed() >= ms(300), "{:?}", down.elapsed());
+    }
+
+    #[test]
+    fn the_check_log_keeps_the_reason_downs_and_downtime() {
+        let b = Backend::new_detached("10.0.0.1:80".parse().unwrap(), 1, AdminState::Active);
+        assert!(b.check_log().last.is_none());
+        b.record(Seen::CheckPassed, 1, 2);
+        b.record(Seen::CheckFailed("connect: refused"), 1, 2);
+        assert!(b.healthy(), "one failure of fall 2");
+        b.record(Seen::CheckFailed("connect: refused"), 1, 2);
+        assert!(!b.healthy());
+        let log = b.check_log();
+        assert_eq!((log.checks, log.failed_checks, log.downs), (3, 2, 1));
+        let last = log.last.unwrap();
+        assert!(!last.ok);
+        assert_eq!(last.reason, "connect: refused");
+        assert!(log.last_change.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // A failed proxied connect is not a check, but is the latest thing seen.
+        b.record(Seen::ConnectFailed, 1, 2);
+        assert_eq!(b.check_log().checks, 3);
+        assert!(b.check_log().last.unwrap().reason.contains("proxied"));
+        b.record(Seen::CheckPassed, 1, 2);
+        let log = b.check_log();
+        assert!(b.healthy());
+        let down = log.downtime(Instant::now());
+        assert!(down >= std::time::Duration::from_millis(30), "{down:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            log.downtime(Instant::now()),
+            down,
+            "no longer growing once up"
+        );
+        assert!(log.last.unwrap().ok);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     /// A systemd credential (`LoadCredential=NAME:...`), read from `$CREDENTIALS_DIRECTORY/NAME`.
     pub token_credential: Option<String>,
+    /// Where runtime backend changes are kept (default: `$STATE_DIRECTORY/backend-state.json`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// A read-only listener (`/metrics`, `/healthz`, `/services`) to expose to Prometheus, apart from
@@ -186,7 +188,13 @@ pub struct Config {
 pub struct Admin {
     pub listen: SocketAddr,
     pub token: Option<Token>,
+    /// Runtime backend changes (`keel-lb backend ...`) survive restarts here; None: they last
+    /// until the process ends.
+    pub state_file: Option<PathBuf>,
 }
+
+/// The state file's name in systemd's `StateDirectory=` when `admin.state_file` is not given.
+pub const DEFAULT_STATE_FILE: &str = "backend-state.json";
 
 /// Where the admin bearer token is read from (per request, so it can be rotated).
 #[derive(Debug, Clone, PartialEq)]
@@ -438,7 +446,27 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 format!("{listen} is reachable beyond this host: set admin.token_file or admin.token_credential, or listen on loopback (expose metrics with a metrics: listener)"),
             );
         }
-        Some(Admin { listen, token })
+        let state_file = match &a.state_file {
+            Some(p) if !p.is_absolute() => {
+                diag.error("admin.state_file", "must be an absolute path");
+                None
+            }
+            Some(p) => Some(p.clone()),
+            // systemd's StateDirectory= (it may list several, colon-separated: the first is ours).
+            None => std::env::var_os("STATE_DIRECTORY")
+                .and_then(|d| {
+                    d.to_str()
+                        .and_then(|d| d.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .filter(|d| d.is_absolute())
+                .map(|d| d.join(DEFAULT_STATE_FILE)),
+        };
+        Some(Admin {
+            listen,
+            token,
+            state_file,
+        })
     });
     let metrics_listen = raw.metrics.as_ref().and_then(|m| {
         let a = parse_addr(&m.listen)

@@ -259,6 +259,11 @@ async fn run(t: Arc<Target>, cfg: HealthCheck, tls: Option<TlsConnector>) {
         };
         seen.clear();
         let (mut ups, mut downs) = (0usize, 0usize);
+        let why = result.as_ref().err().map(|e| e.to_string());
+        let outcome = match &why {
+            None => crate::backend::Seen::CheckPassed,
+            Some(w) => crate::backend::Seen::CheckFailed(w),
+        };
         for b in &backends {
             // A backend in two pool versions (mid-reload) counts one result once.
             if !seen.insert(Arc::as_ptr(b) as usize) {
@@ -270,7 +275,7 @@ async fn run(t: Arc<Target>, cfg: HealthCheck, tls: Option<TlsConnector>) {
                     m.check_failures.inc();
                 }
             }
-            match b.record(result.is_ok(), cfg.rise, cfg.fall) {
+            match b.record(outcome, cfg.rise, cfg.fall) {
                 Some(true) => ups += 1,
                 Some(false) => downs += 1,
                 None => {}
@@ -581,6 +586,7 @@ mod tests {
             &m,
             false,
             &Arc::new(tokio::sync::Notify::new()),
+            &Arc::default(),
         ))
     }
 

@@ -7,15 +7,20 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod events;
 pub mod frontend;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod overrides;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod services;
+pub mod status;
+pub mod status_page;
+pub mod status_text;
 pub mod udp;
 
 use std::sync::Arc;
@@ -33,6 +38,7 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
         metrics,
         services,
         commands: tx,
+        status: server.status(),
         token: admin_cfg.as_ref().and_then(|a| a.token.clone()),
         control: true,
     };
@@ -40,14 +46,14 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("admin listener {}", a.listen))?;
-        tracing::info!(listen = %a.listen, "admin listening (/metrics, /healthz, /services, POST /reload, POST /handover, POST /resume)");
+        tracing::info!(listen = %a.listen, "admin listening (status page /, /v1/status, /metrics, /healthz, /services, POST /reload, POST /handover, POST /resume, POST /v1/backends/POOL/ADDR)");
         tokio::spawn(admin::serve(l, base.clone()));
     }
     if let Some(listen) = metrics_listen {
         let l = admin::bind(listen)
             .await
             .with_context(|| format!("metrics listener {listen}"))?;
-        tracing::info!(%listen, "metrics listening (/metrics, /healthz, /services; no control)");
+        tracing::info!(%listen, "metrics listening (status page /, /v1/status, /metrics, /healthz, /services; no control)");
         tokio::spawn(admin::serve(
             l,
             admin::Admin {

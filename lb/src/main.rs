@@ -1,4 +1,5 @@
-//! keel-lb's command line: `run`, `check`, `reload`, `demo`. Thin: everything lives in the library.
+//! keel-lb's command line: `run`, `check`, `reload`, `status`, `backend`, `demo`. Thin: everything
+//! lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,11 +42,44 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Prints the running keel-lb's status (frontends, backends, VRRP, Services, recent events)
+    /// as tables, from its admin API.
+    Status {
+        #[arg(long, short, default_value = "/etc/keel/lb.yaml")]
+        config: PathBuf,
+        /// The snapshot as JSON (`GET /v1/status`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes a backend of the config file at run time: kept across reloads and restarts (the
+    /// state file) until the file changes that backend's state or weight.
+    Backend {
+        #[arg(long, short, global = true, default_value = "/etc/keel/lb.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: BackendAction,
+    },
     /// Runs keel-lb on loopback in front of three built-in demo backends (no root needed).
     Demo {
         /// Port of the demo frontend; the admin API listens on port+1, the backends on port+2..+4.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendAction {
+    /// No new connections; established ones stay.
+    Drain { pool: String, address: String },
+    /// Out of rotation and not health checked (maintenance).
+    Maint { pool: String, address: String },
+    /// Back in rotation.
+    Ready { pool: String, address: String },
+    /// Sets the weight (1-256).
+    Weight {
+        pool: String,
+        address: String,
+        weight: u32,
     },
 }
 
@@ -116,6 +150,64 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Status { config, json } => {
+            let cfg = match keel_lb::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match keel_lb::control::status(&cfg, std::time::Duration::from_secs(10)) {
+                Ok(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{}", keel_lb::status_text::render(&s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keel-lb status: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Backend { config, action } => {
+            let cfg = match keel_lb::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let (pool, address, body) = match action {
+                BackendAction::Drain { pool, address } => (pool, address, "state=drain".into()),
+                BackendAction::Maint { pool, address } => (pool, address, "state=maint".into()),
+                BackendAction::Ready { pool, address } => (pool, address, "state=ready".into()),
+                BackendAction::Weight {
+                    pool,
+                    address,
+                    weight,
+                } => (pool, address, format!("weight={weight}")),
+            };
+            match keel_lb::control::backend(
+                &cfg,
+                &pool,
+                &address,
+                &body,
+                std::time::Duration::from_secs(30),
+            ) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keel-lb backend: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Run {
             config,
             workers,

@@ -27,6 +27,7 @@ impl Pool {
         metrics: &Metrics,
         per_backend: bool,
         changed: &Arc<Notify>,
+        events: &Arc<crate::events::Events>,
     ) -> Pool {
         let mut reuse: HashMap<_, &Arc<Backend>> = old
             .map(|p| p.backends.iter().map(|b| (b.addr, b)).collect())
@@ -46,6 +47,7 @@ impl Pool {
                     b.state,
                     per_backend.then(|| metrics.backend(&cfg.name, &b.addr.to_string())),
                     changed.clone(),
+                    events.clone(),
                 )),
             })
             .collect();
@@ -80,7 +82,12 @@ impl Pool {
         if let Some(m) = &b.metrics {
             m.connect_errors.inc();
         }
-        if b.record(false, self.cfg.health.rise, self.cfg.health.fall) == Some(false) {
+        if b.record(
+            crate::backend::Seen::ConnectFailed,
+            self.cfg.health.rise,
+            self.cfg.health.fall,
+        ) == Some(false)
+        {
             tracing::warn!(pool = %self.cfg.name, backend = %b.addr, "backend down after failed connects");
         }
     }

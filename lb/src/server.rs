@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, Protocol};
+use crate::events::{Events, Kind};
 use crate::frontend::{self, Frontend};
 use crate::metrics::Metrics;
+use crate::overrides::{Change, ChangeError, Overrides};
 use crate::pool::Pool;
 use crate::services::controller::{self as svc_ctl, FileView, Shared};
 use crate::services::rules::{self, ClusterRules, FileLimits, RouterVips, SvcParts, SvcRule};
+use crate::status::ReloadResult;
 use crate::{health, listener, udp};
 
 /// Requests from the admin API to the control loop.
@@ -24,6 +27,13 @@ pub enum Command {
     Handover(oneshot::Sender<String>),
     /// After a handover: start the routers again (they stay stopped until then).
     Resume(oneshot::Sender<Result<(), String>>),
+    /// A runtime change of one backend of the file (`POST /v1/backends/<pool>/<addr>`).
+    Backend {
+        pool: String,
+        addr: SocketAddr,
+        change: Change,
+        reply: oneshot::Sender<Result<String, ChangeError>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +119,30 @@ pub struct Server {
     vrrp: Option<Arc<keel_vrrp::Vrrp>>,
     /// Registered at the first start and kept: counters survive a handover and resume.
     vrrp_metrics: Option<keel_vrrp::VrrpMetrics>,
+    /// What the status page reads; published after every change.
+    status: Arc<crate::status::Source>,
+    events: Arc<Events>,
+    /// Config files applied, and the last reload's outcome (the status page).
+    generation: u64,
+    last_reload: Option<ReloadResult>,
+    /// Runtime backend changes, kept in the state file.
+    overrides: Overrides,
+    /// Each router's last transition already told as an event.
+    told_transitions: HashMap<String, std::time::SystemTime>,
 }
 
 impl Server {
     /// Binds every listener of `cfg` and starts serving; then starts VRRP (listeners first, so a VIP
     /// this node wins is served at once).
     pub async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Server, ApplyError> {
+        let events = Arc::new(Events::default());
+        let state_file = cfg.admin.as_ref().and_then(|a| a.state_file.clone());
+        let (overrides, problem) = Overrides::load(state_file);
+        if let Some(e) = problem {
+            tracing::error!(error = %e, "runtime backend changes unreadable; starting with the file's states");
+        } else if overrides.keys().count() > 0 {
+            tracing::info!(file = %overrides.path().map(|p| p.display().to_string()).unwrap_or_default(), backends = overrides.keys().count(), "runtime backend changes kept from the last run");
+        }
         let mut s = Server {
             file: None,
             cluster: Arc::new(ClusterRules::default()),
@@ -138,6 +166,12 @@ impl Server {
             pool_up: HashMap::new(),
             vrrp: None,
             vrrp_metrics: None,
+            status: Arc::new(crate::status::Source::new(events.clone())),
+            events,
+            generation: 0,
+            last_reload: None,
+            overrides,
+            told_transitions: HashMap::new(),
         };
         // Rules kept from the last run serve from the first moment, API server or not.
         if let Some(path) = cfg.services.as_ref().and_then(|c| c.state_file.clone()) {
@@ -154,6 +188,10 @@ impl Server {
             s.state_writer = Some(crate::services::state::Writer::spawn(path));
         }
         s.apply(cfg).await?;
+        if let Some(f) = &s.file {
+            s.events
+                .push(Kind::Reload, f.path.display().to_string(), "started");
+        }
         s.start_services();
         Ok(s)
     }
@@ -161,6 +199,37 @@ impl Server {
     /// The config file running.
     pub fn config(&self) -> Option<&Config> {
         self.file.as_ref()
+    }
+
+    /// What the status endpoints read.
+    pub fn status(&self) -> Arc<crate::status::Source> {
+        self.status.clone()
+    }
+
+    /// Tells the status endpoints what runs now (versions and handles, no copies of counters).
+    fn publish_view(&self) {
+        let frontends = self
+            .listeners
+            .values()
+            .map(|l| l.version.borrow().clone())
+            .collect();
+        let pools = self.pools.values().map(|p| p.pool.clone()).collect();
+        self.status.publish(|v| {
+            v.frontends = frontends;
+            v.pools = pools;
+            v.config_path = self
+                .file
+                .as_ref()
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
+            v.generation = self.generation;
+            v.last_reload = self.last_reload.clone();
+            v.overridden = self.overrides.keys().cloned().collect();
+            v.vrrp = self.vrrp.as_ref().map(|x| x.status_handle());
+            v.vrrp_cfg = self.vrrp_cfg.clone();
+            v.vrrp_configured = self.vrrp_cfg.as_ref().map_or(0, |c| c.routers.len());
+            v.state_file = self.overrides.path().map(|p| p.to_path_buf());
+        });
     }
 
     /// Shared Services state (sync results, rules) for the admin API; None without `services:`.
@@ -217,6 +286,8 @@ impl Server {
             .and_then(|f| f.services.as_ref())
             .map(|s| s.kubeconfig.clone());
         self.apply_full(file.clone(), &cluster, true).await?;
+        self.generation += 1;
+        self.publish_view();
         if let (Some(svc), Some(view)) = (&self.services, Self::file_view(&file)) {
             if before_kubeconfig.as_ref() != Some(&view.services.kubeconfig) {
                 tracing::warn!("services: a new kubeconfig takes effect at the next restart");
@@ -265,10 +336,14 @@ impl Server {
                 )
             })
             .collect();
+        // Runtime backend changes on top of the file's pools; the ones it contradicts are dropped,
+        // but only once this apply succeeds.
+        let mut overrides = self.overrides.clone();
+        let (file_pools, dropped) = overrides.apply(&file);
         // Bounded: each round leaves one more Service out.
         for _ in 0..=parts.len() {
             let mut want_fronts: Vec<config::Frontend> = file.frontends.clone();
-            let mut want_pools: Vec<config::Pool> = file.pools.values().cloned().collect();
+            let mut want_pools: Vec<config::Pool> = file_pools.values().cloned().collect();
             for p in parts.values() {
                 want_fronts.extend(p.frontends.iter().cloned());
                 want_pools.extend(p.pools.iter().cloned());
@@ -299,8 +374,18 @@ impl Server {
                         }
                     }
                     self.file = Some(file);
+                    self.overrides = overrides;
+                    if !dropped.is_empty() {
+                        for d in &dropped {
+                            tracing::info!("{d}");
+                            self.events.push(Kind::Control, "state file", d.clone());
+                        }
+                        // A failure is logged; the file is written again at the next change.
+                        let _ = self.save_overrides().await;
+                    }
                     self.publish_pool_health(true, None);
                     self.publish_all();
+                    self.publish_view();
                     return match vrrp {
                         Err(e) if file_changed && !booting => Err(ApplyError::Vrrp(e)),
                         _ => Ok(()),
@@ -432,6 +517,7 @@ impl Server {
         if let Some(w) = &self.state_writer {
             w.save(rules);
         }
+        self.publish_view();
     }
 
     /// Puts one Service's rule (or removes it: None) into the running state: only its own frontends,
@@ -574,6 +660,7 @@ impl Server {
                         &self.metrics,
                         !rules::is_service_name(&name),
                         &self.health_changed,
+                        &self.events,
                     ));
                     // Subscribed before the old version lets go: checks both share keep running.
                     let checks = self.checks.subscribe(&pool);
@@ -784,6 +871,7 @@ impl Server {
             }
         }
         self.update_vrrp_gauges();
+        self.publish_view();
         result
     }
 
@@ -803,6 +891,82 @@ impl Server {
             }
         }
         self.update_vrrp_gauges();
+        self.tell_transitions();
+        self.status.sample_rates();
+    }
+
+    /// Each VRRP transition not yet told becomes a recent event (checked once a second).
+    fn tell_transitions(&mut self) {
+        let Some(v) = &self.vrrp else { return };
+        for r in v.status() {
+            let Some(t) = r.last_transition else { continue };
+            let key = format!(
+                "{}/{}/{}/{}",
+                r.name,
+                r.vrid,
+                r.interface,
+                r.family.as_str()
+            );
+            if self.told_transitions.get(&key) == Some(&t.at) {
+                continue;
+            }
+            self.told_transitions.insert(key, t.at);
+            self.events.push(
+                Kind::Vrrp,
+                format!("{} (VRID {} on {})", r.name, r.vrid, r.interface),
+                format!("{} -> {}: {}", t.from.as_str(), t.to.as_str(), t.reason),
+            );
+        }
+    }
+
+    /// A runtime change of one backend of the file, applied like a reload of the same file (only
+    /// that pool gets a new version) and kept in the state file.
+    async fn set_backend(
+        &mut self,
+        pool: &str,
+        addr: SocketAddr,
+        change: Change,
+    ) -> Result<String, ChangeError> {
+        let Some(file) = self.file.clone() else {
+            return Err(ChangeError::NotFound("no running config".into()));
+        };
+        let before = self.overrides.clone();
+        let now = crate::events::unix(std::time::SystemTime::now());
+        let said = self.overrides.set(&file, pool, addr, change, now)?;
+        let cluster = self.cluster.clone();
+        if let Err(e) = self.apply_full(file, &cluster, false).await {
+            self.overrides = before;
+            return Err(ChangeError::Failed(format!("not applied: {e}")));
+        }
+        tracing::info!(pool, backend = %addr, "runtime change: {said}");
+        self.events
+            .push(Kind::Control, format!("{pool}/{addr}"), said.clone());
+        let saved = self.save_overrides().await;
+        self.publish_view();
+        Ok(match saved {
+            Ok(Some(p)) => format!("{said}; kept in {}", p.display()),
+            Ok(None) => {
+                format!("{said}; no state file (admin.state_file), so it lasts until keel-lb stops")
+            }
+            Err(e) => format!("{said}; NOT kept across a restart: {e}"),
+        })
+    }
+
+    /// Writes the state file off the control loop; the path written, None without one.
+    async fn save_overrides(&self) -> Result<Option<std::path::PathBuf>, String> {
+        let Some(path) = self.overrides.path().map(|p| p.to_path_buf()) else {
+            return Ok(None);
+        };
+        let bytes = self.overrides.encode();
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || crate::overrides::save(&p, &bytes))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("{}: {e}", path.display())));
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "runtime backend changes not saved");
+        }
+        r.map(|()| Some(path))
     }
 
     fn update_vrrp_gauges(&self) {
@@ -861,6 +1025,20 @@ impl Server {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e),
         };
+        self.last_reload = Some(ReloadResult {
+            at: crate::events::unix(std::time::SystemTime::now()),
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+        });
+        self.events.push(
+            Kind::Reload,
+            path.display().to_string(),
+            match &result {
+                Ok(()) => "reloaded".to_string(),
+                Err(e) => format!("FAILED, the previous config keeps running: {e}"),
+            },
+        );
+        self.publish_view();
         match &result {
             Ok(()) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
@@ -933,6 +1111,10 @@ impl Server {
                     }
                     Command::Resume(reply) => {
                         let r = self.resume().await;
+                        let _ = reply.send(r);
+                    }
+                    Command::Backend { pool, addr, change, reply } => {
+                        let r = self.set_backend(&pool, addr, change).await;
                         let _ = reply.send(r);
                     }
                 },

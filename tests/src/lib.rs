@@ -25,6 +25,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A directory to keep a test's artifacts (screenshots, dumps) in after it ends:
+/// `$KEEL_TEST_ARTIFACTS/<name>`, default `target/test-artifacts/<name>`. Created empty.
+pub fn artifact_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("KEEL_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test>-<hash> → target/test-artifacts
+            exe.ancestors()
+                .nth(3)
+                .map(|t| t.join("test-artifacts"))
+                .unwrap_or_else(|| PathBuf::from("test-artifacts"))
+        });
+    let dir = base.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    dir
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -66,6 +66,19 @@ fn a_service_gets_an_address_answers_through_the_pair_and_is_cleaned_up() {
             "{v}"
         );
     }
+    // The status snapshot and page carry it too (GET /services as is, and a row).
+    let st: serde_json::Value = serde_json::from_str(&lab.admin("lb1", "/v1/status")).unwrap();
+    assert_eq!(
+        st["services"]["services"][0]["service"], "default/web",
+        "{st}"
+    );
+    assert!(st["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "default/web:80/TCP@198.18.2.100"));
+    let page = lab.admin("lb1", "/");
+    assert!(page.contains("data-service=\"default/web\""), "{page}");
     // Metrics name the Service.
     let m = lab.admin("lb1", "/metrics");
     assert!(

@@ -50,6 +50,9 @@ struct Slot {
     labels: [String; 4],
     /// Stopped by a handover or shutdown: never started again.
     done: bool,
+    /// Source of the last advert accepted (the master, while this router is backup).
+    heard: Option<IpAddr>,
+    last_transition: Option<crate::Transition>,
 }
 
 impl Slot {
@@ -65,6 +68,8 @@ impl Slot {
             router: None,
             labels,
             done: false,
+            heard: None,
+            last_transition: None,
         }
     }
 
@@ -493,6 +498,13 @@ impl Driver {
                     .adverts_received
                     .with_label_values(&self.slots[i].labels())
                     .inc();
+                // Published only when the master changes, not per advert.
+                if self.slots[i].heard != Some(rx.src) {
+                    self.slots[i].heard = Some(rx.src);
+                    if acts.is_empty() {
+                        self.publish_status();
+                    }
+                }
                 self.apply(i, acts).await;
             }
             Err(ignored) => {
@@ -615,6 +627,12 @@ impl Driver {
     }
 
     fn state_changed(&mut self, i: usize, from: State, to: State, reason: &str) {
+        self.slots[i].last_transition = Some(crate::Transition {
+            at: SystemTime::now(),
+            from,
+            to,
+            reason: reason.to_string(),
+        });
         let slot = &self.slots[i];
         let vips: Vec<String> = slot.cfg.vips.iter().map(Vip::to_string).collect();
         tracing::info!(
@@ -683,6 +701,15 @@ impl Driver {
                 family: s.cfg.family,
                 state: s.router.as_ref().map_or(State::Initialize, Router::state),
                 priority: s.router.as_ref().map_or(s.cfg.priority, Router::priority),
+                master: match s.router.as_ref() {
+                    Some(r) if r.state() == State::Master => Some(r.primary()),
+                    Some(r) if r.state() == State::Backup => s.heard,
+                    _ => None,
+                },
+                last_transition: s.last_transition.clone(),
+                adverts_sent: 0,
+                adverts_received: 0,
+                drops: Vec::new(),
             })
             .collect();
         if let Ok(mut g) = self.status.lock() {
@@ -746,6 +773,14 @@ fn link_subnets(link: &LinkInfo, family: Family, vips: &[IpAddr]) -> Vec<Subnet>
         .filter(|s| s.addr.is_ipv4() == (family == Family::V4) && !vips.contains(&s.addr))
         .copied()
         .collect()
+}
+
+/// Every drop kind `keel_vrrp_packet_errors_total` counts.
+pub(crate) fn drop_kinds() -> impl Iterator<Item = &'static str> {
+    PACKET_ERROR_KINDS
+        .iter()
+        .copied()
+        .chain(crate::fsm::Ignored::ALL.iter().map(|i| i.kind()))
 }
 
 /// Drop reasons counted before a router is found (decode, IP header, peers, auth, queue).

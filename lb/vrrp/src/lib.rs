@@ -49,7 +49,7 @@ pub enum HandoverOutcome {
     TimedOut,
 }
 
-/// A virtual router as seen from outside (admin endpoints, tests).
+/// A virtual router as seen from outside (admin endpoints, the status page, tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterStatus {
     pub name: String,
@@ -58,6 +58,24 @@ pub struct RouterStatus {
     pub family: Family,
     pub state: State,
     pub priority: u8,
+    /// The master as far as this router knows: itself when master, else the source of the last
+    /// advert it accepted (None before any).
+    pub master: Option<std::net::IpAddr>,
+    pub last_transition: Option<Transition>,
+    /// Filled by [`Vrrp::status`] from the metrics (the driver publishes on changes only).
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Packets dropped on this router's (interface, family), by kind; only kinds seen.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// A router's last state change: when, from what, to what and why (the FSM's reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub at: std::time::SystemTime,
+    pub from: State,
+    pub to: State,
+    pub reason: String,
 }
 
 /// A running set of virtual routers.
@@ -65,6 +83,7 @@ pub struct Vrrp {
     tx: tokio::sync::mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<Mutex<Vec<RouterStatus>>>,
+    metrics: VrrpMetrics,
 }
 
 impl Vrrp {
@@ -89,6 +108,7 @@ impl Vrrp {
                 tx,
                 thread: Some(thread),
                 status,
+                metrics,
             }),
             Ok(Err(e)) => Err(Error::Other(e)),
             Err(_) => Err(Error::Other("the VRRP thread did not start".into())),
@@ -140,9 +160,18 @@ impl Vrrp {
         }
     }
 
-    /// Current state of every virtual router.
+    /// Current state of every virtual router, with its advert and drop counters.
     pub fn status(&self) -> Vec<RouterStatus> {
-        self.status.lock().map(|g| g.clone()).unwrap_or_default()
+        self.status_handle().read()
+    }
+
+    /// A reader of [`Vrrp::status`] that does not keep the routers alive (the status page holds
+    /// one; shutdown must still own the `Vrrp`).
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Stops the routers (releasing any VIP still held) and joins the thread.
@@ -155,6 +184,46 @@ impl Vrrp {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// See [`Vrrp::status_handle`].
+#[derive(Clone)]
+pub struct StatusHandle {
+    status: Arc<Mutex<Vec<RouterStatus>>>,
+    metrics: VrrpMetrics,
+}
+
+impl StatusHandle {
+    pub fn read(&self) -> Vec<RouterStatus> {
+        let mut all = self.status.lock().map(|g| g.clone()).unwrap_or_default();
+        for r in &mut all {
+            let vrid = r.vrid.to_string();
+            let labels = [
+                r.name.as_str(),
+                vrid.as_str(),
+                r.interface.as_str(),
+                r.family.as_str(),
+            ];
+            // Every series read here exists already: routers and their links export from zero.
+            let read = |v: &prometheus::IntCounterVec, l: &[&str]| {
+                v.get_metric_with_label_values(l)
+                    .map(|c| c.get())
+                    .unwrap_or(0)
+            };
+            r.adverts_sent = read(&self.metrics.adverts_sent, &labels);
+            r.adverts_received = read(&self.metrics.adverts_received, &labels);
+            r.drops = driver::drop_kinds()
+                .filter_map(|k| {
+                    let n = read(
+                        &self.metrics.packet_errors,
+                        &[r.interface.as_str(), r.family.as_str(), k],
+                    );
+                    (n > 0).then(|| (k.to_string(), n))
+                })
+                .collect();
+        }
+        all
     }
 }
 

@@ -1,0 +1,307 @@
+//! `keel-lb status`: the snapshot as aligned text tables for a terminal.
+
+use crate::status::Snapshot;
+
+/// Columns padded to their widest cell; a column of numbers right-aligned, header included.
+fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
+    let numeric = |c: &String| c.starts_with(|ch: char| ch.is_ascii_digit()) && !c.contains(' ');
+    let right: Vec<bool> = (0..head.len())
+        .map(|i| !rows.is_empty() && rows.iter().all(|r| r.get(i).is_none_or(numeric)))
+        .collect();
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |out: &mut String, cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(c.chars().count());
+            let right = right.get(i).copied().unwrap_or(false);
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if right {
+                l.push_str(&" ".repeat(pad));
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                if i + 1 < cells.len() {
+                    l.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(out, head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(out, r.clone());
+    }
+}
+
+fn ago(now: f64, t: Option<f64>) -> String {
+    t.map_or("-".into(), |t| format!("{} ago", dur(now - t)))
+}
+
+fn dur(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let reload = match &s.config.last_reload {
+        None => "none".to_string(),
+        Some(r) if r.ok => format!("ok {}", ago(s.now, Some(r.at))),
+        Some(r) => format!(
+            "FAILED {}: {}",
+            ago(s.now, Some(r.at)),
+            r.error.as_deref().unwrap_or_default()
+        ),
+    };
+    o.push_str(&format!(
+        "keel-lb {}  config {} (generation {})  last reload: {}  up {}\n",
+        s.version,
+        s.config.path,
+        s.config.generation,
+        reload,
+        dur(s.now - s.started_at)
+    ));
+    o.push_str("\nFRONTENDS\n");
+    let rows: Vec<Vec<String>> = s
+        .frontends
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.listen.clone(),
+                f.protocol.clone(),
+                f.pool.clone(),
+                format!("{}/{}", f.current, f.limit),
+                f.total.to_string(),
+                format!("{:.1}", f.rate),
+                f.bytes_in.to_string(),
+                f.bytes_out.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &mut o,
+        &[
+            "NAME",
+            "LISTEN",
+            "PROTO",
+            "POOL",
+            "CUR/LIMIT",
+            "TOTAL",
+            "RATE/S",
+            "BYTES IN",
+            "BYTES OUT",
+        ],
+        &rows,
+    );
+    o.push_str("\nBACKENDS\n");
+    let mut rows = Vec::new();
+    for p in &s.pools {
+        for b in &p.backends {
+            let check = b.last_check.as_ref().map_or("-".to_string(), |c| {
+                if c.ok {
+                    format!("ok {}", ago(s.now, Some(c.at)))
+                } else {
+                    format!("FAIL {}: {}", ago(s.now, Some(c.at)), c.reason)
+                }
+            });
+            rows.push(vec![
+                p.name.clone(),
+                b.address.clone(),
+                if b.overridden {
+                    format!("{}*", b.state)
+                } else {
+                    b.state.clone()
+                },
+                b.weight.to_string(),
+                format!("{}/{}", b.failed_checks, b.checks),
+                b.downs.to_string(),
+                dur(b.downtime_seconds),
+                ago(s.now, b.last_change),
+                b.current.to_string(),
+                opt(b.total),
+                opt(b.connect_errors),
+                check,
+            ]);
+        }
+    }
+    table(
+        &mut o,
+        &[
+            "POOL",
+            "BACKEND",
+            "STATE",
+            "WEIGHT",
+            "FAILS/CHECKS",
+            "DOWNS",
+            "DOWNTIME",
+            "CHANGED",
+            "CUR",
+            "TOTAL",
+            "CONN ERR",
+            "LAST CHECK",
+        ],
+        &rows,
+    );
+    if s.pools
+        .iter()
+        .any(|p| p.backends.iter().any(|b| b.overridden))
+    {
+        o.push_str(
+            "* changed at run time (keel-lb backend), kept until the config file says otherwise\n",
+        );
+    }
+    if let Some(v) = &s.vrrp {
+        o.push_str(&format!(
+            "\nVRRP ROUTERS ({} of {} running)\n",
+            v.running, v.configured
+        ));
+        let rows: Vec<Vec<String>> = v
+            .routers
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.vrid.to_string(),
+                    r.interface.clone(),
+                    r.state.clone(),
+                    r.priority.to_string(),
+                    r.master.clone().unwrap_or_else(|| "-".into()),
+                    r.vips.join(","),
+                    format!("{}/{}", r.adverts_received, r.adverts_sent),
+                    r.drops.values().sum::<u64>().to_string(),
+                    r.last_transition.as_ref().map_or("-".into(), |t| {
+                        format!(
+                            "{} {}->{}: {}",
+                            ago(s.now, Some(t.at)),
+                            t.from,
+                            t.to,
+                            t.reason
+                        )
+                    }),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "ROUTER",
+                "VRID",
+                "IFACE",
+                "STATE",
+                "PRIO",
+                "MASTER",
+                "VIPS",
+                "ADV IN/OUT",
+                "DROPS",
+                "LAST TRANSITION",
+            ],
+            &rows,
+        );
+    }
+    if let Some(list) = s.services.as_ref().and_then(|v| v["services"].as_array()) {
+        o.push_str("\nSERVICES\n");
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|v| {
+                let (mut up, mut all) = (0, 0);
+                let mut ports = Vec::new();
+                for p in v["ports"].as_array().into_iter().flatten() {
+                    ports.push(format!("{}/{}", p["port"], text(&p["protocol"])));
+                    for b in p["backends"].as_array().into_iter().flatten() {
+                        all += 1;
+                        up += usize::from(b["up"].as_bool() == Some(true));
+                    }
+                }
+                let ls = &v["lastSync"];
+                vec![
+                    text(&v["service"]),
+                    v["ips"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| text(&i["ip"]))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    ports.join(","),
+                    format!("{up}/{all}"),
+                    if ls.is_object() {
+                        format!(
+                            "{} {}",
+                            if ls["ok"].as_bool() == Some(true) {
+                                "ok"
+                            } else {
+                                "FAILED"
+                            },
+                            ago(s.now, ls["at"].as_f64())
+                        )
+                    } else {
+                        "-".into()
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["SERVICE", "IPS", "PORTS", "UP/BACKENDS", "LAST SYNC"],
+            &rows,
+        );
+    }
+    o.push_str("\nRECENT EVENTS\n");
+    let rows: Vec<Vec<String>> = s
+        .events
+        .iter()
+        .take(15)
+        .map(|e| {
+            vec![
+                ago(s.now, Some(e.at)),
+                e.kind.clone(),
+                e.subject.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(&mut o, &["WHEN", "KIND", "SUBJECT", "WHAT"], &rows);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_line_up() {
+        let mut o = String::new();
+        super::table(
+            &mut o,
+            &["NAME", "N"],
+            &[
+                vec!["a".into(), "5".into()],
+                vec!["longer".into(), "12345".into()],
+            ],
+        );
+        assert_eq!(o, "NAME        N\na           5\nlonger  12345\n");
+    }
+}
