@@ -1,7 +1,8 @@
-//! Plain-text tables for the status commands (`keel-agent status`, `keel-lb status`): left-aligned
-//! columns two spaces apart, sized to their widest cell, like `kubectl get`. Cells are one line: a
-//! newline or tab inside one (an error message from the cluster) is shown as a space, so a row never
-//! breaks the layout, and a cell longer than `max_cell` is cut with `…`.
+//! Plain-text tables for the status commands (`keel-agent status`, `keel-lb status`): columns two
+//! spaces apart, sized to their widest cell, like `kubectl get`; a column whose every cell is a
+//! number (`12`, `3ms`, `4/10`) is right-aligned, header included. Cells are one line: a newline or
+//! tab inside one (an error message from the cluster) is shown as a space, so a row never breaks the
+//! layout, and a cell longer than `max_cell` is cut with `…`.
 
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -47,13 +48,25 @@ impl Table {
                 *w = (*w).max(width(c));
             }
         }
+        let numeric =
+            |c: &String| c.starts_with(|ch: char| ch.is_ascii_digit()) && !c.contains(' ');
+        let right: Vec<bool> = (0..self.headers.len())
+            .map(|i| !self.rows.is_empty() && self.rows.iter().all(|r| numeric(&r[i])))
+            .collect();
         let mut out = String::new();
         for r in std::iter::once(&self.headers).chain(&self.rows) {
             let mut line = String::new();
             for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
-                line.push_str(c);
-                if i + 1 < r.len() {
-                    line.extend(std::iter::repeat_n(' ', w - width(c) + 2));
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = w - width(c);
+                if right[i] {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(c);
+                } else {
+                    line.push_str(c);
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push_str(line.trim_end());
@@ -134,6 +147,17 @@ mod tests {
         assert_eq!(
             t.render(),
             "NAME         STATUS\nmemory       Ok\nsystem-disk  Problem\n"
+        );
+    }
+
+    #[test]
+    fn number_columns_are_right_aligned() {
+        let mut t = Table::new(["NAME", "N", "LATENCY"]);
+        t.row(["a", "5", "3ms"]);
+        t.row(["longer", "12345", "-"]);
+        assert_eq!(
+            t.render(),
+            "NAME        N  LATENCY\na           5  3ms\nlonger  12345  -\n"
         );
     }
 

@@ -2,49 +2,13 @@
 
 use crate::status::Snapshot;
 
-/// Columns padded to their widest cell; a column of numbers right-aligned, header included.
+/// Appends a table (`keel_common::table`: number columns right-aligned, cells one line).
 fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
-    let numeric = |c: &String| c.starts_with(|ch: char| ch.is_ascii_digit()) && !c.contains(' ');
-    let right: Vec<bool> = (0..head.len())
-        .map(|i| !rows.is_empty() && rows.iter().all(|r| r.get(i).is_none_or(numeric)))
-        .collect();
-    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    let mut t = keel_common::table::Table::new(head.iter().copied()).max_cell(160);
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(x) = w.get_mut(i) {
-                *x = (*x).max(c.chars().count());
-            }
-        }
+        t.row(r.iter().cloned());
     }
-    let line = |out: &mut String, cells: Vec<String>| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            let pad = w
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(c.chars().count());
-            let right = right.get(i).copied().unwrap_or(false);
-            if i > 0 {
-                l.push_str("  ");
-            }
-            if right {
-                l.push_str(&" ".repeat(pad));
-                l.push_str(c);
-            } else {
-                l.push_str(c);
-                if i + 1 < cells.len() {
-                    l.push_str(&" ".repeat(pad));
-                }
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(out, head.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(out, r.clone());
-    }
+    out.push_str(&t.render());
 }
 
 fn ago(now: f64, t: Option<f64>) -> String {
@@ -52,13 +16,7 @@ fn ago(now: f64, t: Option<f64>) -> String {
 }
 
 fn dur(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
+    keel_common::table::ago(s.max(0.0) as i64)
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -287,21 +245,4 @@ pub fn render(s: &Snapshot) -> String {
         .collect();
     table(&mut o, &["WHEN", "KIND", "SUBJECT", "WHAT"], &rows);
     o
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn columns_line_up() {
-        let mut o = String::new();
-        super::table(
-            &mut o,
-            &["NAME", "N"],
-            &[
-                vec!["a".into(), "5".into()],
-                vec!["longer".into(), "12345".into()],
-            ],
-        );
-        assert_eq!(o, "NAME        N\na           5\nlonger  12345\n");
-    }
 }
