@@ -1,6 +1,7 @@
 //! The end-to-end harness: finds Keel's built binaries, skips root-only tests when not root, and (in
 //! `netns`) builds network-namespace topologies that tear themselves down on drop.
 
+pub mod images;
 pub mod netns;
 
 use std::net::{TcpListener, UdpSocket};
