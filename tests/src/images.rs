@@ -1,7 +1,7 @@
 //! Debian packages and VM images for the tests (images/deb/build.sh, images/linux/build-image.sh),
 //! built from the debug binaries `tests/run` already built (a release build would double CI's time),
 //! and kept under target/images for the rest of the run. An image is reused only while its inputs (the
-//! package, the image scripts) are byte for byte the same: its file name carries their hash, so a
+//! binary, the packaging and image scripts) are byte for byte the same: its file name carries their hash, so a
 //! changed binary or script builds a new one and nothing stale ever boots.
 
 use std::path::{Path, PathBuf};
@@ -81,9 +81,15 @@ pub fn image(role: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (lb, agent) = debs();
     let deb = if role == "lb" { lb } else { agent };
     let dir = images_dir();
+    // The binary and the scripts, not the .deb: its timestamps follow the last commit.
+    let bin = crate::bin(if role == "lb" {
+        "keel-lb"
+    } else {
+        "keel-agent"
+    });
     let key = locked_sh(&format!(
-        "cat '{}' images/linux/build-image.sh images/linux/firstboot/* | sha256sum | cut -c1-16",
-        deb.display()
+        "cat '{}' images/deb/* images/linux/build-image.sh images/linux/firstboot/* | sha256sum | cut -c1-16",
+        bin.display()
     ));
     let disk = dir.join(format!("{role}-{}.qcow2", key.trim()));
     let with = |ext: &str| PathBuf::from(format!("{}.{ext}", disk.display()));

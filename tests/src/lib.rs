@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod netns;
+pub mod vm;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
