@@ -75,7 +75,9 @@ CONTROL
     (cd "$d" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
         xargs -0 md5sum > DEBIAN/md5sums)
     find "$d" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-    dpkg-deb --root-owner-group -Z"${KEEL_DEB_COMPRESSION:-xz}" --build "$d" "$out/${pkg}_${version}_$arch.deb" >/dev/null
+    # Built aside, then renamed: whoever reads the previous .deb never sees half a file.
+    dpkg-deb --root-owner-group -Z"${KEEL_DEB_COMPRESSION:-xz}" --build "$d" "$out/.$pkg.deb.tmp" >/dev/null
+    mv "$out/.$pkg.deb.tmp" "$out/${pkg}_${version}_$arch.deb"
     echo "$out/${pkg}_${version}_$arch.deb"
 }
 

@@ -49,8 +49,14 @@ fn locked_sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The two packages, `(keel-lb, keel-agent)`, freshly built from target/<profile>'s binaries.
+/// The two packages, `(keel-lb, keel-agent)`, built from target/<profile>'s binaries once per test
+/// process (a second build would replace the files under a test still reading them).
 pub fn debs() -> (PathBuf, PathBuf) {
+    static DEBS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    DEBS.get_or_init(build_debs).clone()
+}
+
+fn build_debs() -> (PathBuf, PathBuf) {
     let bins = crate::bin("keel-lb")
         .parent()
         .expect("target/<profile>")
