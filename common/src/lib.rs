@@ -1,12 +1,14 @@
 //! What keel-lb and keel-agent share, and nothing else: config diagnostics that name file, line and
 //! field; human durations (`100ms`, `5s`); a jittered exponential backoff; HTTP serving with
-//! connection and time limits; plain-text tables for the status commands.
+//! connection and time limits; plain-text tables for the status commands; sd_notify on Linux.
 
 pub mod backoff;
 pub mod config;
 pub mod duration;
 pub mod error;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod sd_notify;
 pub mod table;
 
 pub use backoff::Backoff;

@@ -62,6 +62,11 @@ pub async fn run(cfg: config::Config) -> anyhow::Result<()> {
             },
         ));
     }
+    // Type=notify: systemd reports the unit active only now, with every listener bound (a frontend
+    // that cannot bind failed start above) and VRRP started (or retrying with its backoff, logged).
+    if let Err(e) = keel_common::sd_notify::sd_notify("READY=1") {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
     server.run(rx).await?;
     Ok(())
 }

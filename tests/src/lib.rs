@@ -1,7 +1,9 @@
 //! The end-to-end harness: finds Keel's built binaries, skips root-only tests when not root, and (in
 //! `netns`) builds network-namespace topologies that tear themselves down on drop.
 
+pub mod images;
 pub mod netns;
+pub mod vm;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
