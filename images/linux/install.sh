@@ -9,6 +9,11 @@ src=${1:?usage: install.sh <dir with binaries> [agent.yaml | lb.yaml]}
 here=$(cd "$(dirname "$0")" && pwd)
 [ -x "$src/keel-agent" ] || [ -x "$src/keel-lb" ] || { echo "no keel-agent or keel-lb in $src" >&2; exit 1; }
 install -d -m 0755 /etc/keel
+# The packages' hardened units (images/deb), pointed at /usr/local/bin: one unit file per program.
+unit() {
+    sed 's#/usr/bin/keel-#/usr/local/bin/keel-#g' "$here/../deb/$1.service" >"/etc/systemd/system/$1.service"
+    chmod 0644 "/etc/systemd/system/$1.service"
+}
 
 if [ -x "$src/keel-agent" ]; then
     install -m 0755 "$src/keel-agent" /usr/local/bin/keel-agent
@@ -21,7 +26,7 @@ if [ -x "$src/keel-agent" ]; then
         install -m 0600 "$2" /etc/keel/agent.yaml
         ;;
     esac
-    install -m 0644 "$here/keel-agent.service" /etc/systemd/system/keel-agent.service
+    unit keel-agent
 fi
 
 if [ -x "$src/keel-lb" ]; then
@@ -32,7 +37,10 @@ if [ -x "$src/keel-lb" ]; then
         install -m 0644 "$2" /etc/keel/lb.yaml
         ;;
     esac
-    install -m 0644 "$here/keel-lb.service" /etc/systemd/system/keel-lb.service
+    # The admin token the unit hands over as a credential (LoadCredential=): random, created once,
+    # root-only, as the package's postinst does.
+    [ -e /etc/keel/lb-admin-token ] || (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >/etc/keel/lb-admin-token)
+    unit keel-lb
 fi
 
 if [ -d /run/systemd/system ]; then
