@@ -1,0 +1,164 @@
+//! The thin driver: the dummy interface and its host addresses, over rtnetlink as keel-vrrp adds
+//! its VIPs. No decisions here.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+
+pub struct Netlink {
+    h: rtnetlink::Handle,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+fn host_prefix(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The unused end of the fallback veth pair: the name with `.p` (cut to fit in 15 bytes).
+pub fn veth_peer(name: &str) -> String {
+    let keep: String = name.chars().take(13).collect();
+    format!("{keep}.p")
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, String> {
+        let (conn, h, _) = rtnetlink::new_connection().map_err(|e| err("netlink", e))?;
+        tokio::spawn(conn);
+        Ok(Netlink { h })
+    }
+
+    /// The index of a link, None when there is none of that name.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, String> {
+        let mut s = self.h.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(m.header.index)),
+            Ok(None) => Ok(None),
+            // ENODEV: no such link.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(err(&format!("link {name}"), e)),
+        }
+    }
+
+    /// The dummy interface, created when missing, and up. Returns its index.
+    pub async fn ensure_dummy(&self, name: &str) -> Result<u32, String> {
+        let index = match self.link_index(name).await? {
+            Some(i) => i,
+            None => {
+                let made = self
+                    .h
+                    .link()
+                    .add(rtnetlink::LinkDummy::new(name).up().build())
+                    .execute()
+                    .await;
+                match made {
+                    Ok(()) => {}
+                    // A kernel built without CONFIG_DUMMY: a veth pair with its other end up and
+                    // unused has a carrier too, which is all zebra needs to redistribute.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
+                        let peer = veth_peer(name);
+                        tracing::info!(interface = %name, %peer, "no dummy interfaces in this kernel; using a veth pair");
+                        self.h
+                            .link()
+                            .add(rtnetlink::LinkVeth::new(name, &peer).up().build())
+                            .execute()
+                            .await
+                            .map_err(|e| err(&format!("creating veth pair {name}/{peer}"), e))?;
+                    }
+                    Err(e) => return Err(err(&format!("creating dummy interface {name}"), e)),
+                }
+                self.link_index(name)
+                    .await?
+                    .ok_or_else(|| format!("dummy interface {name} vanished after creation"))?
+            }
+        };
+        self.h
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| err(&format!("setting {name} up"), e))?;
+        if let Some(peer) = self.link_index(&veth_peer(name)).await? {
+            self.h
+                .link()
+                .set(rtnetlink::LinkUnspec::new_with_index(peer).up().build())
+                .execute()
+                .await
+                .map_err(|e| err(&format!("setting {}'s peer up", name), e))?;
+        }
+        Ok(index)
+    }
+
+    /// The addresses on a link, IPv6 link-local ones left out (the kernel's, not ours).
+    pub async fn addresses(&self, index: u32) -> Result<BTreeSet<IpAddr>, String> {
+        let msgs: Vec<AddressMessage> = self
+            .h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| err("listing addresses", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .collect())
+    }
+
+    /// Adds a host address (replacing one already there).
+    pub async fn add(&self, index: u32, addr: IpAddr) -> Result<(), String> {
+        let mut req = self
+            .h
+            .address()
+            .add(index, addr, host_prefix(addr))
+            .replace();
+        if addr.is_ipv6() {
+            // A tentative address cannot serve; the VIP is ours by config.
+            let msg = req.message_mut();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
+            .await
+            .map_err(|e| err(&format!("adding {addr}"), e))
+    }
+
+    pub async fn del(&self, index: u32, addr: IpAddr) -> Result<(), String> {
+        let msg = match addr {
+            IpAddr::V4(a) => rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+                .index(index)
+                .address(a, 32)
+                .build(),
+            IpAddr::V6(a) => rtnetlink::AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(index)
+                .address(a, 128)
+                .build(),
+        };
+        self.h
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| err(&format!("removing {addr}"), e))
+    }
+}
