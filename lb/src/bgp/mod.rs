@@ -3,9 +3,10 @@
 //! static config redistributes that interface's connected routes, so a VIP added or removed here
 //! is announced or withdrawn by FRR (zebra follows the addresses through netlink).
 //!
-//! Every VIP is also held on `lo` while keel-lb runs: the listeners keep receiving the packets that
-//! still arrive for a withdrawn VIP while the routers converge (make-before-break), and `lo`'s
-//! addresses are not redistributed (the route-map matches the dummy interface only).
+//! Every VIP is also held by a `local` route (table local, through `lo`) while keel-lb runs: the
+//! listeners keep receiving the packets that still arrive for a withdrawn VIP while the routers
+//! converge (make-before-break). A route in the local table is not a connected route, so FRR never
+//! sees it.
 
 pub mod config;
 pub mod frr;
@@ -65,7 +66,7 @@ impl BgpMetrics {
     }
 }
 
-/// The VIPs on the dummy interface and on `lo`, kept to the plan.
+/// The VIPs on the dummy interface (kept to the plan) and their local routes.
 pub struct Announcer {
     cfg: BgpConfig,
     nl: netlink::Netlink,
@@ -78,7 +79,7 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Creates the dummy interface, holds every VIP on `lo` and removes what an earlier run left
+    /// Creates the dummy interface, holds every VIP by a local route and removes what an earlier run left
     /// on the dummy interface; nothing is announced until the first [`Announcer::sync`].
     pub async fn start(cfg: BgpConfig, metrics: BgpMetrics) -> Result<Announcer, String> {
         let nl = netlink::Netlink::open()?;
@@ -99,11 +100,11 @@ impl Announcer {
         };
         a.apply(&BTreeSet::new()).await?;
         a.hold(&BTreeSet::new()).await?;
-        tracing::info!(interface = %a.cfg.interface, vips = a.cfg.vips.len(), "bgp: dummy interface ready; VIPs held on lo");
+        tracing::info!(interface = %a.cfg.interface, vips = a.cfg.vips.len(), "bgp: dummy interface ready; VIPs held by local routes");
         Ok(a)
     }
 
-    /// A reloaded `bgp:` section: VIPs gone from it are released from `lo` too.
+    /// A reloaded `bgp:` section: VIPs gone from it lose their local routes too.
     pub async fn reconfigure(&mut self, cfg: BgpConfig) -> Result<(), String> {
         if cfg.interface != self.cfg.interface {
             return Err("bgp.interface changes take effect at the next restart".into());
@@ -113,15 +114,14 @@ impl Announcer {
         self.hold(&before).await
     }
 
-    /// Puts every configured VIP on `lo`; removes `gone` ones that are no longer configured.
+    /// Holds every configured VIP (idempotent); releases `gone` ones no longer configured.
     async fn hold(&self, gone: &BTreeSet<IpAddr>) -> Result<(), String> {
         let want: BTreeSet<IpAddr> = self.cfg.vips.iter().map(|v| v.addr).collect();
-        let have = self.nl.addresses(self.lo).await?;
-        for a in want.difference(&have) {
-            self.nl.add(self.lo, *a).await?;
+        for a in &want {
+            self.nl.hold(self.lo, *a).await?;
         }
-        for a in gone.difference(&want).filter(|a| have.contains(a)) {
-            self.nl.del(self.lo, *a).await?;
+        for a in gone.difference(&want) {
+            let _ = self.nl.unhold(self.lo, *a).await;
         }
         Ok(())
     }
@@ -184,7 +184,7 @@ impl Announcer {
             tracing::error!(error = %e, "bgp: withdrawing at exit");
         }
         for v in &self.cfg.vips {
-            let _ = self.nl.del(self.lo, v.addr).await;
+            let _ = self.nl.unhold(self.lo, v.addr).await;
         }
         self.status.abort();
     }

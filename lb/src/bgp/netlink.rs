@@ -8,6 +8,12 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope, RouteType};
+
+/// The kernel's `local` routing table.
+const LOCAL_TABLE: u32 = 255;
+/// The metric of keel-lb's local routes (the kernel's own are 0).
+const HOLD_METRIC: u32 = 4242;
 
 pub struct Netlink {
     h: rtnetlink::Handle,
@@ -141,6 +147,41 @@ impl Netlink {
         req.execute()
             .await
             .map_err(|e| err(&format!("adding {addr}"), e))
+    }
+
+    /// A `local` route for the VIP in the kernel's local table through `lo`: the host accepts the
+    /// VIP's packets without holding it as an address (an address on `lo` would be a second
+    /// connected route, which zebra may prefer over the dummy interface's and not announce). Its
+    /// own metric keeps it apart from the kernel's route for the address on the dummy interface.
+    fn local_route(lo: u32, addr: IpAddr) -> Result<RouteMessage, String> {
+        Ok(rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, host_prefix(addr))
+            .map_err(|e| err(&format!("local route for {addr}"), e))?
+            .table_id(LOCAL_TABLE)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .output_interface(lo)
+            .priority(HOLD_METRIC)
+            .build())
+    }
+
+    pub async fn hold(&self, lo: u32, addr: IpAddr) -> Result<(), String> {
+        self.h
+            .route()
+            .add(Self::local_route(lo, addr)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| err(&format!("holding {addr}"), e))
+    }
+
+    pub async fn unhold(&self, lo: u32, addr: IpAddr) -> Result<(), String> {
+        self.h
+            .route()
+            .del(Self::local_route(lo, addr)?)
+            .execute()
+            .await
+            .map_err(|e| err(&format!("releasing {addr}"), e))
     }
 
     pub async fn del(&self, index: u32, addr: IpAddr) -> Result<(), String> {
