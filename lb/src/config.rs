@@ -27,6 +27,7 @@ pub struct RawFile {
     pub pools: BTreeMap<String, RawPool>,
     pub vrrp: Option<keel_vrrp::VrrpFile>,
     pub services: Option<crate::services::config::RawServices>,
+    pub bgp: Option<crate::bgp::config::RawBgp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +183,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Services of type LoadBalancer in the workload cluster become frontends (`services:`).
     pub services: Option<crate::services::config::ServicesConfig>,
+    /// VIPs announced by BGP through FRR (`bgp:`).
+    pub bgp: Option<crate::bgp::config::BgpConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -733,7 +736,22 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         crate::services::config::validate(rs, &routers, &mut diag)
     });
 
+    let bgp = raw.bgp.as_ref().and_then(|rb| {
+        let vrrp_vips: Vec<IpAddr> = vrrp
+            .as_ref()
+            .map(|v| v.vips().iter().map(|v| v.addr).collect())
+            .unwrap_or_default();
+        crate::bgp::config::validate(
+            rb,
+            &|p| pools.contains_key(p),
+            &list(pools.keys()),
+            &vrrp_vips,
+            &mut diag,
+        )
+    });
+
     diag.finish(Config {
+        bgp,
         path: src.path.clone(),
         admin,
         metrics_listen,
@@ -988,6 +1006,15 @@ impl Config {
             }
         }
         w.extend(unset);
+        if let Some(b) = &self.bgp {
+            if b.find_vtysh().is_none() {
+                w.push(format!(
+                    "bgp: {} not found: without FRR the VIPs are held on {} but nothing announces them (install frr)",
+                    b.vtysh.display(),
+                    b.interface
+                ));
+            }
+        }
         w
     }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -47,6 +47,8 @@ pub enum ApplyError {
     },
     #[error("vrrp: {0}")]
     Vrrp(String),
+    #[error("bgp: {0}")]
+    Bgp(String),
 }
 
 type ListenKey = (Protocol, SocketAddr);
@@ -129,6 +131,9 @@ pub struct Server {
     overrides: Overrides,
     /// Each router's last transition already told as an event.
     told_transitions: HashMap<String, std::time::SystemTime>,
+    /// The `bgp:` VIPs on the dummy interface (None without a `bgp:` section).
+    bgp: Option<crate::bgp::Announcer>,
+    bgp_metrics: Option<crate::bgp::BgpMetrics>,
 }
 
 impl Server {
@@ -172,6 +177,8 @@ impl Server {
             last_reload: None,
             overrides,
             told_transitions: HashMap::new(),
+            bgp: None,
+            bgp_metrics: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
         if let Some(path) = cfg.services.as_ref().and_then(|c| c.state_file.clone()) {
@@ -248,6 +255,9 @@ impl Server {
             file.frontends.iter().map(|f| f.listen.ip()).collect();
         if let Some(v) = &file.vrrp {
             reserved.extend(v.vips().iter().map(|v| v.addr));
+        }
+        if let Some(b) = &file.bgp {
+            reserved.extend(b.vips.iter().map(|v| v.addr));
         }
         Some(FileView {
             services,
@@ -366,6 +376,10 @@ impl Server {
                     self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
                     let booting = self.file.is_none();
                     let vrrp = self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+                    let bgp = self.apply_bgp(file.bgp.clone()).await;
+                    if let Err(e) = &bgp {
+                        tracing::error!(error = %e, "bgp");
+                    }
                     if let Some(old) = &self.file {
                         if old.admin != file.admin {
                             tracing::warn!(
@@ -384,10 +398,12 @@ impl Server {
                         let _ = self.save_overrides().await;
                     }
                     self.publish_pool_health(true, None);
+                    self.sync_bgp().await;
                     self.publish_all();
                     self.publish_view();
-                    return match vrrp {
-                        Err(e) if file_changed && !booting => Err(ApplyError::Vrrp(e)),
+                    return match (vrrp, bgp) {
+                        (Err(e), _) if file_changed && !booting => Err(ApplyError::Vrrp(e)),
+                        (_, Err(e)) if file_changed && !booting => Err(ApplyError::Bgp(e)),
                         _ => Ok(()),
                     };
                 }
@@ -565,7 +581,7 @@ impl Server {
                     left_out(key, &mut new, proto, addr, &err);
                 }
                 // apply_delta binds; it has no VRRP part.
-                Err(e @ ApplyError::Vrrp(_)) => {
+                Err(e @ (ApplyError::Vrrp(_) | ApplyError::Bgp(_))) => {
                     tracing::error!(service = %key, error = %e, "services: rule not applied");
                     break;
                 }
@@ -969,6 +985,56 @@ impl Server {
         r.map(|()| Some(path))
     }
 
+    /// Starts, reconfigures or stops the BGP announcer for the file's `bgp:` section. A failed start
+    /// (no CAP_NET_ADMIN) is retried at the next sync tick.
+    async fn apply_bgp(
+        &mut self,
+        new: Option<crate::bgp::config::BgpConfig>,
+    ) -> Result<(), String> {
+        match (self.bgp.as_mut(), new) {
+            (Some(a), Some(c)) => a.reconfigure(c).await,
+            (Some(_), None) => {
+                if let Some(a) = self.bgp.take() {
+                    tracing::info!("bgp section removed; withdrawing its VIPs");
+                    a.release().await;
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (None, Some(c)) => {
+                let metrics = match &self.bgp_metrics {
+                    Some(m) => m.clone(),
+                    None => crate::bgp::BgpMetrics::register(&self.metrics.registry)
+                        .map(|m| self.bgp_metrics.insert(m).clone())
+                        .map_err(|e| format!("bgp metrics: {e}"))?,
+                };
+                let a = crate::bgp::Announcer::start(c, metrics).await?;
+                self.bgp = Some(a);
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the BGP VIPs to what pool health and a planned leave say (idempotent: also run every
+    /// tick, so an address removed by hand comes back).
+    async fn sync_bgp(&mut self) {
+        if self.bgp.is_none() {
+            let cfg = self.file.as_ref().and_then(|f| f.bgp.clone());
+            if cfg.is_none() {
+                return;
+            }
+            if let Err(e) = self.apply_bgp(cfg).await {
+                tracing::error!(error = %e, "bgp");
+                return;
+            }
+        }
+        if let Some(a) = self.bgp.as_mut() {
+            if let Err(e) = a.sync(&self.pool_up).await {
+                tracing::error!(error = %e, "bgp");
+            }
+        }
+    }
+
     fn update_vrrp_gauges(&self) {
         let running = self.vrrp.as_ref().map_or(0, |v| {
             v.status()
@@ -1054,7 +1120,16 @@ impl Server {
         result
     }
 
-    async fn handover(&self) -> String {
+    async fn handover(&mut self) -> String {
+        if let Some(a) = self.bgp.as_mut() {
+            // Withdrawn, still serving; POST /resume announces again.
+            return match a.set_draining(true, &self.pool_up).await {
+                Ok(()) => {
+                    "bgp routes withdrawn; still serving; POST /resume announces again".into()
+                }
+                Err(e) => format!("bgp: {e}"),
+            };
+        }
         match (&self.vrrp, &self.file) {
             (Some(v), Some(c)) => {
                 let outcome = v.handover(c.handover_timeout).await;
@@ -1071,6 +1146,13 @@ impl Server {
 
     /// Starts the routers again after a handover stopped them (a fresh VRRP with the running config).
     async fn resume(&mut self) -> Result<(), String> {
+        if let Some(a) = self.bgp.as_mut() {
+            a.set_draining(false, &self.pool_up).await?;
+            tracing::info!("bgp: announcing again after a handover");
+            if self.vrrp_cfg.is_none() {
+                return Ok(());
+            }
+        }
         if self.vrrp_cfg.is_none() {
             return Err("no vrrp section: nothing to resume".into());
         }
@@ -1095,7 +1177,10 @@ impl Server {
         vrrp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = vrrp_tick.tick() => self.vrrp_tick().await,
+                _ = vrrp_tick.tick() => {
+                    self.vrrp_tick().await;
+                    self.sync_bgp().await;
+                }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
                     let _ = self.reload().await;
@@ -1118,7 +1203,10 @@ impl Server {
                         let _ = reply.send(r);
                     }
                 },
-                _ = self.health_changed.notified() => self.publish_pool_health(false, None),
+                _ = self.health_changed.notified() => {
+                    self.publish_pool_health(false, None);
+                    self.sync_bgp().await;
+                }
                 Some(rules) = next_rules(&mut self.services) => self.apply_cluster(rules).await,
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
@@ -1144,6 +1232,20 @@ impl Server {
             tracing::info!(?outcome, "vrrp handover before shutdown");
             stop_vrrp(v).await;
         }
+        // BGP: withdraw first, keep accepting while the routers converge, then drain.
+        let bgp = self.bgp.take();
+        if let Some(mut a) = bgp {
+            if let Err(e) = a.set_draining(true, &self.pool_up).await {
+                tracing::error!(error = %e, "bgp: withdrawing before shutdown");
+            }
+            let wait = a.withdraw_wait();
+            tracing::info!(
+                ?wait,
+                "bgp routes withdrawn; still accepting while routers converge"
+            );
+            tokio::time::sleep(wait).await;
+            self.bgp = Some(a);
+        }
         for l in self.listeners.values() {
             l.stop.cancel();
         }
@@ -1160,6 +1262,9 @@ impl Server {
                 connections = self.tracker.len(),
                 "drain time over; closing the remaining connections"
             ),
+        }
+        if let Some(a) = self.bgp.take() {
+            a.release().await;
         }
     }
 }

@@ -281,6 +281,10 @@ services:
     - name: default
       addresses: [198.18.10.0/26]
       vrrp_routers: [r4]
+bgp:
+  vips:
+    - address: 198.18.100.10
+      track_pools: [p]
 "#;
 
 /// A valid keel-agent config with every section present (the first check's timeout is at most the

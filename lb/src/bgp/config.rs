@@ -1,0 +1,275 @@
+//! The `bgp:` section: VIPs announced by BGP through FRR instead of moved by VRRP. keel-lb never
+//! speaks BGP; it keeps each VIP as a host route on a dummy interface that FRR redistributes.
+//!
+//! ```yaml
+//! bgp:
+//!   interface: keel-vips
+//!   withdraw_wait: 3s
+//!   vips:
+//!     - address: 198.18.0.10
+//!       track_pools: [api]
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_common::{Diagnostics, Dur};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgp {
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub vips: Vec<RawBgpVip>,
+    pub withdraw_wait: Option<Dur>,
+    pub vtysh: Option<PathBuf>,
+    pub vty_socket: Option<PathBuf>,
+    pub status_interval: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBgpVip {
+    pub address: String,
+    #[serde(default)]
+    pub track_pools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BgpConfig {
+    /// The dummy interface keel-lb creates; FRR redistributes its connected routes.
+    pub interface: String,
+    pub vips: Vec<BgpVip>,
+    /// On a planned leave: how long the listeners keep accepting after the routes are withdrawn,
+    /// while the routers converge, before the drain starts.
+    pub withdraw_wait: Duration,
+    /// FRR's shell, for status only (`show bgp summary json`).
+    pub vtysh: PathBuf,
+    /// `vtysh --vty_socket DIR`, for an FRR whose sockets are not in the default directory.
+    pub vty_socket: Option<PathBuf>,
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpVip {
+    pub addr: IpAddr,
+    /// Announced only while every one of these pools has a healthy backend.
+    pub track_pools: Vec<String>,
+}
+
+pub const DEFAULT_INTERFACE: &str = "keel-vips";
+pub const DEFAULT_WITHDRAW_WAIT: Duration = Duration::from_secs(3);
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(5);
+pub const MAX_VIPS: usize = 1_000;
+
+/// A host address: `198.18.0.10`, `198.18.0.10/32`, `2001:db8::10/128`.
+fn parse_host(text: &str) -> Result<IpAddr, String> {
+    let t = text.trim();
+    let (a, p) = match t.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (t, None),
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{t:?} is not an IP address, e.g. 198.18.0.10 or 198.18.0.10/32"))?;
+    let host = if addr.is_ipv4() { "32" } else { "128" };
+    if let Some(p) = p {
+        if p != host {
+            return Err(format!(
+                "{t:?}: a BGP VIP is a host route; the prefix is /{host} or left out"
+            ));
+        }
+    }
+    let link_local = matches!(addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || link_local {
+        return Err(format!("{addr} cannot be a virtual address"));
+    }
+    Ok(addr)
+}
+
+fn interface_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && !n.contains(['/', ' ', '\t', ':'])
+        && n != "."
+        && n != ".."
+        && n != "lo"
+}
+
+/// Validates `bgp:`. `pools`: the pool names of the file; `vrrp_vips`: addresses VRRP routers hold
+/// (a VIP is announced one way only).
+pub fn validate(
+    raw: &RawBgp,
+    pools: &dyn Fn(&str) -> bool,
+    pool_names: &str,
+    vrrp_vips: &[IpAddr],
+    diag: &mut Diagnostics,
+) -> Option<BgpConfig> {
+    let f = "bgp";
+    let interface = raw
+        .interface
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INTERFACE.into());
+    if !interface_name_ok(&interface) {
+        diag.error(
+            format!("{f}.interface"),
+            format!("{interface:?} is not an interface name (1 to 15 characters, no '/', ':' or white space, not lo)"),
+        );
+    }
+    if raw.vips.is_empty() {
+        diag.error(format!("{f}.vips"), "at least one VIP is needed");
+    }
+    if raw.vips.len() > MAX_VIPS {
+        diag.error(
+            format!("{f}.vips"),
+            format!("{} VIPs; at most {MAX_VIPS}", raw.vips.len()),
+        );
+        return None;
+    }
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    let mut vips = Vec::new();
+    for (i, rv) in raw.vips.iter().enumerate() {
+        let at = format!("{f}.vips[{i}]");
+        let addr = match parse_host(&rv.address) {
+            Ok(a) => a,
+            Err(e) => {
+                diag.error(format!("{at}.address"), e);
+                continue;
+            }
+        };
+        if let Some(first) = seen.insert(addr, i) {
+            diag.error(
+                format!("{at}.address"),
+                format!("{addr} is listed twice (also vips[{first}])"),
+            );
+        }
+        if vrrp_vips.contains(&addr) {
+            diag.error(
+                format!("{at}.address"),
+                format!(
+                    "{addr} is also a VRRP VIP; a VIP is announced by VRRP or by BGP, not both"
+                ),
+            );
+        }
+        let mut tracked: Vec<String> = Vec::new();
+        for (j, p) in rv.track_pools.iter().enumerate() {
+            if !pools(p) {
+                diag.error(
+                    format!("{at}.track_pools[{j}]"),
+                    format!("no pool named {p:?} (pools: {pool_names})"),
+                );
+            } else if tracked.contains(p) {
+                diag.error(
+                    format!("{at}.track_pools[{j}]"),
+                    format!("{p:?} is tracked twice"),
+                );
+            } else {
+                tracked.push(p.clone());
+            }
+        }
+        vips.push(BgpVip {
+            addr,
+            track_pools: tracked,
+        });
+    }
+    let withdraw_wait = raw
+        .withdraw_wait
+        .and_then(|d| {
+            diag.duration_in(
+                format!("{f}.withdraw_wait"),
+                d.0,
+                Duration::ZERO,
+                Duration::from_secs(600),
+            )
+        })
+        .unwrap_or(DEFAULT_WITHDRAW_WAIT);
+    let status_interval = raw
+        .status_interval
+        .and_then(|d| {
+            diag.duration_in(
+                format!("{f}.status_interval"),
+                d.0,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )
+        })
+        .unwrap_or(DEFAULT_STATUS_INTERVAL);
+    let vtysh = raw.vtysh.clone().unwrap_or_else(|| PathBuf::from("vtysh"));
+    if vtysh.as_os_str().is_empty() {
+        diag.error(format!("{f}.vtysh"), "must not be empty");
+    }
+    Some(BgpConfig {
+        interface,
+        vips,
+        withdraw_wait,
+        vtysh,
+        vty_socket: raw.vty_socket.clone(),
+        status_interval,
+    })
+}
+
+impl BgpConfig {
+    /// Where vtysh is: the configured path, or the first match in PATH. None: FRR is not installed.
+    pub fn find_vtysh(&self) -> Option<PathBuf> {
+        if self.vtysh.components().count() > 1 {
+            return self.vtysh.is_file().then(|| self.vtysh.clone());
+        }
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join(&self.vtysh))
+            .find(|p| p.is_file())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_common::Source;
+
+    fn check(bgp: &str) -> Result<crate::config::Config, keel_common::ConfigErrors> {
+        let text = format!(
+            "frontends: []\npools:\n  api: {{backends: [{{address: 198.18.0.1:80}}]}}\nvrrp:\n  routers:\n    - {{name: r, vrid: 1, interface: eth0, vips: [198.18.0.9/24]}}\nbgp:\n{bgp}"
+        );
+        crate::config::load_source(&Source::from_text("lb.yaml", text))
+    }
+
+    #[test]
+    fn a_good_section_becomes_vips_with_their_tracked_pools() {
+        let c = check("  vips:\n    - {address: 198.18.100.10/32, track_pools: [api]}\n    - {address: \"2001:db8::10\"}\n").unwrap();
+        let b = c.bgp.unwrap();
+        assert_eq!(b.interface, "keel-vips");
+        assert_eq!(b.vips.len(), 2);
+        assert_eq!(
+            b.vips[0].addr,
+            "198.18.100.10".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(b.vips[0].track_pools, vec!["api".to_string()]);
+        assert_eq!(b.withdraw_wait, super::DEFAULT_WITHDRAW_WAIT);
+    }
+
+    #[test]
+    fn every_error_names_line_and_field() {
+        let e = check(
+            "  interface: lo\n  withdraw_wait: 11m\n  vips:\n    - {address: 198.18.0.9, track_pools: [nope]}\n    - {address: 198.18.0.8/24}\n    - {address: 198.18.0.7, track_pools: [api, api]}\n    - {address: 198.18.0.7}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "lb.yaml:8: bgp.interface:",
+            "lb.yaml:9: bgp.withdraw_wait:",
+            "lb.yaml:11: bgp.vips[0].address: 198.18.0.9 is also a VRRP VIP",
+            "lb.yaml:11: bgp.vips[0].track_pools[0]: no pool named \"nope\"",
+            "lb.yaml:12: bgp.vips[1].address: \"198.18.0.8/24\": a BGP VIP is a host route",
+            "lb.yaml:13: bgp.vips[2].track_pools[1]: \"api\" is tracked twice",
+            "lb.yaml:14: bgp.vips[3].address: 198.18.0.7 is listed twice",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        assert!(check("  vips: []\n")
+            .unwrap_err()
+            .to_string()
+            .contains("bgp.vips: at least one"));
+    }
+}

@@ -1,0 +1,471 @@
+//! Scale-out by BGP through FRR (issue 17), end to end: an upstream router running FRR with ECMP,
+//! two LB hosts each running keel-lb (`bgp:`) and FRR configured from the shipped template
+//! (images/linux/frr/frr.conf), a client behind the router and a backend.
+//!
+//! ```text
+//!   client 198.18.5.100 --gw--> router 198.18.5.1 / 198.18.1.1 (AS 65000, maximum-paths)
+//!                                  | ECMP to the VIP 198.18.100.10
+//!            lb1 198.18.1.11 (AS 65001) / lb2 198.18.1.12 (AS 65001) --> backend 198.18.1.21:8000
+//! ```
+//! All on one bridge; the client reaches the VIP only through the router (its default route).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_e2e::netns::{wait_until, Proc, Topology};
+use keel_e2e::{bin, require_root, skip};
+
+const VIP: &str = "198.18.100.10";
+const FRR: &str = "/usr/lib/frr";
+
+/// Starts zebra, bfdd and bgpd in `host` with their own pid files and sockets in `dir`, then
+/// loads `conf` through vtysh (as `vtysh -b` loads /etc/frr/frr.conf at boot).
+fn start_frr(t: &Topology, host: &str, dir: &Path, conf: &str) {
+    let d = dir.display().to_string();
+    std::fs::write(dir.join("empty.conf"), "").unwrap();
+    std::fs::write(dir.join("frr.conf"), conf).unwrap();
+    std::fs::write(dir.join("vtysh.conf"), "").unwrap();
+    // The daemons drop to the frr user (Debian's package creates it) and write here.
+    t.sh(host, &format!("chown -R frr:frr {d}"));
+    for daemon in ["zebra", "bfdd", "bgpd"] {
+        let mut args = vec![
+            format!("{FRR}/{daemon}"),
+            "-d".into(),
+            "-f".into(),
+            format!("{d}/empty.conf"),
+            "-i".into(),
+            format!("{d}/{daemon}.pid"),
+            "-z".into(),
+            format!("{d}/zserv.api"),
+            "--vty_socket".into(),
+            d.clone(),
+            "-A".into(),
+            "127.0.0.1".into(),
+        ];
+        if daemon == "bfdd" {
+            args.push("--bfdctl".into());
+            args.push(format!("{d}/bfdd.sock"));
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = t.exec(host, &argv);
+        assert!(
+            out.status.success(),
+            "{daemon} in {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // zebra first: the others connect to its socket.
+        if daemon == "zebra" {
+            assert!(
+                wait_until(Duration::from_secs(10), || dir.join("zserv.api").exists()),
+                "zebra in {host} did not open its socket"
+            );
+        }
+    }
+    let out = t.exec(
+        host,
+        &[
+            "vtysh",
+            "--vty_socket",
+            &d,
+            "--config_dir",
+            &d,
+            "-f",
+            &format!("{d}/frr.conf"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "loading frr.conf in {host}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn vtysh(t: &Topology, host: &str, dir: &Path, cmd: &str) -> String {
+    let d = dir.display().to_string();
+    let out = t.exec(host, &["vtysh", "--vty_socket", &d, "-c", cmd]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The router's nexthops for the VIP (gateway addresses), from `show ip route json`.
+fn nexthops(t: &Topology, dir: &Path) -> Vec<String> {
+    let out = vtysh(t, "router", dir, &format!("show ip route {VIP}/32 json"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut hops: Vec<String> = v
+        .get(format!("{VIP}/32"))
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("selected").and_then(|s| s.as_bool()) == Some(true))
+        .flat_map(|r| {
+            r.get("nexthops")
+                .and_then(|n| n.as_array())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|n| n.get("active").and_then(|a| a.as_bool()) == Some(true))
+        .filter_map(|n| n.get("ip").and_then(|i| i.as_str()).map(str::to_string))
+        .collect();
+    hops.sort();
+    hops
+}
+
+/// The shipped LB template with this LB's numbers filled in; logs to a file instead of syslog.
+fn lb_frr_conf(id: &str, dir: &Path) -> String {
+    let tpl = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/linux/frr/frr.conf"),
+    )
+    .unwrap();
+    tpl.replace("LOCAL_ASN", "65001")
+        .replace("ROUTER_ID", id)
+        .replace("UPSTREAM_ASN", "65000")
+        .replace("UPSTREAM_ADDRESS", "198.18.1.1")
+        .replace(
+            "log syslog informational",
+            &format!("log file {}/frr.log", dir.display()),
+        )
+}
+
+fn router_frr_conf(dir: &Path) -> String {
+    format!(
+        "frr defaults datacenter
+hostname router
+log file {}/frr.log
+bfd
+ profile keel
+  detect-multiplier 3
+  receive-interval 100
+  transmit-interval 100
+ exit
+exit
+router bgp 65000
+ bgp router-id 198.18.1.1
+ no bgp ebgp-requires-policy
+ neighbor LBS peer-group
+ neighbor LBS remote-as 65001
+ neighbor LBS bfd
+ neighbor LBS bfd profile keel
+ neighbor 198.18.1.11 peer-group LBS
+ neighbor 198.18.1.12 peer-group LBS
+ address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+exit
+",
+        dir.display()
+    )
+}
+
+fn lb_yaml(dir: &Path, lb: &str) -> PathBuf {
+    let p = dir.join(format!("{lb}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "admin: {{listen: 127.0.0.1:9100}}
+shutdown: {{drain: 5s}}
+frontends:
+  - {{name: api, listen: {VIP}:8080, pool: api}}
+pools:
+  api:
+    health: {{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1}}
+    backends: [{{address: 198.18.1.21:8000}}]
+bgp:
+  withdraw_wait: 3s
+  vty_socket: {}
+  status_interval: 1s
+  vips: [{{address: {VIP}, track_pools: [api]}}]
+",
+            dir.join(format!("frr-{lb}")).display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// One connection from the client: the backend answers with the LB address it saw.
+fn through(t: &Topology) -> Result<String, String> {
+    t.thread_in("client", || {
+        let to: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"hi").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        if out.is_empty() {
+            return Err("closed without an answer".into());
+        }
+        Ok(out)
+    })
+    .join()
+    .unwrap()
+}
+
+fn metric(t: &Topology, lb: &str, name: &str) -> Option<f64> {
+    let out = t.exec(
+        lb,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9100/metrics",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_loss() {
+    require_root!();
+    for p in ["zebra", "bgpd", "bfdd"] {
+        if !Path::new(FRR).join(p).exists() {
+            skip!("FRR is not installed ({FRR}/{p}; apt-get install frr)");
+        }
+    }
+    if !keel_e2e::have("vtysh") || !keel_e2e::have("curl") {
+        skip!("vtysh or curl missing");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut t = Topology::new("lb-bgp");
+    t.bridge();
+    t.host("router", &["198.18.1.1/24", "198.18.5.1/24"]);
+    t.host("lb1", &["198.18.1.11/24"]);
+    t.host("lb2", &["198.18.1.12/24"]);
+    t.host("backend", &["198.18.1.21/24"]);
+    t.host("client", &["198.18.5.100/24"]);
+    // L4 multipath hash so one client's connections spread; no redirects on a one-armed router.
+    t.sh(
+        "router",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 \
+         net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0",
+    );
+    t.sh(
+        "client",
+        "ip route add default via 198.18.5.1 && sysctl -qw net.ipv4.conf.all.accept_redirects=0",
+    );
+    for lb in ["lb1", "lb2"] {
+        t.sh(lb, "ip route add 198.18.5.0/24 via 198.18.1.1");
+    }
+
+    // The backend names the LB each connection came through (its source address).
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = t
+        .thread_in("backend", || TcpListener::bind("198.18.1.21:8000").unwrap())
+        .join()
+        .unwrap();
+    ready.set_nonblocking(true).unwrap();
+    let s2 = stop.clone();
+    let backend = std::thread::spawn(move || {
+        while !s2.load(Ordering::SeqCst) {
+            match ready.accept() {
+                Ok((mut c, peer)) => {
+                    std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut b = [0u8; 2];
+                        let _ = c.read_exact(&mut b);
+                        let _ = c.write_all(peer.ip().to_string().as_bytes());
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+
+    let rdir = dir.join("frr-router");
+    std::fs::create_dir_all(&rdir).unwrap();
+    start_frr(&t, "router", &rdir, &router_frr_conf(&rdir));
+    let mut lbs: Vec<Proc> = Vec::new();
+    for (lb, id) in [("lb1", "198.18.1.11"), ("lb2", "198.18.1.12")] {
+        let d = dir.join(format!("frr-{lb}"));
+        std::fs::create_dir_all(&d).unwrap();
+        start_frr(&t, lb, &d, &lb_frr_conf(id, &d));
+        let cfg = lb_yaml(dir, lb);
+        lbs.push(t.spawn(
+            lb,
+            bin("keel-lb").to_str().unwrap(),
+            &["run", "--config", cfg.to_str().unwrap()],
+        ));
+    }
+
+    // 1. Both LBs announce; the router has two nexthops; the VIP answers through both.
+    let both = vec!["198.18.1.11".to_string(), "198.18.1.12".to_string()];
+    assert!(
+        wait_until(Duration::from_secs(60), || nexthops(&t, &rdir) == both),
+        "router never had two nexthops for {VIP}: {:?}\n{}\nlb1:\n{}\n{}\n{}\n{}",
+        nexthops(&t, &rdir),
+        vtysh(&t, "router", &rdir, "show bgp summary"),
+        t.sh("lb1", "ip -br addr"),
+        vtysh(&t, "lb1", &dir.join("frr-lb1"), "show ip route"),
+        vtysh(&t, "lb1", &dir.join("frr-lb1"), "show bgp ipv4 unicast"),
+        vtysh(&t, "lb1", &dir.join("frr-lb1"), "show running-config"),
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        let via = through(&t).expect("a connection through the router to the VIP");
+        *seen.entry(via).or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections did not spread over both LBs: {seen:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            &t,
+            "lb1",
+            "keel_lb_bgp_session_up{peer=\"198.18.1.1\"}"
+        ) == Some(1.0)),
+        "lb1's metrics do not show its BGP session up"
+    );
+    assert_eq!(
+        metric(
+            &t,
+            "lb1",
+            "keel_lb_bgp_vip_announced{vip=\"198.18.100.10\"}"
+        ),
+        Some(1.0)
+    );
+
+    // 2. The tracked pool fails on lb2 only (its path to the backend is cut): its route goes.
+    t.sh("lb2", "ip route add blackhole 198.18.1.21/32");
+    assert!(
+        wait_until(Duration::from_secs(20), || nexthops(&t, &rdir)
+            == vec!["198.18.1.11".to_string()]),
+        "lb2's route stayed after its pool failed: {:?}",
+        nexthops(&t, &rdir)
+    );
+    for i in 0..20 {
+        let via =
+            through(&t).unwrap_or_else(|e| panic!("connection {i} with lb2's pool down: {e}"));
+        assert_eq!(via, "198.18.1.11");
+    }
+    t.sh("lb2", "ip route del blackhole 198.18.1.21/32");
+    assert!(
+        wait_until(Duration::from_secs(20), || nexthops(&t, &rdir) == both),
+        "lb2's route did not come back with its pool: {:?}",
+        nexthops(&t, &rdir)
+    );
+
+    // 3. Planned leave: SIGTERM to lb1 while a client loop runs; not one connection fails.
+    let t = Arc::new(t);
+    let done = Arc::new(AtomicBool::new(false));
+    let (t2, d2) = (t.clone(), done.clone());
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        let end = Instant::now() + Duration::from_secs(30);
+        while !d2.load(Ordering::SeqCst) && Instant::now() < end {
+            let started = Instant::now();
+            match through(&t2) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push((started, e)),
+            }
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let left_at = Instant::now();
+    lbs[0].signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(3), || nexthops(&t, &rdir)
+            == vec!["198.18.1.12".to_string()]),
+        "lb1's route was not withdrawn within 3 s of SIGTERM: {:?}",
+        nexthops(&t, &rdir)
+    );
+    let withdrawn_at = Instant::now();
+    let withdrawn_after = withdrawn_at - left_at;
+    // Make-before-break: the route is gone while lb1 still runs (it serves for bgp.withdraw_wait).
+    assert!(
+        lbs[0].wait_timeout(Duration::ZERO).is_none(),
+        "lb1 exited before its route was withdrawn"
+    );
+    let exit = lbs[0].wait_timeout(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "lb1 did not exit cleanly: {exit:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    done.store(true, Ordering::SeqCst);
+    let (ok, failed) = client.join().unwrap();
+    eprintln!("planned leave: route withdrawn {withdrawn_after:?} after SIGTERM; {ok} connections, {} failed (in flight at the withdrawal)", failed.len());
+    assert!(ok > 10, "the client loop made only {ok} connections");
+    // A connection in flight through lb1 at the instant the router drops lb1's nexthop is rehashed
+    // to lb2, which resets it: a full proxy cannot move it (docs/bgp.md). Every connection that
+    // started once the router had converged must succeed, and the in-flight ones are few.
+    let late: Vec<&String> = failed
+        .iter()
+        .filter(|(at, _)| *at >= withdrawn_at)
+        .map(|(_, e)| e)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "connections started after the withdrawal failed: {late:?}"
+    );
+    assert!(
+        failed.len() <= 3,
+        "too many in-flight connections lost: {failed:?}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let _ = backend.join();
+}
+
+/// keel-lb removes every address from `bgp.interface`: naming a real NIC there (a typo, a copied
+/// config) must be refused at start, with that NIC left as it was.
+#[test]
+fn an_existing_interface_that_is_not_keel_lbs_dummy_is_refused() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Topology::new("lb-bgp-nic");
+    t.bridge();
+    t.host("lb", &["198.18.1.31/24"]);
+    let cfg = tmp.path().join("lb.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "frontends:\n  - {{name: api, listen: {VIP}:8080, pool: api}}\npools:\n  api:\n    backends: [{{address: 198.18.1.21:8000}}]\nbgp:\n  interface: eth0\n  vty_socket: {}\n  vips: [{{address: {VIP}, track_pools: [api]}}]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    // keel-lb keeps serving without the announcement (as without VRRP) and says why.
+    let log = tmp.path().join("lb.log");
+    let child = t
+        .command("lb", bin("keel-lb").to_str().unwrap())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("lb.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc::from_child(child, "keel-lb in lb".into());
+    let text = || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+            + &std::fs::read_to_string(tmp.path().join("lb.err")).unwrap_or_default()
+    };
+    let said = wait_until(Duration::from_secs(20), || {
+        text().contains("will not take eth0 over")
+    });
+    p.kill();
+    let err = text();
+    assert!(said, "no refusal to take eth0 over:\n{err}");
+    assert!(err.contains("bgp.interface eth0 exists and is"), "{err}");
+    let addrs = t.sh("lb", "ip -o addr show dev eth0");
+    assert!(
+        addrs.contains("198.18.1.31/24"),
+        "eth0 lost its address: {addrs}"
+    );
+}
