@@ -223,6 +223,39 @@ pub struct Counts {
     pub read: Arc<AtomicU64>,
 }
 
+/// A reader's rate limit: at most `per_sec` lines in each second from the first line of it; the
+/// rest are shed. Both outcomes are counted in `Counts`. No clock: callers pass `now`.
+pub(crate) struct Budget {
+    start: Instant,
+    left: u32,
+    per_sec: u32,
+}
+
+impl Budget {
+    pub(crate) fn new(per_sec: u32, now: Instant) -> Budget {
+        Budget {
+            start: now,
+            left: per_sec,
+            per_sec,
+        }
+    }
+
+    /// Whether the line read at `now` is matched (true) or shed (false).
+    pub(crate) fn admit(&mut self, now: Instant, counts: &Counts) -> bool {
+        if now.duration_since(self.start) >= Duration::from_secs(1) {
+            self.start = now;
+            self.left = self.per_sec;
+        }
+        if self.left == 0 {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.left -= 1;
+        counts.read.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Follows `path` (`/dev/kmsg`: one record per read; anything else: lines, following truncation and
 /// rotation) until `stop`, handing each line to `on_line` at most `max_per_sec` per second; the
 /// rest are counted in `counts.dropped`. Shared by the kernel-log check and NPD's log monitors.
@@ -238,8 +271,7 @@ pub(crate) fn follow(
     on_line: &mut dyn FnMut(&str, Instant),
 ) {
     let idle = Duration::from_millis(200);
-    let mut budget_start = Instant::now();
-    let mut budget = max_per_sec;
+    let mut budget = Budget::new(max_per_sec, Instant::now());
     let mut file: Option<(BufReader<std::fs::File>, bool, u64)> = None;
     let mut line = Vec::with_capacity(MAX_LINE);
     while !stop.load(Ordering::Relaxed) {
@@ -310,16 +342,9 @@ pub(crate) fn follow(
             }
             Ok(_) => {
                 let now = Instant::now();
-                if now.duration_since(budget_start) >= Duration::from_secs(1) {
-                    budget_start = now;
-                    budget = max_per_sec;
-                }
-                if budget == 0 {
-                    counts.dropped.fetch_add(1, Ordering::Relaxed);
+                if !budget.admit(now, counts) {
                     continue;
                 }
-                budget -= 1;
-                counts.read.fetch_add(1, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&line);
                 on_line(text.trim_end(), now);
             }

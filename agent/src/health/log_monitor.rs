@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::kernel_log::{self, strip_kmsg_prefix, Counts};
+use super::kernel_log::{self, strip_kmsg_prefix, Budget, Counts};
 use super::outcome::Outcome;
 use crate::config::npd::{LogInput, LogMonitorSpec};
 
@@ -396,21 +396,12 @@ fn journald(
                     std::thread::sleep(Duration::from_millis(200));
                 }
             });
-            let mut budget_start = std::time::Instant::now();
-            let mut budget = MAX_LINES_PER_SECOND;
+            let mut budget = Budget::new(MAX_LINES_PER_SECOND, std::time::Instant::now());
             for line in std::io::BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let now = std::time::Instant::now();
-                if now.duration_since(budget_start) >= Duration::from_secs(1) {
-                    budget_start = now;
-                    budget = MAX_LINES_PER_SECOND;
-                }
-                if budget == 0 {
-                    counts.dropped.fetch_add(1, Ordering::Relaxed);
+                if !budget.admit(std::time::Instant::now(), counts) {
                     continue;
                 }
-                budget -= 1;
-                counts.read.fetch_add(1, Ordering::Relaxed);
                 let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
