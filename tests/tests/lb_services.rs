@@ -55,6 +55,13 @@ fn a_service_gets_an_address_answers_through_the_pair_and_is_cleaned_up() {
     for r in ["EnsuringLoadBalancer", "EnsuredLoadBalancer"] {
         assert!(reasons.iter().any(|x| x == r), "no {r} event: {reasons:?}");
     }
+    // Operators see them where they look: `kubectl describe svc` reads core/v1 Events, keel-lb
+    // records through events.k8s.io/v1 (one resource upstream).
+    let described = lab.kubectl_ok(&["describe", "svc", "web"]);
+    assert!(
+        described.contains("EnsuredLoadBalancer"),
+        "describe svc shows keel-lb's Events: {described}"
+    );
     // Both LBs list it in their admin API, with three backends.
     for lb in ["lb1", "lb2"] {
         let v: serde_json::Value = serde_json::from_str(&lab.admin(lb, "/services")).unwrap();

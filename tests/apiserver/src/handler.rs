@@ -492,7 +492,34 @@ async fn route(ctx: &Ctx, method: &hyper::Method, path: &str) -> Routed {
         Ok(resp) if dry => crate::dryrun::finish(resp, t.def, &real_state).await,
         r => r,
     };
+    let r = match r {
+        Ok(resp) if crate::eventconv::is_event(t.def) && verb != "watch" => {
+            event_view(resp, t.def).await
+        }
+        r => r,
+    };
     r.map(|x| (x, verb.clone())).map_err(|e| (e, verb))
+}
+
+/// A response about Events as the requested API version shows them (eventconv.rs): objects are
+/// stored once for both versions.
+async fn event_view(resp: Response<Body>, def: &ResourceDef) -> Result<Response<Body>, ApiError> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|_| ApiError::internal("response body"))?
+        .to_bytes();
+    let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(Response::from_parts(parts, Full::new(bytes).boxed()));
+    };
+    let out = serde_json::to_vec(&crate::eventconv::output_document(def, doc))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        Full::new(Bytes::from(out)).boxed(),
+    ))
 }
 
 fn non_resource(ctx: &Ctx, method: &hyper::Method, path: &str) -> Result<Response<Body>, ApiError> {
@@ -592,16 +619,19 @@ fn include_object(ctx: &Ctx) -> &str {
         .unwrap_or("Metadata")
 }
 
-fn selectors(ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(ctx: &Ctx, def: &ResourceDef) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let l = LabelSelector::parse(ctx.q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""))
         .map_err(ApiError::bad_request)?;
-    let f = FieldSelector::parse(ctx.q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+    let f = crate::eventconv::field_selector(
+        def,
+        ctx.q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""),
+    );
+    let f = FieldSelector::parse(&f).map_err(ApiError::bad_request)?;
     Ok((l, f))
 }
 
 fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
-    let (labels, fields) = selectors(ctx)?;
+    let (labels, fields) = selectors(ctx, t.def)?;
     let store = ctx.state.store();
     let ns = if t.def.namespaced && !t.ns.is_empty() {
         Some(t.ns.as_str())
@@ -668,7 +698,7 @@ fn list(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
 }
 
 fn start_watch(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
-    let (labels, mut fields) = selectors(ctx)?;
+    let (labels, mut fields) = selectors(ctx, t.def)?;
     if !t.name.is_empty() {
         let mut f = FieldSelector::parse(&format!("metadata.name={}", t.name))
             .map_err(ApiError::bad_request)?;
@@ -811,6 +841,7 @@ fn create(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         Some(&ctx.body),
         Stage::Decode,
     )?);
+    let obj = crate::eventconv::input(t.def, obj);
     create_object(ctx, t, obj, Fields::Track)
 }
 
@@ -1029,6 +1060,7 @@ fn update(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         Some(&ctx.body),
         Stage::Decode,
     )?);
+    let obj = crate::eventconv::input(t.def, obj);
     let body_name = meta_str(&obj, "name");
     if body_name != t.name {
         return Err(ApiError::bad_request(format!(
@@ -1089,15 +1121,17 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
         if existing.is_none() && !t.sub.is_empty() {
             return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
         }
-        let mut doc = crate::apply::apply(
+        let view = existing.clone().map(|o| crate::eventconv::output(t.def, o));
+        let doc = crate::apply::apply(
             t.def,
             &t.sub,
-            existing.as_ref(),
+            view.as_ref(),
             &patch_doc,
             &manager,
             force,
             &now,
         )?;
+        let mut doc = crate::eventconv::input(t.def, doc);
         let mf = doc
             .get_mut("metadata")
             .and_then(|m| m.as_object_mut())
@@ -1127,7 +1161,8 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
     let Some(old) = existing else {
         return Err(ApiError::not_found(t.def.group, t.def.resource, &t.name));
     };
-    let mut doc = old.clone();
+    // Patches apply to the object as this API version shows it.
+    let mut doc = crate::eventconv::output(t.def, old.clone());
     match ct.as_str() {
         "application/merge-patch+json" => patch::merge_patch(&mut doc, &patch_doc),
         "application/strategic-merge-patch+json" => {
@@ -1157,6 +1192,7 @@ fn patch_object(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
             Stage::Patch,
         )?);
     }
+    let doc = crate::eventconv::input(t.def, doc);
     let out = commit_update(ctx, t, &mut store, &old, doc, Fields::Track)?;
     Ok(json_response(200, &out))
 }
@@ -1236,7 +1272,7 @@ fn delete_locked(
 }
 
 fn delete_collection(ctx: &Ctx, t: &Target) -> Result<Response<Body>, ApiError> {
-    let (labels, fields) = selectors(ctx)?;
+    let (labels, fields) = selectors(ctx, t.def)?;
     let mut store = ctx.state.store();
     let ns = if t.def.namespaced && !t.ns.is_empty() {
         Some(t.ns.as_str())

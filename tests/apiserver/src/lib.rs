@@ -24,7 +24,9 @@
 //!   served;
 //! - Services: the ClusterIPs and NodePorts in use are read from the stored Services (no
 //!   ServiceCIDR/IPAddress objects); `default/kubernetes` has no EndpointSlice; no core/v1 Endpoints;
-//! - core/v1 and events.k8s.io/v1 events are stored apart;
+//! - events.k8s.io/v1 Events share core/v1's storage (eventconv.rs) but server-side apply through
+//!   events.k8s.io records managedFields in that version's field names; neither version validates
+//!   Event fields (upstream requires e.g. eventTime, action and reportingController in v1);
 //! - field selectors accept any dotted path; lists ignore `resourceVersion`/`resourceVersionMatch`;
 //! - watches: no `sendInitialEvents`; bookmarks every 5 s by default (upstream about 1 min); one global
 //!   history window of 50,000 events;
@@ -50,6 +52,7 @@ pub mod auth;
 pub mod clock;
 pub mod controllers;
 mod dryrun;
+pub mod eventconv;
 pub mod faults;
 pub mod field;
 pub mod fieldset;
@@ -517,7 +520,7 @@ impl TestServer {
         let t = handler::parse_object_path(path)?;
         let s = self.state.store();
         s.get(t.0, &t.1, &t.2)
-            .map(|o| handler::with_type(t.0, o.clone()))
+            .map(|o| crate::eventconv::output(t.0, handler::with_type(t.0, o.clone())))
     }
 
     /// Creates or replaces an object at `path` bypassing auth and admission (seeding tests).

@@ -54,9 +54,10 @@ pub struct Store {
 
 pub fn key(def: &ResourceDef, ns: &str, name: &str) -> Key {
     let ns = if def.namespaced { ns } else { "" };
+    let (group, resource) = crate::eventconv::storage(def);
     (
-        def.group.to_string(),
-        def.resource.to_string(),
+        group.to_string(),
+        resource.to_string(),
         ns.to_string(),
         name.to_string(),
     )
@@ -133,15 +134,16 @@ impl Store {
     }
 
     pub fn list(&self, def: &ResourceDef, ns: Option<&str>) -> Vec<&Value> {
+        let (group, resource) = crate::eventconv::storage(def);
         let lo = (
-            def.group.to_string(),
-            def.resource.to_string(),
+            group.to_string(),
+            resource.to_string(),
             String::new(),
             String::new(),
         );
         self.objects
             .range(lo..)
-            .take_while(|(k, _)| k.0 == def.group && k.1 == def.resource)
+            .take_while(|(k, _)| k.0 == group && k.1 == resource)
             .filter(|(k, _)| ns.is_none_or(|n| k.2 == n))
             .map(|(_, v)| v)
             .collect()
@@ -160,10 +162,11 @@ impl Store {
         old: Option<Value>,
         obj: &Value,
     ) {
+        let (group, resource) = crate::eventconv::storage(def);
         let ev = Arc::new(Event {
             rv: self.rv,
-            group: def.group.into(),
-            resource: def.resource.into(),
+            group: group.into(),
+            resource: resource.into(),
             namespace: if def.namespaced {
                 ns.into()
             } else {

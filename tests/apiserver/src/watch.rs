@@ -44,7 +44,7 @@ impl WatchParams {
     }
 
     fn of_resource(&self, e: &Event) -> bool {
-        e.group == self.def.group && e.resource == self.def.resource
+        (e.group.as_str(), e.resource.as_str()) == crate::eventconv::storage(self.def)
     }
 
     /// The event this watcher sees for a store event, if any.
@@ -71,7 +71,7 @@ impl WatchParams {
     }
 
     fn frame(&self, etype: &str, obj: Value) -> Bytes {
-        let obj = with_type(self.def, obj);
+        let obj = crate::eventconv::output(self.def, with_type(self.def, obj));
         let obj = if self.table && etype != "BOOKMARK" && etype != "ERROR" {
             let rv = obj
                 .pointer("/metadata/resourceVersion")

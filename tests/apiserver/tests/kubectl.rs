@@ -283,3 +283,119 @@ async fn every_listed_kubectl_version_is_installed() {
         assert_eq!(got, minor, "{bin} reports {got}");
     }
 }
+
+/// core/v1 and events.k8s.io/v1 Events are one resource (upstream stores both in /registry/events):
+/// an Event recorded through events.k8s.io/v1 (as kube-runtime's Recorder does) shows in `kubectl
+/// describe` and `kubectl get events`, which read core/v1, and the other way round; patches and
+/// field selectors use the field names of the version they go through; a core/v1 watch sees a write
+/// made through events.k8s.io/v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_one_event_through_both_event_apis() {
+    let env = Env::start().await;
+    ok(&env
+        .kubectl(&["create", "service", "clusterip", "web", "--tcp=80:8080"])
+        .await);
+    let uid = ok(&env
+        .kubectl(&["get", "svc", "web", "-o", "jsonpath={.metadata.uid}"])
+        .await);
+    let watch = {
+        let env = &env;
+        async move {
+            env.curl_admin(
+                &["-N"],
+                "/api/v1/namespaces/default/events?watch=true&timeoutSeconds=3",
+            )
+            .await
+        }
+    };
+    let ev = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.1", "namespace": "default"},
+        "regarding": {"apiVersion": "v1", "kind": "Service", "name": "web", "namespace": "default", "uid": uid.trim()},
+        "note": "VIP 198.18.0.10 announced on lb1", "reason": "Announced", "type": "Normal",
+        "action": "Announce", "reportingController": "keel.io/lb", "reportingInstance": "lb1",
+        "eventTime": "2026-12-02T00:00:00.000000Z"
+    });
+    std::fs::write(env.path("ev.json"), ev.to_string()).unwrap();
+    let ev_path = env.path("ev.json");
+    let (watched, created) = tokio::join!(watch, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        env.kubectl(&["create", "-f", ev_path.to_str().unwrap()])
+            .await
+    });
+    ok(&created);
+    assert_eq!(watched.0, 200, "{watched:?}");
+    let added: Value = watched
+        .1
+        .lines()
+        .find(|l| l.contains("\"ADDED\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no ADDED in the core/v1 watch: {}", watched.1));
+    assert_eq!(added["object"]["apiVersion"], "v1");
+    assert_eq!(
+        added["object"]["message"],
+        "VIP 198.18.0.10 announced on lb1"
+    );
+    assert_eq!(added["object"]["reportingComponent"], "keel.io/lb");
+
+    let out = ok(&env.kubectl(&["describe", "svc", "web"]).await);
+    assert!(
+        out.contains("Announced") && out.contains("VIP 198.18.0.10 announced on lb1"),
+        "describe shows the Event written through events.k8s.io/v1: {out}"
+    );
+    let out = ok(&env.kubectl(&["get", "events"]).await);
+    assert!(
+        out.contains("service/web") && out.contains("Announced"),
+        "{out}"
+    );
+    let core: Value = serde_json::from_str(&ok(&env
+        .kubectl(&["get", "events", "web.1", "-o", "json"])
+        .await))
+    .unwrap();
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["involvedObject"]["name"], "web");
+    assert!(core.get("note").is_none(), "{core}");
+
+    // A merge patch through events.k8s.io/v1 names its fields; core/v1 reads the change.
+    ok(&env
+        .kubectl(&[
+            "patch",
+            "events.v1.events.k8s.io",
+            "web.1",
+            "--type=merge",
+            "-p",
+            r#"{"note":"VIP 198.18.0.10 withdrawn"}"#,
+        ])
+        .await);
+    let out = ok(&env
+        .kubectl(&["get", "events", "web.1", "-o", "jsonpath={.message}"])
+        .await);
+    assert_eq!(out, "VIP 198.18.0.10 withdrawn");
+
+    // An Event written through core/v1 reads back through events.k8s.io/v1, found by a field
+    // selector on that version's names.
+    env.srv.put(
+        "/api/v1/namespaces/default/events/n1.1",
+        json!({"involvedObject": {"kind": "Node", "name": "n1"}, "reason": "Rebooted", "type": "Warning",
+               "message": "node rebooted", "count": 2, "source": {"component": "kubelet", "host": "n1"}}),
+    );
+    let v1: Value = serde_json::from_str(&ok(&env
+        .kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "--field-selector",
+            "regarding.name=n1",
+            "-o",
+            "json",
+        ])
+        .await))
+    .unwrap();
+    let items = v1["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v1}");
+    assert_eq!(items[0]["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(items[0]["note"], "node rebooted");
+    assert_eq!(items[0]["regarding"]["kind"], "Node");
+    assert_eq!(items[0]["deprecatedCount"], 2);
+    assert_eq!(items[0]["deprecatedSource"]["component"], "kubelet");
+    assert!(items[0].get("message").is_none(), "{v1}");
+}
