@@ -137,7 +137,7 @@ pub async fn serve<A, AF, IO, C, H, HF>(
     }
 }
 
-/// Open connections per client address.
+/// Open connections per client ([`crate::source::source_key`]: an IPv4 address or an IPv6 /64).
 #[derive(Clone)]
 struct PerSource {
     max: usize,
@@ -159,6 +159,7 @@ impl PerSource {
     }
 
     fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = crate::source::source_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -307,6 +308,20 @@ mod tests {
         c.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         cancel.cancel();
+    }
+
+    /// The share is per client: an IPv6 host's addresses within its /64 count as one.
+    #[test]
+    fn an_ipv6_64_shares_one_share() {
+        let p = PerSource::new(2);
+        let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _1 = p.take(a("2001:db8:0:1::1")).unwrap();
+        let _2 = p.take(a("2001:db8:0:1::2")).unwrap();
+        assert!(p.take(a("2001:db8:0:1:ffff::3")).is_none());
+        let other = p.take(a("2001:db8:0:2::1"));
+        assert!(other.is_some());
+        drop(_1);
+        assert!(p.take(a("2001:db8:0:1::4")).is_some());
     }
 
     /// A client that sends nothing is closed after the header timeout.

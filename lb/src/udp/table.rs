@@ -10,6 +10,7 @@
 //! re-index consumes a use (a datagram), so eviction is amortised O(log n) per datagram; a bound per
 //! eviction keeps one unlucky datagram from paying for many.
 
+use keel_common::source::source_key;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
@@ -58,9 +59,9 @@ impl<S> Table<S> {
         self.map.get(peer).map(|e| &e.session)
     }
 
-    /// Sessions `ip` holds.
+    /// Sessions the client `ip` (an IPv4 address or IPv6 /64, [`source_key`]) holds.
     pub fn of_source(&self, ip: IpAddr) -> usize {
-        self.per_source.get(&ip).copied().unwrap_or(0)
+        self.per_source.get(&source_key(ip)).copied().unwrap_or(0)
     }
 
     /// Makes room for a new session of `peer` (which holds none): refuses it when its address is at
@@ -102,7 +103,7 @@ impl<S> Table<S> {
     pub fn insert(&mut self, peer: SocketAddr, session: S, now: u64) -> Option<S> {
         let old = self.remove(&peer);
         self.lru.insert((now, peer));
-        *self.per_source.entry(peer.ip()).or_default() += 1;
+        *self.per_source.entry(source_key(peer.ip())).or_default() += 1;
         self.map.insert(
             peer,
             Entry {
@@ -125,10 +126,10 @@ impl<S> Table<S> {
     fn remove(&mut self, peer: &SocketAddr) -> Option<S> {
         let e = self.map.remove(peer)?;
         self.lru.remove(&(e.indexed, *peer));
-        if let Some(n) = self.per_source.get_mut(&peer.ip()) {
+        if let Some(n) = self.per_source.get_mut(&source_key(peer.ip())) {
             *n -= 1;
             if *n == 0 {
-                self.per_source.remove(&peer.ip());
+                self.per_source.remove(&source_key(peer.ip()));
             }
         }
         Some(e.session)
@@ -193,6 +194,27 @@ mod tests {
         // One of its sessions ends: the source may open another.
         assert!(t.remove_if(&peer(1, 1000), |_| true).is_some());
         assert_eq!(open(&mut t, peer(1, 2000), 2, 100, 3), Ok(None));
+    }
+
+    /// An IPv6 host picking a new address of its /64 for each session is still one source.
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_cap() {
+        let mut t: Table<S> = Table::default();
+        let v6 = |host: u16, net: u16| -> SocketAddr {
+            format!("[2001:db8:0:{net:x}::{host:x}]:5353")
+                .parse()
+                .unwrap()
+        };
+        for h in 1..=3 {
+            open(&mut t, v6(h, 1), 0, 100, 3).unwrap();
+        }
+        assert_eq!(open(&mut t, v6(99, 1), 1, 100, 3), Err(Refused::SourceFull));
+        assert_eq!(open(&mut t, v6(99, 2), 1, 100, 3), Ok(None));
+        assert_eq!(t.of_source(v6(7, 1).ip()), 3);
+        for h in 1..=3 {
+            assert!(t.remove_if(&v6(h, 1), |_| true).is_some());
+        }
+        assert_eq!(t.of_source(v6(7, 1).ip()), 0);
     }
 
     /// One client cycling source ports through a full table only ever evicts the least recently
