@@ -315,12 +315,12 @@ mod tests {
     fn an_ipv6_64_shares_one_share() {
         let p = PerSource::new(2);
         let a = |s: &str| -> IpAddr { s.parse().unwrap() };
-        let _1 = p.take(a("2001:db8:0:1::1")).unwrap();
-        let _2 = p.take(a("2001:db8:0:1::2")).unwrap();
+        let first = p.take(a("2001:db8:0:1::1")).unwrap();
+        let _second = p.take(a("2001:db8:0:1::2")).unwrap();
         assert!(p.take(a("2001:db8:0:1:ffff::3")).is_none());
         let other = p.take(a("2001:db8:0:2::1"));
         assert!(other.is_some());
-        drop(_1);
+        drop(first);
         assert!(p.take(a("2001:db8:0:1::4")).is_some());
     }
 
