@@ -52,6 +52,9 @@ impl Pool {
             })
             .collect();
         for gone in reuse.values() {
+            // A removed backend is drained: what it serves may finish (TCP), but anything that
+            // checks before its next use (a UDP session's next datagram) moves elsewhere.
+            gone.update(gone.weight(), config::AdminState::Drain);
             if gone.metrics.is_some() {
                 metrics.forget_backend(&cfg.name, &gone.addr.to_string());
             }

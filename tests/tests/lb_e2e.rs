@@ -1122,6 +1122,28 @@ fn udp_a_session_leaves_a_backend_that_went_down_or_was_drained() {
     assert_eq!(udp_metric(&lb, "keel_lb_frontend_connections"), 1.0);
 }
 
+/// A reload that removes a session's backend from the pool moves the session on its next datagram,
+/// as a backend that went down does (it used to stay until idle, sending to a removed backend).
+#[test]
+fn udp_a_session_leaves_a_backend_a_reload_removed() {
+    let echoes: Vec<UdpEcho> = ["a", "b"].map(UdpEcho::start_checked).into();
+    let (port, admin) = (free_port(), free_port());
+    let all: Vec<&UdpEcho> = echoes.iter().collect();
+    let lb = Lb::start(&udp_config(port, admin, "", FAST_TCP, &all));
+    let lb_at = lb_addr(port);
+    let c = udp_client([127, 0, 0, 1]);
+    let name = |r: String| r.split(':').next().unwrap().to_string();
+    let first = name(udp_ask(&c, lb_at, "1", T).unwrap());
+    let gone = usize::from(first.as_bytes()[0] - b'a');
+    let keep: Vec<&UdpEcho> = vec![&echoes[1 - gone]];
+    lb.rewrite(&udp_config(port, admin, "", FAST_TCP, &keep));
+    assert_eq!(lb.reload().0, 200);
+    let now = name(udp_ask(&c, lb_at, "2", T).unwrap());
+    assert_ne!(now, first, "the session stayed on a removed backend");
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_udp_repicks_total"), 1.0);
+    assert_eq!(udp_metric(&lb, "keel_lb_frontend_connections"), 1.0);
+}
+
 /// DNS-like: with close_after_replies 1 a session ends with its answer, not a minute later; two
 /// questions in flight on one socket (a resolver's A and AAAA) both get their answers first.
 #[test]

@@ -6,7 +6,7 @@
 //! the frontend's `max_connections` bounds the sessions, and a new one replaces the least recently
 //! used ([`table`]). A client address may hold `max_sessions_per_source` sessions; beyond that its
 //! datagrams that would open one are dropped (and counted). A session whose backend went down or was
-//! drained moves to a usable backend on its next datagram.
+//! drained (a reload that removes a backend drains it) moves to a usable backend on its next datagram.
 
 mod socket;
 pub mod table;
