@@ -236,6 +236,7 @@ impl Server {
             v.vrrp_cfg = self.vrrp_cfg.clone();
             v.vrrp_configured = self.vrrp_cfg.as_ref().map_or(0, |c| c.routers.len());
             v.state_file = self.overrides.path().map(|p| p.to_path_buf());
+            v.bgp = self.bgp.as_ref().map(|a| a.status_handle());
         });
     }
 
@@ -998,6 +999,7 @@ impl Server {
                     tracing::info!("bgp section removed; withdrawing its VIPs");
                     a.release().await;
                 }
+                self.publish_view();
                 Ok(())
             }
             (None, None) => Ok(()),
@@ -1010,6 +1012,7 @@ impl Server {
                 };
                 let a = crate::bgp::Announcer::start(c, metrics).await?;
                 self.bgp = Some(a);
+                self.publish_view();
                 Ok(())
             }
         }
