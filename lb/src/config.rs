@@ -1013,11 +1013,11 @@ impl Config {
                     b.vtysh.display(),
                     b.interface
                 ));
-            } else if let Some(w2) = crate::bgp::config::bgpd_warning(
-                &crate::bgp::config::BGPD_PATHS,
-                std::path::Path::new(crate::bgp::config::FRR_DAEMONS),
-            ) {
-                w.push(w2);
+            } else {
+                w.extend(crate::bgp::config::frr_warnings(
+                    &crate::bgp::config::BGPD_PATHS,
+                    std::path::Path::new(crate::bgp::config::FRR_DAEMONS),
+                ));
             }
         }
         w

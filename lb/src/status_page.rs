@@ -284,7 +284,11 @@ fn header(s: &Snapshot) -> String {
         );
     }
     if let Some(b) = &s.bgp {
-        let est = b.neighbors.iter().filter(|n| n.state == "Established").count();
+        let est = b
+            .neighbors
+            .iter()
+            .filter(|n| n.state == "Established")
+            .count();
         let _ = write!(
             h,
             "<span class=\"chip\">bgp <b class=\"{}\">{}/{}</b> established</span>",

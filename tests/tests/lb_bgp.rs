@@ -206,6 +206,21 @@ fn through(t: &Topology) -> Result<String, String> {
     .unwrap()
 }
 
+/// keel-lb's `/v1/status` in `lb`, parsed (Null when it does not answer).
+fn status(t: &Topology, lb: &str) -> serde_json::Value {
+    let out = t.exec(
+        lb,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9100/v1/status",
+        ],
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
 fn metric(t: &Topology, lb: &str, name: &str) -> Option<f64> {
     let out = t.exec(
         lb,
@@ -340,6 +355,37 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
         ),
         Some(1.0)
     );
+    // FRR's view in the status API and metrics: the session, the VIP sent, BFD up (3 x 100 ms).
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let b = &status(&t, "lb1")["bgp"];
+            b["frr"]["state"] == "ok"
+                && b["neighbors"][0]["peer"] == "198.18.1.1"
+                && b["neighbors"][0]["state"] == "Established"
+                && b["neighbors"][0]["prefixesSent"] == 1
+                && b["neighbors"][0]["bfd"] == "up"
+        }),
+        "lb1's /v1/status does not show its session, prefix and BFD: {}",
+        status(&t, "lb1")["bgp"]
+    );
+    let b = status(&t, "lb1")["bgp"].clone();
+    assert_eq!(b["vips"][0]["address"], VIP, "{b}");
+    assert_eq!(b["vips"][0]["announced"], true, "{b}");
+    assert_eq!(b["bfdPeers"][0]["detectMultiplier"], 3, "{b}");
+    assert_eq!(b["bfdPeers"][0]["receiveIntervalMs"], 100, "{b}");
+    assert_eq!(
+        metric(&t, "lb1", "keel_lb_bgp_bfd_peer_up{peer=\"198.18.1.1\"}"),
+        Some(1.0)
+    );
+    let page = t.exec(
+        "lb1",
+        &["curl", "-s", "--max-time", "2", "http://127.0.0.1:9100/"],
+    );
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains("data-bgp-peer=\"198.18.1.1\"") && page.contains("data-frr=\"ok\""),
+        "the status page has no BGP section"
+    );
 
     // 2. The tracked pool fails on lb2 only (its path to the backend is cut): its route goes.
     t.sh("lb2", "ip route add blackhole 198.18.1.21/32");
@@ -418,6 +464,46 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
     assert!(
         failed.len() <= 3,
         "too many in-flight connections lost: {failed:?}"
+    );
+
+    // 4. FRR gone on lb2 (bgpd and bfdd stopped): a clear status, keel-lb keeps serving.
+    let d2 = dir.join("frr-lb2");
+    for daemon in ["bgpd", "bfdd"] {
+        let pid = std::fs::read_to_string(d2.join(format!("{daemon}.pid"))).unwrap();
+        t.sh("lb2", &format!("kill {}", pid.trim()));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let b = &status(&t, "lb2")["bgp"];
+            b["frr"]["state"] == "error" && b["bfd"]["state"] == "error"
+        }),
+        "lb2's status does not say FRR is unreadable: {}",
+        status(&t, "lb2")["bgp"]
+    );
+    let b = status(&t, "lb2")["bgp"].clone();
+    assert!(
+        b["frr"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bgpd is not running")),
+        "{b}"
+    );
+    assert_eq!(metric(&t, "lb2", "keel_lb_bgp_frr_up"), Some(0.0));
+    assert_eq!(
+        metric(&t, "lb2", "keel_lb_bgp_session_up{peer=\"198.18.1.1\"}"),
+        Some(0.0)
+    );
+    assert!(
+        metric(
+            &t,
+            "lb2",
+            "keel_lb_bgp_status_reads_total{command=\"bgp_summary\",result=\"failed\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "failed reads are not counted"
+    );
+    assert!(
+        lbs[1].wait_timeout(Duration::ZERO).is_none(),
+        "keel-lb on lb2 exited when FRR went away"
     );
 
     stop.store(true, Ordering::SeqCst);

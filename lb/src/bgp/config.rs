@@ -229,30 +229,42 @@ pub const BGPD_PATHS: [&str; 2] = ["/usr/lib/frr/bgpd", "/usr/libexec/frr/bgpd"]
 /// FRR's list of daemons to start; bgpd stays off unless it says `bgpd=yes`.
 pub const FRR_DAEMONS: &str = "/etc/frr/daemons";
 
-/// `keel-lb check`'s word on bgpd: not installed, or installed but not enabled in FRR's daemons
-/// file (Debian ships it with `bgpd=no`). None when it looks right or cannot be told.
-pub fn bgpd_warning(paths: &[&str], daemons: &std::path::Path) -> Option<String> {
+/// `keel-lb check`'s word on FRR: bgpd not installed, or bgpd or bfdd (the template's BFD) not
+/// enabled in FRR's daemons file (Debian ships both `=no`). Empty when it looks right or cannot be
+/// told.
+pub fn frr_warnings(paths: &[&str], daemons: &std::path::Path) -> Vec<String> {
     let Some(found) = paths.iter().find(|p| std::path::Path::new(p).is_file()) else {
-        return Some(format!(
+        return vec![format!(
             "bgp: FRR's bgpd not found ({}): nothing will announce the VIPs (install frr)",
             paths.join(", ")
-        ));
+        )];
     };
-    let text = std::fs::read_to_string(daemons).ok()?;
-    let enabled = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim() == "bgpd")
-        .last()
-        .map(|(_, v)| v.trim().trim_matches('"') == "yes");
-    (enabled != Some(true)).then(|| {
-        format!(
+    let Ok(text) = std::fs::read_to_string(daemons) else {
+        return Vec::new();
+    };
+    let enabled = |daemon: &str| {
+        text.lines()
+            .rev()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == daemon)
+            .is_some_and(|(_, v)| v.trim().trim_matches('"') == "yes")
+    };
+    let mut w = Vec::new();
+    if !enabled("bgpd") {
+        w.push(format!(
             "bgp: {found} is installed but {} does not say bgpd=yes: FRR will not start it",
             daemons.display()
-        )
-    })
+        ));
+    }
+    if !enabled("bfdd") {
+        w.push(format!(
+            "bgp: {} does not say bfdd=yes: without BFD a dead LB VM is routed around only after the BGP hold time",
+            daemons.display()
+        ));
+    }
+    w
 }
 
 #[cfg(test)]
@@ -260,21 +272,27 @@ mod tests {
     use keel_common::Source;
 
     #[test]
-    fn check_warns_when_bgpd_is_missing_or_not_enabled() {
+    fn check_warns_when_bgpd_is_missing_or_frr_daemons_not_enabled() {
         let dir = tempfile::tempdir().unwrap();
         let bgpd = dir.path().join("bgpd");
         let daemons = dir.path().join("daemons");
         let bgpd_s = bgpd.display().to_string();
-        let w = super::bgpd_warning(&[&bgpd_s], &daemons).unwrap();
-        assert!(w.contains("bgpd not found"), "{w}");
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(w.len() == 1 && w[0].contains("bgpd not found"), "{w:?}");
         std::fs::write(&bgpd, "").unwrap();
         // No daemons file (FRR packaged differently): nothing to say.
-        assert_eq!(super::bgpd_warning(&[&bgpd_s], &daemons), None);
-        std::fs::write(&daemons, "zebra=yes\nbgpd=no\n#bgpd=yes\n").unwrap();
-        let w = super::bgpd_warning(&[&bgpd_s], &daemons).unwrap();
-        assert!(w.contains("does not say bgpd=yes"), "{w}");
-        std::fs::write(&daemons, "bgpd=no\nbgpd=yes\nbfdd=yes\n").unwrap();
-        assert_eq!(super::bgpd_warning(&[&bgpd_s], &daemons), None);
+        assert!(super::frr_warnings(&[&bgpd_s], &daemons).is_empty());
+        std::fs::write(&daemons, "zebra=yes\nbgpd=no\n#bgpd=yes\nbfdd=yes\n").unwrap();
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(
+            w.len() == 1 && w[0].contains("does not say bgpd=yes"),
+            "{w:?}"
+        );
+        std::fs::write(&daemons, "bgpd=no\nbgpd=yes\nbfdd=no\n").unwrap();
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(w.len() == 1 && w[0].contains("bfdd=yes"), "{w:?}");
+        std::fs::write(&daemons, "bgpd=yes\nbfdd=\"yes\"\n").unwrap();
+        assert!(super::frr_warnings(&[&bgpd_s], &daemons).is_empty());
     }
 
     fn check(bgp: &str) -> Result<crate::config::Config, keel_common::ConfigErrors> {

@@ -109,7 +109,10 @@ pub async fn vtysh(cfg: &BgpConfig, command: &str, limit: Duration) -> Result<St
             why.push_str(err.trim());
         }
         why.truncate(300);
-        return Err(ReadError::Failed(format!("{command:?}: {why} ({})", out.status)));
+        return Err(ReadError::Failed(format!(
+            "{command:?}: {why} ({})",
+            out.status
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -196,7 +199,9 @@ mod tests {
             p.display().to_string()
         };
         let limit = Duration::from_millis(300);
-        let e = vtysh(&cfg("/nonexistent/vtysh"), "x", limit).await.unwrap_err();
+        let e = vtysh(&cfg("/nonexistent/vtysh"), "x", limit)
+            .await
+            .unwrap_err();
         assert_eq!(e.label(), "no_vtysh", "{e}");
         let failing = script("failing", "echo 'bgpd is not running'; exit 1");
         let e = vtysh(&cfg(&failing), "x", limit).await.unwrap_err();
@@ -219,7 +224,10 @@ mod tests {
         store(&mut slot, Err(ReadError::Parse("x".into())));
         assert_eq!(slot.value, vec![1]);
         assert_eq!(slot.error.as_deref(), Some("unexpected output: x"));
-        assert_eq!(timeout_for(Duration::from_secs(1)), Duration::from_millis(500));
+        assert_eq!(
+            timeout_for(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
         assert_eq!(timeout_for(Duration::from_secs(60)), Duration::from_secs(5));
     }
 }

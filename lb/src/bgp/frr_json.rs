@@ -63,8 +63,7 @@ fn s(v: &Value, k: &str) -> Option<String> {
 /// address family (`ipv4Unicast`, ...) each holding `peers`; the per-family command prints the
 /// family's object itself. No BGP instance prints `{}`: no neighbors.
 pub fn parse_summary(json: &str) -> Result<Vec<Neighbor>, String> {
-    let v: Value =
-        serde_json::from_str(json).map_err(|e| format!("show bgp summary json: {e}"))?;
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("show bgp summary json: {e}"))?;
     let Some(top) = v.as_object() else {
         return Err("show bgp summary json: not a JSON object".into());
     };
@@ -211,10 +210,9 @@ mod tests {
             assert!(parse_bfd_peers(bad).is_err(), "{bad:?}");
         }
         // Odd types inside are skipped or read as zero.
-        let n = parse_summary(
-            r#"{"ipv4Unicast":{"peers":{"x":{"state":7,"pfxSnt":"many"}}},"x":3}"#,
-        )
-        .unwrap();
+        let n =
+            parse_summary(r#"{"ipv4Unicast":{"peers":{"x":{"state":7,"pfxSnt":"many"}}},"x":3}"#)
+                .unwrap();
         assert_eq!(n[0].state, "unknown");
         assert_eq!(n[0].prefixes_sent, 0);
         assert_eq!(parse_bfd_peers(r#"[{"status":"up"},3]"#).unwrap(), vec![]);

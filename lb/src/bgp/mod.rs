@@ -41,9 +41,8 @@ pub struct BgpMetrics {
 
 impl BgpMetrics {
     pub fn register(r: &Registry) -> prometheus::Result<BgpMetrics> {
-        let gv = |name: &str, help: &str, label: &str| {
-            IntGaugeVec::new(Opts::new(name, help), &[label])
-        };
+        let gv =
+            |name: &str, help: &str, label: &str| IntGaugeVec::new(Opts::new(name, help), &[label]);
         let m = BgpMetrics {
             vip_announced: gv(
                 "keel_lb_bgp_vip_announced",
@@ -246,7 +245,11 @@ impl Announcer {
         }
         let before: BTreeSet<IpAddr> = self.cfg.vips.iter().map(|v| v.addr).collect();
         if (&cfg.vtysh, &cfg.vty_socket, cfg.status_interval)
-            != (&self.cfg.vtysh, &self.cfg.vty_socket, self.cfg.status_interval)
+            != (
+                &self.cfg.vtysh,
+                &self.cfg.vty_socket,
+                self.cfg.status_interval,
+            )
         {
             self.status.abort();
             self.status = tokio::spawn(frr::status_loop(
@@ -307,7 +310,11 @@ impl Announcer {
                 .set(i64::from(want.contains(&v.addr)));
         }
         // What is on the interface now, even after a failed change.
-        let on = self.nl.addresses(self.dummy).await.unwrap_or_else(|_| want.clone());
+        let on = self
+            .nl
+            .addresses(self.dummy)
+            .await
+            .unwrap_or_else(|_| want.clone());
         *self.handle.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
             interface: self.cfg.interface.clone(),
             draining: self.draining,
@@ -360,8 +367,8 @@ impl Drop for Announcer {
 #[cfg(test)]
 mod tests {
     use super::frr_json::{BfdPeer, Neighbor};
-    use prometheus::Encoder;
     use super::*;
+    use prometheus::Encoder;
 
     fn scrape(r: &Registry) -> String {
         let mut out = Vec::new();
