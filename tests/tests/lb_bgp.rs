@@ -19,8 +19,24 @@ use std::time::{Duration, Instant};
 use keel_e2e::netns::{wait_until, Proc, Topology};
 use keel_e2e::{bin, require_root, skip};
 
+#[path = "svc_lab/mod.rs"]
+mod svc_lab;
+
 const VIP: &str = "198.18.100.10";
 const FRR: &str = "/usr/lib/frr";
+
+macro_rules! require_frr {
+    () => {
+        for p in ["zebra", "bgpd", "bfdd"] {
+            if !Path::new(FRR).join(p).exists() {
+                skip!("FRR is not installed ({FRR}/{p}; apt-get install frr)");
+            }
+        }
+        if !keel_e2e::have("vtysh") || !keel_e2e::have("curl") {
+            skip!("vtysh or curl missing");
+        }
+    };
+}
 
 /// Starts zebra, bfdd and bgpd in `host` with their own pid files and sockets in `dir`, then
 /// loads `conf` through vtysh (as `vtysh -b` loads /etc/frr/frr.conf at boot).
@@ -93,10 +109,14 @@ fn vtysh(t: &Topology, host: &str, dir: &Path, cmd: &str) -> String {
 
 /// The router's nexthops for the VIP (gateway addresses), from `show ip route json`.
 fn nexthops(t: &Topology, dir: &Path) -> Vec<String> {
-    let out = vtysh(t, "router", dir, &format!("show ip route {VIP}/32 json"));
+    nexthops_for(t, dir, VIP)
+}
+
+fn nexthops_for(t: &Topology, dir: &Path, vip: &str) -> Vec<String> {
+    let out = vtysh(t, "router", dir, &format!("show ip route {vip}/32 json"));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let mut hops: Vec<String> = v
-        .get(format!("{VIP}/32"))
+        .get(format!("{vip}/32"))
         .and_then(|r| r.as_array())
         .into_iter()
         .flatten()
@@ -116,6 +136,10 @@ fn nexthops(t: &Topology, dir: &Path) -> Vec<String> {
 
 /// The shipped LB template with this LB's numbers filled in; logs to a file instead of syslog.
 fn lb_frr_conf(id: &str, dir: &Path) -> String {
+    lb_frr_conf_to(id, dir, "198.18.1.1")
+}
+
+fn lb_frr_conf_to(id: &str, dir: &Path, upstream: &str) -> String {
     let tpl = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/linux/frr/frr.conf"),
     )
@@ -123,7 +147,7 @@ fn lb_frr_conf(id: &str, dir: &Path) -> String {
     tpl.replace("LOCAL_ASN", "65001")
         .replace("ROUTER_ID", id)
         .replace("UPSTREAM_ASN", "65000")
-        .replace("UPSTREAM_ADDRESS", "198.18.1.1")
+        .replace("UPSTREAM_ADDRESS", upstream)
         .replace(
             "log syslog informational",
             &format!("log file {}/frr.log", dir.display()),
@@ -131,6 +155,14 @@ fn lb_frr_conf(id: &str, dir: &Path) -> String {
 }
 
 fn router_frr_conf(dir: &Path) -> String {
+    router_frr_conf_for(dir, "198.18.1.1", &["198.18.1.11", "198.18.1.12"])
+}
+
+fn router_frr_conf_for(dir: &Path, id: &str, lbs: &[&str]) -> String {
+    let neighbors: String = lbs
+        .iter()
+        .map(|a| format!(" neighbor {a} peer-group LBS\n"))
+        .collect();
     format!(
         "frr defaults datacenter
 hostname router
@@ -143,15 +175,13 @@ bfd
  exit
 exit
 router bgp 65000
- bgp router-id 198.18.1.1
+ bgp router-id {id}
  no bgp ebgp-requires-policy
  neighbor LBS peer-group
  neighbor LBS remote-as 65001
  neighbor LBS bfd
  neighbor LBS bfd profile keel
- neighbor 198.18.1.11 peer-group LBS
- neighbor 198.18.1.12 peer-group LBS
- address-family ipv4 unicast
+{neighbors} address-family ipv4 unicast
   maximum-paths 8
  exit-address-family
 exit
@@ -241,14 +271,7 @@ fn metric(t: &Topology, lb: &str, name: &str) -> Option<f64> {
 #[test]
 fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_loss() {
     require_root!();
-    for p in ["zebra", "bgpd", "bfdd"] {
-        if !Path::new(FRR).join(p).exists() {
-            skip!("FRR is not installed ({FRR}/{p}; apt-get install frr)");
-        }
-    }
-    if !keel_e2e::have("vtysh") || !keel_e2e::have("curl") {
-        skip!("vtysh or curl missing");
-    }
+    require_frr!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     {
@@ -554,4 +577,108 @@ fn an_existing_interface_that_is_not_keel_lbs_dummy_is_refused() {
         addrs.contains("198.18.1.31/24"),
         "eth0 lost its address: {addrs}"
     );
+}
+
+/// Service VIPs announced by BGP: an address pool with `announce: bgp`; kubectl creates a Service
+/// of type LoadBalancer, the router learns its /32 from the LB's FRR, the client reaches the nodes
+/// through the router; the Service deleted, the route goes.
+#[test]
+fn a_service_vip_from_a_bgp_pool_is_announced_while_served() {
+    require_root!();
+    require_frr!();
+    if !keel_e2e::have("kubectl") || !keel_e2e::have("socat") {
+        skip!("kubectl or socat missing");
+    }
+    let mut lab = svc_lab::Lab::new("bgp-svc", &["lb1"]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    lab.t.host("router", &["198.18.2.1/24"]);
+    lab.t.sh(
+        "router",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0",
+    );
+    // The Service pool is off the bridge's subnet: the client reaches it only through the router.
+    lab.t.sh(
+        "client",
+        "ip route add 198.18.20.0/24 via 198.18.2.1 && sysctl -qw net.ipv4.conf.all.accept_redirects=0",
+    );
+    lab.nodes(&[30080], &[], &[]);
+    let rdir = lab.path("frr-router");
+    let ldir = lab.path("frr-lb1");
+    std::fs::create_dir_all(&rdir).unwrap();
+    std::fs::create_dir_all(&ldir).unwrap();
+    start_frr(
+        &lab.t,
+        "router",
+        &rdir,
+        &router_frr_conf_for(&rdir, "198.18.2.1", &["198.18.2.11"]),
+    );
+    start_frr(
+        &lab.t,
+        "lb1",
+        &ldir,
+        &lb_frr_conf_to("198.18.2.11", &ldir, "198.18.2.1"),
+    );
+    let cfg = lab.path("lb1-bgp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin: {{listen: 127.0.0.1:9100}}
+shutdown: {{drain: 1s}}
+services:
+  kubeconfig: {kc}
+  state_file: {state}
+  instance: lb1
+  writer_lease: {{duration: 3s}}
+  health: {{interval: 300ms, timeout: 300ms, rise: 1, fall: 2}}
+  address_pools:
+    - {{name: default, addresses: [198.18.20.1-198.18.20.3], announce: bgp}}
+bgp:
+  vty_socket: {vty}
+  status_interval: 1s
+",
+            kc = lab.path("api/admin.kubeconfig").display(),
+            state = lab.path("lb1-state/services.json").display(),
+            vty = ldir.display(),
+        ),
+    )
+    .unwrap();
+    let _lb = lab.spawn_keel("lb1", &cfg);
+    lab.create(&svc_lab::service(
+        "default",
+        "web",
+        &[("http", "TCP", 80, 30080)],
+        "",
+        "",
+    ));
+    let soon = Duration::from_secs(30);
+    let ip = lab.wait("web gets an address", soon, || {
+        lab.ingress("default", "web").first().cloned()
+    });
+    assert_eq!(ip, "198.18.20.1");
+    lab.wait(
+        "the router learns the Service's /32 from lb1",
+        Duration::from_secs(60),
+        || (nexthops_for(&lab.t, &rdir, &ip) == ["198.18.2.11"]).then_some(()),
+    );
+    let node = lab.wait("the client reaches a node through the router", soon, || {
+        lab.tcp(&ip, 80)
+    });
+    assert!(node.starts_with("node"), "{node}");
+    let st = status(&lab.t, "lb1");
+    let vips = st["bgp"]["vips"].as_array().cloned().unwrap_or_default();
+    assert!(
+        vips.iter()
+            .any(|v| v["address"] == ip.as_str() && v["announced"] == true),
+        "{st}"
+    );
+    // Deleted: withdrawn.
+    lab.kubectl_ok(&["delete", "service", "-n", "default", "web"]);
+    lab.wait("the route goes with the Service", soon, || {
+        nexthops_for(&lab.t, &rdir, &ip).is_empty().then_some(())
+    });
+    let on = lab.t.sh("lb1", "ip -o addr show dev keel-vips");
+    assert!(!on.contains("198.18.20.1"), "{on}");
 }

@@ -106,6 +106,7 @@ pub fn validate(
     pools: &dyn Fn(&str) -> bool,
     pool_names: &str,
     vrrp_vips: &[IpAddr],
+    services_announce: bool,
     diag: &mut Diagnostics,
 ) -> Option<BgpConfig> {
     let f = "bgp";
@@ -119,8 +120,11 @@ pub fn validate(
             format!("{interface:?} is not an interface name (1 to 15 characters, no '/', ':' or white space, not lo)"),
         );
     }
-    if raw.vips.is_empty() {
-        diag.error(format!("{f}.vips"), "at least one VIP is needed");
+    if raw.vips.is_empty() && !services_announce {
+        diag.error(
+            format!("{f}.vips"),
+            "at least one VIP is needed (or a services address pool with announce: bgp)",
+        );
     }
     if raw.vips.len() > MAX_VIPS {
         diag.error(
