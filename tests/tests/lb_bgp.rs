@@ -218,12 +218,15 @@ bgp:
 
 /// One connection from the client: the backend answers with the LB address it saw.
 fn through(t: &Topology) -> Result<String, String> {
-    t.thread_in("client", || {
+    through_within(t, Duration::from_secs(3))
+}
+
+/// [`through`] with its connect and read time limit.
+fn through_within(t: &Topology, limit: Duration) -> Result<String, String> {
+    t.thread_in("client", move || {
         let to: SocketAddr = format!("{VIP}:8080").parse().unwrap();
-        let mut s =
-            TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))
-            .map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&to, limit).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
         s.write_all(b"hi").map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
@@ -681,4 +684,167 @@ bgp:
     });
     let on = lab.t.sh("lb1", "ip -o addr show dev keel-vips");
     assert!(!on.contains("198.18.20.1"), "{on}");
+}
+
+/// Three LB hosts behind the router: connections spread over all three; one LB's link cut (the VM
+/// gone, FRR and keel-lb with it) is routed around within BFD's detection time (3 x 100 ms), and
+/// the outage a client sees is measured.
+#[test]
+fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
+    require_root!();
+    require_frr!();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let lbs3 = [
+        ("lb1", "198.18.1.11"),
+        ("lb2", "198.18.1.12"),
+        ("lb3", "198.18.1.13"),
+    ];
+    let mut t = Topology::new("lb-bgp3");
+    t.bridge();
+    t.host("router", &["198.18.1.1/24", "198.18.5.1/24"]);
+    for (lb, a) in lbs3 {
+        t.host(lb, &[&format!("{a}/24")]);
+    }
+    t.host("backend", &["198.18.1.21/24"]);
+    t.host("client", &["198.18.5.100/24"]);
+    t.sh(
+        "router",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 \
+         net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0",
+    );
+    t.sh(
+        "client",
+        "ip route add default via 198.18.5.1 && sysctl -qw net.ipv4.conf.all.accept_redirects=0",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = t
+        .thread_in("backend", || TcpListener::bind("198.18.1.21:8000").unwrap())
+        .join()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let s2 = stop.clone();
+    let backend = std::thread::spawn(move || {
+        while !s2.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut c, peer)) => {
+                    std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut b = [0u8; 2];
+                        let _ = c.read_exact(&mut b);
+                        let _ = c.write_all(peer.ip().to_string().as_bytes());
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let rdir = dir.join("frr-router");
+    std::fs::create_dir_all(&rdir).unwrap();
+    let addrs: Vec<&str> = lbs3.iter().map(|(_, a)| *a).collect();
+    start_frr(
+        &t,
+        "router",
+        &rdir,
+        &router_frr_conf_for(&rdir, "198.18.1.1", &addrs),
+    );
+    let mut procs: Vec<Proc> = Vec::new();
+    for (lb, id) in lbs3 {
+        t.sh(lb, "ip route add 198.18.5.0/24 via 198.18.1.1");
+        let d = dir.join(format!("frr-{lb}"));
+        std::fs::create_dir_all(&d).unwrap();
+        start_frr(&t, lb, &d, &lb_frr_conf(id, &d));
+        let cfg = lb_yaml(dir, lb);
+        procs.push(t.spawn(
+            lb,
+            bin("keel-lb").to_str().unwrap(),
+            &["run", "--config", cfg.to_str().unwrap()],
+        ));
+    }
+    let all: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || nexthops(&t, &rdir) == all),
+        "router never had three nexthops: {:?}\n{}",
+        nexthops(&t, &rdir),
+        vtysh(&t, "router", &rdir, "show bgp summary"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            vtysh(&t, "router", &rdir, "show bfd peers json")
+                .matches("\"status\":\"up\"")
+                .count()
+                == 3
+        }),
+        "BFD is not up with all three LBs: {}",
+        vtysh(&t, "router", &rdir, "show bfd peers")
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..60 {
+        let via = through(&t).expect("a connection through the router to the VIP");
+        *seen.entry(via).or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "connections did not spread over three LBs: {seen:?}"
+    );
+
+    // lb3's link cut while a client loop runs (connect and read limit 200 ms).
+    let t = Arc::new(t);
+    let done = Arc::new(AtomicBool::new(false));
+    let (t2, d2) = (t.clone(), done.clone());
+    let client = std::thread::spawn(move || {
+        let mut log: Vec<(Instant, bool)> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(30);
+        while !d2.load(Ordering::SeqCst) && Instant::now() < end {
+            let started = Instant::now();
+            let ok = through_within(&t2, Duration::from_millis(200)).is_ok();
+            log.push((started, ok));
+        }
+        log
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = Instant::now();
+    t.sh("lb3", "ip link set eth0 down");
+    let two: Vec<String> = all[..2].to_vec();
+    assert!(
+        wait_until(Duration::from_secs(10), || nexthops(&t, &rdir) == two),
+        "lb3 was not routed around: {:?}",
+        nexthops(&t, &rdir)
+    );
+    let routed_around = cut.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    done.store(true, Ordering::SeqCst);
+    let log = client.join().unwrap();
+    let failed: Vec<Duration> = log
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(at, _)| at.saturating_duration_since(cut))
+        .collect();
+    let outage = failed.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "lb3 cut: router dropped it after {routed_around:?}; client: {} connections, {} failed, the last failed one started {outage:?} after the cut",
+        log.len(),
+        failed.len()
+    );
+    assert!(
+        routed_around < Duration::from_millis(1500),
+        "BFD (3 x 100 ms) should route around a dead LB well within 1.5 s, took {routed_around:?}"
+    );
+    assert!(
+        outage < Duration::from_millis(1500),
+        "connections kept failing {outage:?} after the cut"
+    );
+    assert!(
+        log.len() > 20,
+        "the client loop made only {} connections",
+        log.len()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = backend.join();
 }
