@@ -159,6 +159,17 @@ fn router_frr_conf(dir: &Path) -> String {
 }
 
 fn router_frr_conf_for(dir: &Path, id: &str, lbs: &[&str]) -> String {
+    router_frr_conf_bfd(dir, id, lbs, true)
+}
+
+/// `bfd` false: the router runs BGP alone, so a dead LB goes only at the hold time (the benchmark's
+/// "without BFD" figure).
+fn router_frr_conf_bfd(dir: &Path, id: &str, lbs: &[&str], bfd: bool) -> String {
+    let bfd_lines = if bfd {
+        " neighbor LBS bfd\n neighbor LBS bfd profile keel\n"
+    } else {
+        ""
+    };
     let neighbors: String = lbs
         .iter()
         .map(|a| format!(" neighbor {a} peer-group LBS\n"))
@@ -179,9 +190,7 @@ router bgp 65000
  no bgp ebgp-requires-policy
  neighbor LBS peer-group
  neighbor LBS remote-as 65001
- neighbor LBS bfd
- neighbor LBS bfd profile keel
-{neighbors} address-family ipv4 unicast
+{bfd_lines}{neighbors} address-family ipv4 unicast
   maximum-paths 8
  exit-address-family
 exit
@@ -200,12 +209,17 @@ shutdown: {{drain: 5s}}
 frontends:
   - {{name: api, listen: {VIP}:8080, pool: api}}
   - {{name: echo, listen: {VIP}:8081, pool: echo}}
+  - {{name: bulk, listen: {VIP}:5201, pool: bulk}}
 pools:
   api:
     health: {{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1}}
     backends: [{{address: 198.18.1.21:8000}}]
   echo:
     backends: [{{address: 198.18.1.21:8001}}]
+  bulk:
+    # iperf3 takes a health check's connection for a test: check the echo port instead.
+    health: {{type: tcp, port: 8001}}
+    backends: [{{address: 198.18.1.21:5201}}]
 bgp:
   withdraw_wait: 3s
   vty_socket: {}
@@ -476,7 +490,7 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
     std::thread::sleep(Duration::from_millis(500));
     done.store(true, Ordering::SeqCst);
     let (ok, failed) = client.join().unwrap();
-    eprintln!("planned leave: route withdrawn {withdrawn_after:?} after SIGTERM; {ok} connections, {} failed (in flight at the withdrawal)", failed.len());
+    eprintln!("BENCH planned leave: route withdrawn {withdrawn_after:?} after SIGTERM; {ok} connections, {} failed (in flight at the withdrawal)", failed.len());
     assert!(ok > 10, "the client loop made only {ok} connections");
     // A connection in flight through lb1 at the instant the router drops lb1's nexthop is rehashed
     // to lb2, which resets it: a full proxy cannot move it (docs/bgp.md). Every connection that
@@ -776,11 +790,15 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
     let rdir = dir.join("frr-router");
     std::fs::create_dir_all(&rdir).unwrap();
     let addrs: Vec<&str> = lbs3.iter().map(|(_, a)| *a).collect();
+    // tests/bench/bgp.sh: KEEL_BGP_BENCH=1 prints the figures and adds a throughput run;
+    // KEEL_BGP_NO_BFD=1 measures the dead-LB outage without BFD (BGP's hold time).
+    let bench = std::env::var_os("KEEL_BGP_BENCH").is_some();
+    let bfd = std::env::var_os("KEEL_BGP_NO_BFD").is_none();
     start_frr(
         &t,
         "router",
         &rdir,
-        &router_frr_conf_for(&rdir, "198.18.1.1", &addrs),
+        &router_frr_conf_bfd(&rdir, "198.18.1.1", &addrs, bfd),
     );
     let mut procs: Vec<Proc> = Vec::new();
     for (lb, id) in lbs3 {
@@ -803,7 +821,7 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
         vtysh(&t, "router", &rdir, "show bgp summary"),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        !bfd || wait_until(Duration::from_secs(10), || {
             vtysh(&t, "router", &rdir, "show bfd peers json")
                 .matches("\"status\":\"up\"")
                 .count()
@@ -842,7 +860,7 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
     t.sh("lb3", "ip link set eth0 down");
     let two: Vec<String> = all[..2].to_vec();
     assert!(
-        wait_until(Duration::from_secs(10), || nexthops(&t, &rdir) == two),
+        wait_until(Duration::from_secs(30), || nexthops(&t, &rdir) == two),
         "lb3 was not routed around: {:?}",
         nexthops(&t, &rdir)
     );
@@ -857,16 +875,17 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
         .collect();
     let outage = failed.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "lb3 cut: router dropped it after {routed_around:?}; client: {} connections, {} failed, the last failed one started {outage:?} after the cut",
+        "BENCH dead LB (link cut, BFD {}): router dropped it after {routed_around:?}; client: {} connections, {} failed, the last failed one started {outage:?} after the cut",
+        if bfd { "3 x 100 ms" } else { "off" },
         log.len(),
         failed.len()
     );
     assert!(
-        routed_around < Duration::from_secs(3),
+        !bfd || routed_around < Duration::from_secs(3),
         "BFD (3 x 100 ms) should route around a dead LB well within 3 s (BGP's hold time is 9 s), took {routed_around:?}"
     );
     assert!(
-        outage < Duration::from_secs(3),
+        !bfd || outage < Duration::from_secs(3),
         "connections kept failing {outage:?} after the cut"
     );
     assert!(
@@ -899,7 +918,7 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
             "ip nexthop add id 9011 via 198.18.1.11 dev eth0 && \
              ip nexthop add id 9012 via 198.18.1.12 dev eth0 && \
              ip nexthop add id 9013 via 198.18.1.13 dev eth0 && \
-             ip nexthop add id 9100 group 9011/9012 type resilient buckets 128 idle_timer 60 && \
+             ip nexthop add id 9100 group 9011/9012 type resilient buckets 128 idle_timer 10 && \
              ip route add {VIP}/32 nhid 9100 metric 5"
         ),
     );
@@ -907,10 +926,10 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
         let conns = open_echo(&t, JOIN_CONNS);
         t.sh(
             "router",
-            "ip nexthop replace id 9100 group 9011/9012/9013 type resilient buckets 128 idle_timer 2",
+            "ip nexthop replace id 9100 group 9011/9012/9013 type resilient buckets 128 idle_timer 10",
         );
-        // The flows stay busy (a byte every 200 ms) while the idle buckets move to lb3; lb3 must
-        // then get new connections, or the join did not happen.
+        // The flows stay busy (a byte every 200 ms, well within idle_timer) while the idle buckets
+        // move to lb3 (after idle_timer); lb3 must then get new connections, or no join happened.
         let lb3_buckets = || {
             t.sh("router", "ip nexthop bucket show id 9100 nhid 9013")
                 .lines()
@@ -929,16 +948,85 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
         n
     };
     eprintln!(
-        "LB joining: {plain} of {JOIN_CONNS} established connections broken with plain ECMP, {resilient} with a resilient nexthop group"
+        "BENCH LB joining: {plain} of {JOIN_CONNS} established connections broken with plain ECMP, {resilient} with a resilient nexthop group"
     );
     assert_eq!(resilient, 0, "a resilient group moved busy flows");
     assert!(
         plain > 0,
         "plain ECMP broke no connection: the comparison shows nothing"
     );
+    if bench {
+        throughput(&t, &rdir);
+    }
     stop.store(true, Ordering::SeqCst);
     let _ = backend.join();
     let _ = echo_backend.join();
+}
+
+/// Bulk throughput through 1, 2 and 3 LBs (iperf3, 12 streams, client -> VIP -> backend), the
+/// others withdrawn by `POST /handover`. Back on FRR's plain ECMP route.
+fn throughput(t: &Topology, rdir: &Path) {
+    t.sh(
+        "router",
+        &format!("ip route del {VIP}/32 nhid 9100 metric 5"),
+    );
+    let mut server = t.spawn(
+        "backend",
+        "iperf3",
+        &["-s", "-B", "198.18.1.21", "-p", "5201"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let post = |lb: &str, path: &str| {
+        t.exec(
+            lb,
+            &[
+                "curl",
+                "-s",
+                "-X",
+                "POST",
+                "--max-time",
+                "3",
+                &format!("http://127.0.0.1:9100{path}"),
+            ],
+        );
+    };
+    let mut base = 0.0;
+    for n in [1usize, 2, 3] {
+        for (i, lb) in ["lb1", "lb2", "lb3"].iter().enumerate() {
+            post(lb, if i < n { "/resume" } else { "/handover" });
+        }
+        let want: Vec<String> = ["198.18.1.11", "198.18.1.12", "198.18.1.13"][..n]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(30), || nexthops(t, rdir) == want),
+            "router not on {n} LBs: {:?}",
+            nexthops(t, rdir)
+        );
+        let out = t.exec(
+            "client",
+            &[
+                "iperf3", "-c", VIP, "-p", "5201", "-P", "12", "-t", "5", "-J",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("BENCH throughput {n} LB(s): iperf3: {e}");
+        }
+        if n == 1 {
+            base = bps;
+        }
+        eprintln!(
+            "BENCH throughput {n} LB(s): {:.2} Gbit/s ({:.2}x one LB)",
+            bps / 1e9,
+            if base > 0.0 { bps / base } else { 0.0 }
+        );
+    }
+    server.kill();
 }
 
 const JOIN_CONNS: usize = 40;
@@ -965,11 +1053,11 @@ fn open_echo(t: &Topology, n: usize) -> Vec<TcpStream> {
     .unwrap()
 }
 
-/// Keeps `conns` busy (one echo each every 200 ms) until `done` holds twice in a row, or 15 s;
+/// Keeps `conns` busy (one echo each every 200 ms) until `done` holds twice in a row, or 30 s;
 /// returns how many stopped echoing and whether `done` held.
 fn broken_while_busy(conns: Vec<TcpStream>, done: impl Fn() -> bool) -> (usize, bool) {
     let mut alive: Vec<bool> = vec![true; conns.len()];
-    let end = Instant::now() + Duration::from_secs(15);
+    let end = Instant::now() + Duration::from_secs(30);
     let mut held = 0;
     while held < 2 && Instant::now() < end {
         for (s, ok) in conns.iter().zip(alive.iter_mut()) {
