@@ -165,10 +165,12 @@ fn router_frr_conf_for(dir: &Path, id: &str, lbs: &[&str]) -> String {
 /// `bfd` false: the router runs BGP alone, so a dead LB goes only at the hold time (the benchmark's
 /// "without BFD" figure).
 fn router_frr_conf_bfd(dir: &Path, id: &str, lbs: &[&str], bfd: bool) -> String {
+    // Without BFD the router must not be a graceful-restart helper either: it would keep a dead
+    // LB's routes as stale for the restart time (minutes), not just the hold time (docs/bgp.md).
     let bfd_lines = if bfd {
         " neighbor LBS bfd\n neighbor LBS bfd profile keel\n"
     } else {
-        ""
+        " bgp graceful-restart-disable\n"
     };
     let neighbors: String = lbs
         .iter()
