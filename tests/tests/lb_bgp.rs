@@ -696,6 +696,16 @@ bgp:
             .any(|v| v["address"] == ip.as_str() && v["announced"] == true),
         "{st}"
     );
+    // No node reachable from lb1 (its health checks fail): withdrawn; reachable again: back.
+    let cut = "ip route add blackhole 198.18.2.21/32 && ip route add blackhole 198.18.2.22/32 && ip route add blackhole 198.18.2.23/32";
+    lab.t.sh("lb1", cut);
+    lab.wait("the route goes when no node is healthy", soon, || {
+        nexthops_for(&lab.t, &rdir, &ip).is_empty().then_some(())
+    });
+    lab.t.sh("lb1", &cut.replace(" add ", " del "));
+    lab.wait("the route comes back with the nodes", soon, || {
+        (nexthops_for(&lab.t, &rdir, &ip) == ["198.18.2.11"]).then_some(())
+    });
     // Deleted: withdrawn.
     lab.kubectl_ok(&["delete", "service", "-n", "default", "web"]);
     lab.wait("the route goes with the Service", soon, || {
