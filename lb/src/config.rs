@@ -733,7 +733,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                     .collect()
             })
             .unwrap_or_default();
-        crate::services::config::validate(rs, &routers, &mut diag)
+        crate::services::config::validate(rs, &routers, raw.bgp.is_some(), &mut diag)
     });
 
     let bgp = raw.bgp.as_ref().and_then(|rb| {
@@ -741,11 +741,17 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             .as_ref()
             .map(|v| v.vips().iter().map(|v| v.addr).collect())
             .unwrap_or_default();
+        let svc_bgp = services.as_ref().is_some_and(|s| {
+            s.pools
+                .iter()
+                .any(|p| p.router_v4.as_deref() == Some(crate::services::config::BGP_ROUTER))
+        });
         crate::bgp::config::validate(
             rb,
             &|p| pools.contains_key(p),
             &list(pools.keys()),
             &vrrp_vips,
+            svc_bgp,
             &mut diag,
         )
     });
@@ -1012,6 +1018,11 @@ impl Config {
                     "bgp: {} not found: without FRR the VIPs are held on {} but nothing announces them (install frr)",
                     b.vtysh.display(),
                     b.interface
+                ));
+            } else {
+                w.extend(crate::bgp::config::frr_warnings(
+                    &crate::bgp::config::BGPD_PATHS,
+                    std::path::Path::new(crate::bgp::config::FRR_DAEMONS),
                 ));
             }
         }

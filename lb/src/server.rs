@@ -236,6 +236,7 @@ impl Server {
             v.vrrp_cfg = self.vrrp_cfg.clone();
             v.vrrp_configured = self.vrrp_cfg.as_ref().map_or(0, |c| c.routers.len());
             v.state_file = self.overrides.path().map(|p| p.to_path_buf());
+            v.bgp = self.bgp.as_ref().map(|a| a.status_handle());
         });
     }
 
@@ -376,7 +377,9 @@ impl Server {
                     self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
                     let booting = self.file.is_none();
                     let vrrp = self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
-                    let bgp = self.apply_bgp(file.bgp.clone()).await;
+                    let bgp = self
+                        .apply_bgp(rules::bgp_with(file.bgp.as_ref(), self.parts.values()))
+                        .await;
                     if let Err(e) = &bgp {
                         tracing::error!(error = %e, "bgp");
                     }
@@ -510,6 +513,7 @@ impl Server {
             );
             let limits = FileLimits::of(&file, default_svc_health());
             let vips_before = self.router_vips.clone();
+            let bgp_before = rules::bgp_with(file.bgp.as_ref(), self.parts.values());
             for key in &changed {
                 let rule = rules.services.get(key);
                 self.apply_service(key, rule.map(|r| &**r), &rules.nodes, &limits)
@@ -520,6 +524,13 @@ impl Server {
                 self.vrrp_cfg = rules::vrrp_with(file.vrrp.as_ref(), &self.router_vips);
                 // Failures are logged (and a failed start retried); the Services' rules stand.
                 let _ = self.apply_vrrp(old_vrrp, self.vrrp_cfg.clone()).await;
+            }
+            let bgp_now = rules::bgp_with(file.bgp.as_ref(), self.parts.values());
+            if bgp_now != bgp_before {
+                if let Err(e) = self.apply_bgp(bgp_now).await {
+                    tracing::error!(error = %e, "bgp: Services' VIPs");
+                }
+                self.sync_bgp().await;
             }
             changed
         };
@@ -998,6 +1009,7 @@ impl Server {
                     tracing::info!("bgp section removed; withdrawing its VIPs");
                     a.release().await;
                 }
+                self.publish_view();
                 Ok(())
             }
             (None, None) => Ok(()),
@@ -1010,6 +1022,7 @@ impl Server {
                 };
                 let a = crate::bgp::Announcer::start(c, metrics).await?;
                 self.bgp = Some(a);
+                self.publish_view();
                 Ok(())
             }
         }
@@ -1019,7 +1032,10 @@ impl Server {
     /// tick, so an address removed by hand comes back).
     async fn sync_bgp(&mut self) {
         if self.bgp.is_none() {
-            let cfg = self.file.as_ref().and_then(|f| f.bgp.clone());
+            let cfg = self
+                .file
+                .as_ref()
+                .and_then(|f| rules::bgp_with(f.bgp.as_ref(), self.parts.values()));
             if cfg.is_none() {
                 return;
             }

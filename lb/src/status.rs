@@ -31,6 +31,7 @@ pub struct View {
     pub vrrp_cfg: Option<keel_vrrp::VrrpConfig>,
     pub vrrp_configured: usize,
     pub state_file: Option<PathBuf>,
+    pub bgp: Option<crate::bgp::StatusHandle>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +121,9 @@ pub struct Snapshot {
     /// `GET /services` as is; absent without a `services:` section.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub services: Option<serde_json::Value>,
+    /// Absent without a `bgp:` section (or before its announcer started).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bgp: Option<BgpStatus>,
     /// Newest first, at most 100.
     pub events: Vec<EventStatus>,
 }
@@ -230,6 +234,133 @@ pub struct TransitionStatus {
     pub from: String,
     pub to: String,
     pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpStatus {
+    pub interface: String,
+    /// A planned leave is under way: nothing is announced.
+    pub draining: bool,
+    pub vips: Vec<BgpVipStatus>,
+    /// FRR's BGP sessions as last read through vtysh.
+    pub frr: FrrReadStatus,
+    pub neighbors: Vec<BgpNeighborStatus>,
+    /// FRR's BFD sessions as last read through vtysh.
+    pub bfd: FrrReadStatus,
+    pub bfd_peers: Vec<BfdPeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpVipStatus {
+    pub address: String,
+    /// On the dummy interface, for FRR to announce.
+    pub announced: bool,
+    pub track_pools: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrrReadStatus {
+    /// ok, error (the values are then the last good read's) or pending (not read yet).
+    pub state: String,
+    pub error: Option<String>,
+    pub read_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpNeighborStatus {
+    pub peer: String,
+    /// FRR's state: Established, Active, Connect, Idle, ...
+    pub state: String,
+    pub remote_as: Option<u64>,
+    pub uptime_seconds: f64,
+    pub prefixes_sent: u64,
+    pub prefixes_received: u64,
+    /// The BFD session with the same peer: up, down, init, shutdown; None without one.
+    pub bfd: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdPeerStatus {
+    pub peer: String,
+    pub local: Option<String>,
+    pub interface: Option<String>,
+    pub status: String,
+    pub diagnostic: String,
+    pub detect_multiplier: u64,
+    pub receive_interval_ms: u64,
+    pub transmit_interval_ms: u64,
+}
+
+fn frr_read<T>(r: &crate::bgp::frr::Read<T>) -> FrrReadStatus {
+    FrrReadStatus {
+        state: match (&r.at, &r.error) {
+            (None, _) => "pending",
+            (Some(_), None) => "ok",
+            (Some(_), Some(_)) => "error",
+        }
+        .into(),
+        error: r.error.clone(),
+        read_at: r.at.map(unix),
+    }
+}
+
+/// The announcer's VIPs and FRR's last reads, merged by peer address.
+pub fn bgp_status(h: &crate::bgp::StatusHandle) -> BgpStatus {
+    let (live, frr) = h.read();
+    BgpStatus {
+        interface: live.interface,
+        draining: live.draining,
+        vips: live
+            .vips
+            .into_iter()
+            .map(|(a, announced, track_pools)| BgpVipStatus {
+                address: a.to_string(),
+                announced,
+                track_pools,
+            })
+            .collect(),
+        frr: frr_read(&frr.bgp),
+        neighbors: frr
+            .bgp
+            .value
+            .iter()
+            .map(|n| BgpNeighborStatus {
+                peer: n.peer.clone(),
+                state: n.state.clone(),
+                remote_as: n.remote_as,
+                uptime_seconds: n.uptime_ms as f64 / 1000.0,
+                prefixes_sent: n.prefixes_sent,
+                prefixes_received: n.prefixes_received,
+                bfd: frr
+                    .bfd
+                    .value
+                    .iter()
+                    .find(|p| p.peer == n.peer)
+                    .map(|p| p.status.clone()),
+            })
+            .collect(),
+        bfd: frr_read(&frr.bfd),
+        bfd_peers: frr
+            .bfd
+            .value
+            .iter()
+            .map(|p| BfdPeerStatus {
+                peer: p.peer.clone(),
+                local: p.local.clone(),
+                interface: p.interface.clone(),
+                status: p.status.clone(),
+                diagnostic: p.diagnostic.clone(),
+                detect_multiplier: p.detect_multiplier,
+                receive_interval_ms: p.receive_interval_ms,
+                transmit_interval_ms: p.transmit_interval_ms,
+            })
+            .collect(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -396,6 +527,7 @@ pub fn collect(src: &Source, services: Option<serde_json::Value>) -> Snapshot {
         pools,
         vrrp,
         services,
+        bgp: view.bgp.as_ref().map(bgp_status),
         events: src.events.recent().into_iter().map(event).collect(),
     }
 }

@@ -130,6 +130,7 @@ function render(s){
   $('fe').innerHTML=R.frontends(s);
   $('pools').innerHTML=R.pools(s);
   var v=$('vrrp-sec');v.hidden=!s.vrrp;if(s.vrrp)$('vrrp').innerHTML=R.vrrp(s);
+  var bg=$('bgp-sec');bg.hidden=!s.bgp;if(s.bgp)$('bgp').innerHTML=R.bgp(s);
   var sv=$('svc-sec');sv.hidden=!s.services;if(s.services)$('svc').innerHTML=R.services(s);
   $('ev').innerHTML=R.events(s);
   // How long a refresh takes in this browser (the benchmark reads it from the DOM).
@@ -158,6 +159,7 @@ R.header=function(s){
   h+='<span class="chip">up <b>'+dur(s.now-s.startedAt)+'</b></span>';
   h+='<span class="chip">pools <b class="'+(pu==s.pools.length?'good':'bad')+'">'+pu+'/'+s.pools.length+'</b> up</span>';
   if(s.vrrp)h+='<span class="chip">vrrp <b class="'+(s.vrrp.running>=s.vrrp.configured?'good':'bad')+'">'+s.vrrp.running+'/'+s.vrrp.configured+'</b> running</span>';
+  if(s.bgp){var est=0;s.bgp.neighbors.forEach(function(n){if(n.state=='Established')est++});h+='<span class="chip">bgp <b class="'+(s.bgp.frr.state=='ok'&&est>0&&est==s.bgp.neighbors.length?'good':'bad')+'">'+est+'/'+s.bgp.neighbors.length+'</b> established</span>'}
   h+='<span class="chip">v'+e(s.version)+' at <b>'+tm(s.now)+'</b> <span id="src">server</span></span>';
   if(lr&&!lr.ok)h+='<span class="chip bad">'+e(lr.error)+'</span>';
   return h;
@@ -192,6 +194,18 @@ R.vrrp=function(s){
     h+='<tr class="st-'+e(r.state)+'" data-router="'+e(r.name)+'"><td>'+e(r.name)+' <small>v'+r.version+' '+e(r.family)+'</small></td><td class="n">'+r.vrid+'</td><td>'+e(r.interface)+'</td><td class="state">'+e(r.state)+'</td><td class="n">'+r.priority+'</td><td>'+e(r.master||'-')+'</td><td>'+e(r.vips.join(' '))+'</td><td class="why">'+(t?e(ago(s.now,t.at)+': '+t.from+' \u2192 '+t.to+' ('+t.reason+')'):'-')+'</td><td class="n">'+num(r.advertsReceived)+'</td><td class="n">'+num(r.advertsSent)+'</td><td class="why">'+e(d.join(', ')||'-')+'</td></tr>';
   });
   if(!s.vrrp.routers.length)h+='<tr><td colspan="11" class="empty">no routers</td></tr>';
+  return h+'</tbody></table>';
+};
+R.bgp=function(s){
+  var b=s.bgp,f=b.frr,h='<p class="'+(f.state=='ok'?'':'bad')+'" data-frr="'+e(f.state)+'">FRR: '+e(f.state)+(f.readAt!=null?' '+ago(s.now,f.readAt):'')+(f.error?': '+e(f.error):'')+(b.bfd.error?'; BFD: '+e(b.bfd.error):'')+(b.draining?' &middot; <b>withdrawn: leaving</b>':'')+'</p>';
+  h+='<table><thead><tr><th>VIP on '+e(b.interface)+'</th><th>State</th><th>Tracks</th></tr></thead><tbody>';
+  b.vips.forEach(function(v){h+='<tr class="st-'+(v.announced?'UP':'DOWN')+'" data-bgp-vip="'+e(v.address)+'"><td>'+e(v.address)+'</td><td class="state">'+(v.announced?'ANNOUNCED':'WITHDRAWN')+'</td><td>'+e(v.trackPools.join(' ')||'-')+'</td></tr>'});
+  h+='</tbody></table><table><thead><tr><th>Neighbor</th><th class="n">AS</th><th>State</th><th>BFD</th><th>Up</th><th class="n">Sent</th><th class="n">Received</th></tr></thead><tbody>';
+  b.neighbors.forEach(function(n){
+    var up=n.state=='Established';
+    h+='<tr class="st-'+(up?'UP':'DOWN')+'" data-bgp-peer="'+e(n.peer)+'"><td>'+e(n.peer)+'</td><td class="n">'+(n.remoteAs==null?'-':n.remoteAs)+'</td><td class="state">'+e(n.state)+'</td><td>'+e(n.bfd||'-')+'</td><td>'+(up?dur(n.uptimeSeconds):'-')+'</td><td class="n">'+num(n.prefixesSent)+'</td><td class="n">'+num(n.prefixesReceived)+'</td></tr>';
+  });
+  if(!b.neighbors.length)h+='<tr><td colspan="7" class="empty">no BGP neighbors read from FRR</td></tr>';
   return h+'</tbody></table>';
 };
 R.services=function(s){
@@ -267,6 +281,24 @@ fn header(s: &Snapshot) -> String {
             },
             v.running,
             v.configured
+        );
+    }
+    if let Some(b) = &s.bgp {
+        let est = b
+            .neighbors
+            .iter()
+            .filter(|n| n.state == "Established")
+            .count();
+        let _ = write!(
+            h,
+            "<span class=\"chip\">bgp <b class=\"{}\">{}/{}</b> established</span>",
+            if b.frr.state == "ok" && est > 0 && est == b.neighbors.len() {
+                "good"
+            } else {
+                "bad"
+            },
+            est,
+            b.neighbors.len()
         );
     }
     let _ = write!(
@@ -430,6 +462,77 @@ fn vrrp(s: &Snapshot) -> String {
     h
 }
 
+fn bgp(s: &Snapshot) -> String {
+    let Some(b) = &s.bgp else {
+        return String::new();
+    };
+    let f = &b.frr;
+    let mut h = format!(
+        "<p class=\"{}\" data-frr=\"{}\">FRR: {}{}{}{}{}</p>",
+        if f.state == "ok" { "" } else { "bad" },
+        esc(&f.state),
+        esc(&f.state),
+        f.read_at
+            .map(|t| format!(" {}", ago(s.now, Some(t))))
+            .unwrap_or_default(),
+        f.error
+            .as_ref()
+            .map(|e| format!(": {}", esc(e)))
+            .unwrap_or_default(),
+        b.bfd
+            .error
+            .as_ref()
+            .map(|e| format!("; BFD: {}", esc(e)))
+            .unwrap_or_default(),
+        if b.draining {
+            " &middot; <b>withdrawn: leaving</b>"
+        } else {
+            ""
+        },
+    );
+    let _ = write!(
+        h,
+        "<table><thead><tr><th>VIP on {}</th><th>State</th><th>Tracks</th></tr></thead><tbody>",
+        esc(&b.interface)
+    );
+    for v in &b.vips {
+        let tracks = v.track_pools.join(" ");
+        let _ = write!(
+            h,
+            "<tr class=\"st-{}\" data-bgp-vip=\"{}\"><td>{}</td><td class=\"state\">{}</td><td>{}</td></tr>",
+            if v.announced { "UP" } else { "DOWN" },
+            esc(&v.address),
+            esc(&v.address),
+            if v.announced { "ANNOUNCED" } else { "WITHDRAWN" },
+            esc(if tracks.is_empty() { "-" } else { &tracks }),
+        );
+    }
+    h.push_str("</tbody></table><table><thead><tr><th>Neighbor</th><th class=\"n\">AS</th><th>State</th><th>BFD</th><th>Up</th><th class=\"n\">Sent</th><th class=\"n\">Received</th></tr></thead><tbody>");
+    for n in &b.neighbors {
+        let up = n.state == "Established";
+        let _ = write!(
+            h,
+            "<tr class=\"st-{}\" data-bgp-peer=\"{}\"><td>{}</td><td class=\"n\">{}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            if up { "UP" } else { "DOWN" },
+            esc(&n.peer),
+            esc(&n.peer),
+            n.remote_as.map_or("-".to_string(), |a| a.to_string()),
+            esc(&n.state),
+            esc(n.bfd.as_deref().unwrap_or("-")),
+            if up { dur(n.uptime_seconds) } else { "-".into() },
+            num(n.prefixes_sent as f64),
+            num(n.prefixes_received as f64),
+        );
+    }
+    if b.neighbors.is_empty() {
+        h.push_str(
+            "<tr><td colspan=\"7\" class=\"empty\">no BGP neighbors read from FRR</td></tr>",
+        );
+    }
+    h.push_str("</tbody></table>");
+    h
+}
+
 fn services(s: &Snapshot) -> String {
     let mut h = String::from("<table><thead><tr><th>Service</th><th>IPs</th><th>Ports</th><th class=\"n\">Backends up</th><th>Last sync</th><th>Problems</th></tr></thead><tbody>");
     let empty = Vec::new();
@@ -561,6 +664,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     let _ = write!(
         h,
+        "<section id=\"bgp-sec\"{}><h2>BGP <small>VIPs announced through FRR, its sessions</small></h2><div class=\"scroll\" id=\"bgp\">{}</div></section>",
+        if s.bgp.is_some() { "" } else { " hidden" },
+        bgp(s)
+    );
+    let _ = write!(
+        h,
         "<section id=\"svc-sec\"{}><h2>Services <small>type LoadBalancer, from the cluster</small></h2><div class=\"scroll\" id=\"svc\">{}</div></section>",
         if s.services.is_some() { "" } else { " hidden" },
         if s.services.is_some() { services(s) } else { String::new() }
@@ -660,6 +769,35 @@ mod tests {
             services: Some(serde_json::json!({"writer": true, "services": [
                 {"service": evil, "ips": [{"ip": "198.18.0.7"}], "ports": [], "served": true,
                  "problems": [evil], "lastSync": {"ok": false, "message": evil, "at": 900}}]})),
+            bgp: Some(BgpStatus {
+                interface: "keel-vips".into(),
+                draining: false,
+                vips: vec![BgpVipStatus {
+                    address: "198.18.100.10".into(),
+                    announced: true,
+                    track_pools: vec![evil.into()],
+                }],
+                frr: FrrReadStatus {
+                    state: "error".into(),
+                    error: Some(evil.into()),
+                    read_at: Some(999.0),
+                },
+                neighbors: vec![BgpNeighborStatus {
+                    peer: evil.into(),
+                    state: "Established".into(),
+                    remote_as: Some(65000),
+                    uptime_seconds: 61.0,
+                    prefixes_sent: 1,
+                    prefixes_received: 0,
+                    bfd: Some("up".into()),
+                }],
+                bfd: FrrReadStatus {
+                    state: "ok".into(),
+                    error: None,
+                    read_at: Some(999.0),
+                },
+                bfd_peers: vec![],
+            }),
             events: vec![EventStatus {
                 at: 999.0,
                 kind: "backend".into(),
@@ -689,6 +827,9 @@ mod tests {
         assert!(page.contains("data-router=\"web\""));
         assert!(page.contains("data-frontend=\"web\""));
         assert!(page.contains("data-service=\"web\""));
+        assert!(page.contains("<tr class=\"st-UP\" data-bgp-peer=\"web\">"));
+        assert!(page.contains("data-bgp-vip=\"198.18.100.10\""));
+        assert!(page.contains("data-frr=\"error\""));
         assert!(page.contains("1m"), "downtime 65 s shows as 1m");
         assert!(page.contains("runtime"), "an override is marked");
     }

@@ -180,6 +180,40 @@ pub fn render(s: &Snapshot) -> String {
             &rows,
         );
     }
+    if let Some(b) = &s.bgp {
+        let announced = b.vips.iter().filter(|v| v.announced).count();
+        o.push_str(&format!(
+            "\nBGP ({announced} of {} VIPs announced on {}{}; FRR {}{})\n",
+            b.vips.len(),
+            b.interface,
+            if b.draining { ", leaving" } else { "" },
+            b.frr.state,
+            b.frr
+                .error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+        let rows: Vec<Vec<String>> = b
+            .neighbors
+            .iter()
+            .map(|n| {
+                vec![
+                    n.peer.clone(),
+                    n.remote_as.map_or("-".into(), |a| a.to_string()),
+                    n.state.clone(),
+                    n.bfd.clone().unwrap_or_else(|| "-".into()),
+                    n.prefixes_sent.to_string(),
+                    n.prefixes_received.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["NEIGHBOR", "AS", "STATE", "BFD", "SENT", "RECEIVED"],
+            &rows,
+        );
+    }
     if let Some(list) = s.services.as_ref().and_then(|v| v["services"].as_array()) {
         o.push_str("\nSERVICES\n");
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();

@@ -106,6 +106,7 @@ pub fn validate(
     pools: &dyn Fn(&str) -> bool,
     pool_names: &str,
     vrrp_vips: &[IpAddr],
+    services_announce: bool,
     diag: &mut Diagnostics,
 ) -> Option<BgpConfig> {
     let f = "bgp";
@@ -119,8 +120,11 @@ pub fn validate(
             format!("{interface:?} is not an interface name (1 to 15 characters, no '/', ':' or white space, not lo)"),
         );
     }
-    if raw.vips.is_empty() {
-        diag.error(format!("{f}.vips"), "at least one VIP is needed");
+    if raw.vips.is_empty() && !services_announce {
+        diag.error(
+            format!("{f}.vips"),
+            "at least one VIP is needed (or a services address pool with announce: bgp)",
+        );
     }
     if raw.vips.len() > MAX_VIPS {
         diag.error(
@@ -224,9 +228,76 @@ impl BgpConfig {
     }
 }
 
+/// Where distributions install bgpd (Debian/Ubuntu, then Fedora/RHEL/Alpine).
+pub const BGPD_PATHS: [&str; 2] = ["/usr/lib/frr/bgpd", "/usr/libexec/frr/bgpd"];
+/// FRR's list of daemons to start; bgpd stays off unless it says `bgpd=yes`.
+pub const FRR_DAEMONS: &str = "/etc/frr/daemons";
+
+/// `keel-lb check`'s word on FRR: bgpd not installed, or bgpd or bfdd (the template's BFD) not
+/// enabled in FRR's daemons file (Debian ships both `=no`). Empty when it looks right or cannot be
+/// told.
+pub fn frr_warnings(paths: &[&str], daemons: &std::path::Path) -> Vec<String> {
+    let Some(found) = paths.iter().find(|p| std::path::Path::new(p).is_file()) else {
+        return vec![format!(
+            "bgp: FRR's bgpd not found ({}): nothing will announce the VIPs (install frr)",
+            paths.join(", ")
+        )];
+    };
+    let Ok(text) = std::fs::read_to_string(daemons) else {
+        return Vec::new();
+    };
+    let enabled = |daemon: &str| {
+        text.lines()
+            .rev()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == daemon)
+            .is_some_and(|(_, v)| v.trim().trim_matches('"') == "yes")
+    };
+    let mut w = Vec::new();
+    if !enabled("bgpd") {
+        w.push(format!(
+            "bgp: {found} is installed but {} does not say bgpd=yes: FRR will not start it",
+            daemons.display()
+        ));
+    }
+    if !enabled("bfdd") {
+        w.push(format!(
+            "bgp: {} does not say bfdd=yes: without BFD a dead LB VM is routed around only after the BGP hold time",
+            daemons.display()
+        ));
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use keel_common::Source;
+
+    #[test]
+    fn check_warns_when_bgpd_is_missing_or_frr_daemons_not_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let bgpd = dir.path().join("bgpd");
+        let daemons = dir.path().join("daemons");
+        let bgpd_s = bgpd.display().to_string();
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(w.len() == 1 && w[0].contains("bgpd not found"), "{w:?}");
+        std::fs::write(&bgpd, "").unwrap();
+        // No daemons file (FRR packaged differently): nothing to say.
+        assert!(super::frr_warnings(&[&bgpd_s], &daemons).is_empty());
+        std::fs::write(&daemons, "zebra=yes\nbgpd=no\n#bgpd=yes\nbfdd=yes\n").unwrap();
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(
+            w.len() == 1 && w[0].contains("does not say bgpd=yes"),
+            "{w:?}"
+        );
+        std::fs::write(&daemons, "bgpd=no\nbgpd=yes\nbfdd=no\n").unwrap();
+        let w = super::frr_warnings(&[&bgpd_s], &daemons);
+        assert!(w.len() == 1 && w[0].contains("bfdd=yes"), "{w:?}");
+        std::fs::write(&daemons, "bgpd=yes\nbfdd=\"yes\"\n").unwrap();
+        assert!(super::frr_warnings(&[&bgpd_s], &daemons).is_empty());
+    }
 
     fn check(bgp: &str) -> Result<crate::config::Config, keel_common::ConfigErrors> {
         let text = format!(

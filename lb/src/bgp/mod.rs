@@ -10,59 +10,186 @@
 
 pub mod config;
 pub mod frr;
+pub mod frr_json;
 pub mod netlink;
 pub mod plan;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
-use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use config::BgpConfig;
 
-/// Gauges, registered once and kept across reloads.
+/// Metrics, registered once and kept across reloads. Every series that does not name a peer
+/// exists from the start (at 0), so `rate()` and absence-free alerts work before FRR answers.
 #[derive(Clone)]
 pub struct BgpMetrics {
     pub vip_announced: IntGaugeVec,
     pub session_up: IntGaugeVec,
     pub prefixes_sent: IntGaugeVec,
+    pub prefixes_received: IntGaugeVec,
+    pub bfd_peer_up: IntGaugeVec,
+    pub sessions_established: IntGauge,
+    pub bfd_peers_up: IntGauge,
     pub frr_up: IntGauge,
+    pub status_reads: IntCounterVec,
+    /// Peers with series, so a peer FRR no longer lists loses them and the others never blink.
+    peers: Arc<Mutex<(BTreeSet<String>, BTreeSet<String>)>>,
 }
 
 impl BgpMetrics {
     pub fn register(r: &Registry) -> prometheus::Result<BgpMetrics> {
+        let gv =
+            |name: &str, help: &str, label: &str| IntGaugeVec::new(Opts::new(name, help), &[label]);
         let m = BgpMetrics {
-            vip_announced: IntGaugeVec::new(
-                Opts::new(
-                    "keel_lb_bgp_vip_announced",
-                    "1 while the VIP is on the dummy interface, for FRR to announce",
-                ),
-                &["vip"],
+            vip_announced: gv(
+                "keel_lb_bgp_vip_announced",
+                "1 while the VIP is on the dummy interface, for FRR to announce",
+                "vip",
             )?,
-            session_up: IntGaugeVec::new(
-                Opts::new(
-                    "keel_lb_bgp_session_up",
-                    "1 while FRR's BGP session with the peer is Established",
-                ),
-                &["peer"],
+            session_up: gv(
+                "keel_lb_bgp_session_up",
+                "1 while FRR's BGP session with the peer is Established (0 too while FRR cannot be read)",
+                "peer",
             )?,
-            prefixes_sent: IntGaugeVec::new(
-                Opts::new(
-                    "keel_lb_bgp_prefixes_sent",
-                    "Prefixes FRR sends the peer (all address families)",
-                ),
-                &["peer"],
+            prefixes_sent: gv(
+                "keel_lb_bgp_prefixes_sent",
+                "Prefixes FRR sends the peer (all address families)",
+                "peer",
+            )?,
+            prefixes_received: gv(
+                "keel_lb_bgp_prefixes_received",
+                "Prefixes FRR received from the peer (all address families)",
+                "peer",
+            )?,
+            bfd_peer_up: gv(
+                "keel_lb_bgp_bfd_peer_up",
+                "1 while FRR's BFD session with the peer is up (0 too while FRR cannot be read)",
+                "peer",
+            )?,
+            sessions_established: IntGauge::new(
+                "keel_lb_bgp_sessions_established",
+                "BGP sessions Established at the last good read (0 while FRR cannot be read)",
+            )?,
+            bfd_peers_up: IntGauge::new(
+                "keel_lb_bgp_bfd_peers_up",
+                "BFD sessions up at the last good read (0 while FRR cannot be read)",
             )?,
             frr_up: IntGauge::new(
                 "keel_lb_bgp_frr_up",
-                "1 when FRR's vtysh answered the last status read",
+                "1 when FRR's vtysh answered the last read of the BGP sessions",
             )?,
+            status_reads: IntCounterVec::new(
+                Opts::new(
+                    "keel_lb_bgp_status_reads_total",
+                    "Reads of FRR's state through vtysh, by command and result",
+                ),
+                &["command", "result"],
+            )?,
+            peers: Arc::default(),
         };
+        for (cmd, _) in [frr::BGP_SUMMARY, frr::BFD_PEERS] {
+            for result in frr::RESULTS {
+                m.status_reads.with_label_values(&[cmd, result]);
+            }
+        }
         r.register(Box::new(m.vip_announced.clone()))?;
         r.register(Box::new(m.session_up.clone()))?;
         r.register(Box::new(m.prefixes_sent.clone()))?;
+        r.register(Box::new(m.prefixes_received.clone()))?;
+        r.register(Box::new(m.bfd_peer_up.clone()))?;
+        r.register(Box::new(m.sessions_established.clone()))?;
+        r.register(Box::new(m.bfd_peers_up.clone()))?;
         r.register(Box::new(m.frr_up.clone()))?;
+        r.register(Box::new(m.status_reads.clone()))?;
         Ok(m)
+    }
+
+    /// One read of the BGP sessions; None: FRR could not be read, every known session counts as
+    /// down (an alert on `session_up == 0` fires, `frr_up` says why).
+    pub fn show_bgp(&self, read: Option<&[frr_json::Neighbor]>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        self.frr_up.set(i64::from(read.is_some()));
+        let Some(list) = read else {
+            for p in &peers.0 {
+                self.session_up.with_label_values(&[p]).set(0);
+            }
+            self.sessions_established.set(0);
+            return;
+        };
+        let now: BTreeSet<String> = list.iter().map(|n| n.peer.clone()).collect();
+        for gone in peers.0.difference(&now) {
+            let _ = self.session_up.remove_label_values(&[gone]);
+            let _ = self.prefixes_sent.remove_label_values(&[gone]);
+            let _ = self.prefixes_received.remove_label_values(&[gone]);
+        }
+        for n in list {
+            let l = [n.peer.as_str()];
+            self.session_up
+                .with_label_values(&l)
+                .set(i64::from(n.established()));
+            self.prefixes_sent
+                .with_label_values(&l)
+                .set(i64::try_from(n.prefixes_sent).unwrap_or(i64::MAX));
+            self.prefixes_received
+                .with_label_values(&l)
+                .set(i64::try_from(n.prefixes_received).unwrap_or(i64::MAX));
+        }
+        self.sessions_established
+            .set(list.iter().filter(|n| n.established()).count() as i64);
+        peers.0 = now;
+    }
+
+    /// One read of the BFD peers, as [`BgpMetrics::show_bgp`].
+    pub fn show_bfd(&self, read: Option<&[frr_json::BfdPeer]>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = read else {
+            for p in &peers.1 {
+                self.bfd_peer_up.with_label_values(&[p]).set(0);
+            }
+            self.bfd_peers_up.set(0);
+            return;
+        };
+        let now: BTreeSet<String> = list.iter().map(|n| n.peer.clone()).collect();
+        for gone in peers.1.difference(&now) {
+            let _ = self.bfd_peer_up.remove_label_values(&[gone]);
+        }
+        for p in list {
+            self.bfd_peer_up
+                .with_label_values(&[&p.peer])
+                .set(i64::from(p.up()));
+        }
+        self.bfd_peers_up
+            .set(list.iter().filter(|p| p.up()).count() as i64);
+        peers.1 = now;
+    }
+}
+
+/// What the status API shows of the announcer: its VIPs and FRR's last reads.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub interface: String,
+    /// A planned leave is under way: nothing is announced.
+    pub draining: bool,
+    /// Every configured VIP, whether it is announced now, and the pools it tracks.
+    pub vips: Vec<(IpAddr, bool, Vec<String>)>,
+}
+
+/// Read by the status endpoints; written by the announcer and its FRR reader.
+#[derive(Clone, Default)]
+pub struct StatusHandle {
+    pub live: Arc<Mutex<Live>>,
+    pub frr: frr::FrrHandle,
+}
+
+impl StatusHandle {
+    pub fn read(&self) -> (Live, frr::FrrView) {
+        (
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            self.frr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        )
     }
 }
 
@@ -76,6 +203,7 @@ pub struct Announcer {
     draining: bool,
     metrics: BgpMetrics,
     status: tokio::task::JoinHandle<()>,
+    handle: StatusHandle,
 }
 
 impl Announcer {
@@ -88,7 +216,12 @@ impl Announcer {
             .link_index("lo")
             .await?
             .ok_or_else(|| "no loopback interface".to_string())?;
-        let status = tokio::spawn(status_loop(cfg.clone(), metrics.clone()));
+        let handle = StatusHandle::default();
+        let status = tokio::spawn(frr::status_loop(
+            cfg.clone(),
+            metrics.clone(),
+            handle.frr.clone(),
+        ));
         let mut a = Announcer {
             cfg,
             nl,
@@ -97,6 +230,7 @@ impl Announcer {
             draining: false,
             metrics,
             status,
+            handle,
         };
         a.apply(&BTreeSet::new()).await?;
         a.hold(&BTreeSet::new()).await?;
@@ -110,6 +244,20 @@ impl Announcer {
             return Err("bgp.interface changes take effect at the next restart".into());
         }
         let before: BTreeSet<IpAddr> = self.cfg.vips.iter().map(|v| v.addr).collect();
+        if (&cfg.vtysh, &cfg.vty_socket, cfg.status_interval)
+            != (
+                &self.cfg.vtysh,
+                &self.cfg.vty_socket,
+                self.cfg.status_interval,
+            )
+        {
+            self.status.abort();
+            self.status = tokio::spawn(frr::status_loop(
+                cfg.clone(),
+                self.metrics.clone(),
+                self.handle.frr.clone(),
+            ));
+        }
         self.cfg = cfg;
         self.hold(&before).await
     }
@@ -161,6 +309,22 @@ impl Announcer {
                 .with_label_values(&[&v.addr.to_string()])
                 .set(i64::from(want.contains(&v.addr)));
         }
+        // What is on the interface now, even after a failed change.
+        let on = self
+            .nl
+            .addresses(self.dummy)
+            .await
+            .unwrap_or_else(|_| want.clone());
+        *self.handle.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+            interface: self.cfg.interface.clone(),
+            draining: self.draining,
+            vips: self
+                .cfg
+                .vips
+                .iter()
+                .map(|v| (v.addr, on.contains(&v.addr), v.track_pools.clone()))
+                .collect(),
+        };
         first_err.map_or(Ok(()), Err)
     }
 
@@ -172,6 +336,10 @@ impl Announcer {
     ) -> Result<(), String> {
         self.draining = draining;
         self.sync(pool_up).await
+    }
+
+    pub fn status_handle(&self) -> StatusHandle {
+        self.handle.clone()
     }
 
     pub fn withdraw_wait(&self) -> std::time::Duration {
@@ -190,47 +358,90 @@ impl Announcer {
     }
 }
 
-/// Reads FRR's session state every `status_interval` into the metrics.
-async fn status_loop(cfg: BgpConfig, m: BgpMetrics) {
-    let mut tick = tokio::time::interval(cfg.status_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned = false;
-    loop {
-        tick.tick().await;
-        let read = match frr::vtysh(&cfg, "show bgp summary json").await {
-            Ok(out) => frr::parse_summary(&out),
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok(peers) => {
-                warned = false;
-                m.frr_up.set(1);
-                m.session_up.reset();
-                m.prefixes_sent.reset();
-                for (addr, p) in peers {
-                    m.session_up
-                        .with_label_values(&[&addr])
-                        .set(i64::from(p.established));
-                    m.prefixes_sent
-                        .with_label_values(&[&addr])
-                        .set(p.prefixes_sent as i64);
-                }
-            }
-            Err(e) => {
-                m.frr_up.set(0);
-                m.session_up.reset();
-                m.prefixes_sent.reset();
-                if !warned {
-                    tracing::warn!(error = %e, "bgp: cannot read FRR's state");
-                    warned = true;
-                }
-            }
-        }
-    }
-}
-
 impl Drop for Announcer {
     fn drop(&mut self) {
         self.status.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frr_json::{BfdPeer, Neighbor};
+    use super::*;
+    use prometheus::Encoder;
+
+    fn scrape(r: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&r.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn n(peer: &str, state: &str, sent: u64) -> Neighbor {
+        Neighbor {
+            peer: peer.into(),
+            state: state.into(),
+            remote_as: None,
+            uptime_ms: 0,
+            prefixes_sent: sent,
+            prefixes_received: 0,
+        }
+    }
+
+    #[test]
+    fn metrics_exist_from_the_start_and_a_failed_read_counts_sessions_down() {
+        let r = Registry::new();
+        let m = BgpMetrics::register(&r).unwrap();
+        let t = scrape(&r);
+        for want in [
+            "keel_lb_bgp_frr_up 0",
+            "keel_lb_bgp_sessions_established 0",
+            "keel_lb_bgp_bfd_peers_up 0",
+            "keel_lb_bgp_status_reads_total{command=\"bgp_summary\",result=\"ok\"} 0",
+            "keel_lb_bgp_status_reads_total{command=\"bfd_peers\",result=\"timeout\"} 0",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        m.show_bgp(Some(&[n("a", "Established", 1), n("b", "Active", 0)]));
+        m.show_bfd(Some(&[BfdPeer {
+            peer: "a".into(),
+            local: None,
+            interface: None,
+            status: "up".into(),
+            diagnostic: "ok".into(),
+            detect_multiplier: 3,
+            receive_interval_ms: 100,
+            transmit_interval_ms: 100,
+        }]));
+        let t = scrape(&r);
+        for want in [
+            "keel_lb_bgp_frr_up 1",
+            "keel_lb_bgp_sessions_established 1",
+            "keel_lb_bgp_session_up{peer=\"a\"} 1",
+            "keel_lb_bgp_session_up{peer=\"b\"} 0",
+            "keel_lb_bgp_prefixes_sent{peer=\"a\"} 1",
+            "keel_lb_bgp_bfd_peer_up{peer=\"a\"} 1",
+            "keel_lb_bgp_bfd_peers_up 1",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // FRR unreadable: the peers keep their series, at 0.
+        m.show_bgp(None);
+        m.show_bfd(None);
+        let t = scrape(&r);
+        for want in [
+            "keel_lb_bgp_frr_up 0",
+            "keel_lb_bgp_sessions_established 0",
+            "keel_lb_bgp_session_up{peer=\"a\"} 0",
+            "keel_lb_bgp_bfd_peer_up{peer=\"a\"} 0",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // A neighbor FRR no longer lists loses its series.
+        m.show_bgp(Some(&[n("a", "Established", 1)]));
+        let t = scrape(&r);
+        assert!(!t.contains("peer=\"b\""), "{t}");
+        assert!(t.contains("keel_lb_bgp_session_up{peer=\"a\"} 1"), "{t}");
     }
 }

@@ -74,6 +74,9 @@ pub struct RawAddressPool {
     /// The VRRP routers (names in `vrrp.routers`) that carry this pool's addresses: one per family.
     #[serde(default)]
     pub vrrp_routers: Vec<String>,
+    /// How this pool's addresses reach the network: `vrrp` (default: on the master of
+    /// `vrrp_routers`) or `bgp` (on every LB VM's `bgp.interface`, announced through FRR).
+    pub announce: Option<String>,
     /// Send PROXY protocol v2 to the nodes (the Service's ingress then says `ipMode: Proxy`).
     pub proxy_protocol: Option<String>,
     #[serde(default)]
@@ -137,6 +140,10 @@ pub fn ip_u128(ip: IpAddr) -> Option<u128> {
 pub fn same_family(a: IpAddr, b: IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
+
+/// The router name under which a pool announced by BGP files its addresses; a VRRP router of that
+/// name is refused next to such a pool.
+pub const BGP_ROUTER: &str = "bgp";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddressPool {
@@ -315,6 +322,7 @@ fn is_qualified_name(s: &str) -> bool {
 pub fn validate(
     raw: &RawServices,
     routers: &[(String, bool)],
+    have_bgp: bool,
     diag: &mut Diagnostics,
 ) -> Option<ServicesConfig> {
     let f = "services";
@@ -507,7 +515,40 @@ pub fn validate(
             }
         }
         let (mut router_v4, mut router_v6) = (None, None);
-        for (j, name) in rp.vrrp_routers.iter().enumerate() {
+        let by_bgp = match rp.announce.as_deref() {
+            None | Some("vrrp") => false,
+            Some("bgp") => {
+                if !have_bgp {
+                    diag.error(
+                        format!("{pf}.announce"),
+                        "bgp needs a bgp: section (its interface and FRR's status)",
+                    );
+                }
+                if routers.iter().any(|(n, _)| n == BGP_ROUTER) {
+                    diag.error(
+                        format!("{pf}.announce"),
+                        format!("a VRRP router is named {BGP_ROUTER:?}, which stands for BGP here; rename the router"),
+                    );
+                }
+                if !rp.vrrp_routers.is_empty() {
+                    diag.error(
+                        format!("{pf}.vrrp_routers"),
+                        "a pool announced by bgp names no VRRP routers",
+                    );
+                }
+                router_v4 = Some(BGP_ROUTER.to_string());
+                router_v6 = Some(BGP_ROUTER.to_string());
+                true
+            }
+            Some(o) => {
+                diag.error(
+                    format!("{pf}.announce"),
+                    format!("{o:?} is not an announcement mode; vrrp or bgp"),
+                );
+                false
+            }
+        };
+        for (j, name) in rp.vrrp_routers.iter().enumerate().filter(|_| !by_bgp) {
             match routers.iter().find(|(n, _)| n == name) {
                 None => diag.error(
                     format!("{pf}.vrrp_routers[{j}]"),
@@ -539,13 +580,21 @@ pub fn validate(
                 }
             }
         }
-        if ranges.iter().any(|r| r.first.is_ipv4()) && router_v4.is_none() && !routers.is_empty() {
+        if ranges.iter().any(|r| r.first.is_ipv4())
+            && router_v4.is_none()
+            && !routers.is_empty()
+            && !by_bgp
+        {
             diag.error(
                 format!("{pf}.vrrp_routers"),
                 "the pool has IPv4 addresses but names no IPv4 router to carry them",
             );
         }
-        if ranges.iter().any(|r| r.first.is_ipv6()) && router_v6.is_none() && !routers.is_empty() {
+        if ranges.iter().any(|r| r.first.is_ipv6())
+            && router_v6.is_none()
+            && !routers.is_empty()
+            && !by_bgp
+        {
             diag.error(
                 format!("{pf}.vrrp_routers"),
                 "the pool has IPv6 addresses but names no IPv6 router to carry them",
@@ -607,6 +656,31 @@ mod tests {
             "frontends: []\npools: {{}}\nservices:\n  kubeconfig: /etc/keel/lb.kubeconfig\n{services}"
         );
         crate::config::load_source(&Source::from_text("lb.yaml", text))
+    }
+
+    #[test]
+    fn a_pool_announced_by_bgp_needs_a_bgp_section_and_no_vrrp_routers() {
+        let pool =
+            "  address_pools:\n    - {name: p, addresses: [198.18.10.0/28], announce: bgp}\n";
+        let c = check(&format!("{pool}bgp: {{}}\n")).unwrap();
+        let p = &c.services.unwrap().pools[0];
+        assert_eq!(p.router_v4.as_deref(), Some(super::BGP_ROUTER));
+        // Its VIPs come from the Services: the bgp section may list none.
+        assert!(c.bgp.unwrap().vips.is_empty());
+        let e = check(pool).unwrap_err().to_string();
+        assert!(
+            e.contains("lb.yaml:6: services.address_pools[0].announce: bgp needs a bgp: section"),
+            "{e}"
+        );
+        let e = check("  address_pools:\n    - {name: p, addresses: [198.18.10.0/28], announce: bgp, vrrp_routers: [r]}\n    - {name: q, addresses: [198.18.11.0/28], announce: ospf}\nbgp: {}\n")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "lb.yaml:6: services.address_pools[0].vrrp_routers: a pool announced by bgp names no VRRP routers",
+            "lb.yaml:7: services.address_pools[1].announce: \"ospf\" is not an announcement mode",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

@@ -200,6 +200,11 @@ impl FileLimits {
                 .vrrp
                 .iter()
                 .flat_map(|v| v.routers.iter().map(|r| r.name.clone()))
+                .chain(
+                    file.bgp
+                        .is_some()
+                        .then(|| super::config::BGP_ROUTER.to_string()),
+                )
                 .collect(),
             health: file
                 .services
@@ -358,10 +363,88 @@ pub fn vrrp_with(
     Some(v)
 }
 
+/// The file's `bgp:` section with the Services' VIPs of pools announced by BGP added, each
+/// tracking the pools of every Service that holds it: announced while this VM can serve them.
+pub fn bgp_with<'a>(
+    file: Option<&crate::bgp::config::BgpConfig>,
+    parts: impl IntoIterator<Item = &'a SvcParts>,
+) -> Option<crate::bgp::config::BgpConfig> {
+    let mut b = file?.clone();
+    let mut svc: BTreeMap<IpAddr, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for p in parts {
+        for (ip, r) in &p.vips {
+            if r != super::config::BGP_ROUTER || b.vips.iter().any(|v| v.addr == *ip) {
+                continue;
+            }
+            let track = svc.entry(*ip).or_default();
+            track.extend(p.pools.iter().map(|pool| pool.name.clone()));
+        }
+    }
+    b.vips.extend(
+        svc.into_iter()
+            .map(|(addr, track_pools)| crate::bgp::config::BgpVip {
+                addr,
+                track_pools: track_pools.into_iter().collect(),
+            }),
+    );
+    Some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn bgp_vips_of_services_track_their_pools_and_vrrp_ones_stay_out() {
+        let file = crate::bgp::config::BgpConfig {
+            interface: "keel-vips".into(),
+            vips: vec![crate::bgp::config::BgpVip {
+                addr: "198.18.100.10".parse().unwrap(),
+                track_pools: vec!["api".into()],
+            }],
+            withdraw_wait: Duration::ZERO,
+            vtysh: "vtysh".into(),
+            vty_socket: None,
+            status_interval: Duration::from_secs(5),
+        };
+        let pool = |n: &str| Pool {
+            name: n.into(),
+            balance: crate::config::Balance::RoundRobin,
+            health: crate::config::HealthCheck::default(),
+            backends: vec![],
+            shutdown_sessions_on_down: None,
+        };
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            "ns/web".to_string(),
+            SvcParts {
+                pools: vec![pool("svc-web-80"), pool("svc-web-443")],
+                vips: vec![
+                    ("198.18.10.1".parse().unwrap(), "bgp".into()),
+                    ("198.18.20.1".parse().unwrap(), "r1".into()),
+                ],
+                ..SvcParts::default()
+            },
+        );
+        parts.insert(
+            "ns/dns".to_string(),
+            SvcParts {
+                pools: vec![pool("svc-dns-53")],
+                vips: vec![("198.18.10.1".parse().unwrap(), "bgp".into())],
+                ..SvcParts::default()
+            },
+        );
+        let b = bgp_with(Some(&file), parts.values()).unwrap();
+        assert_eq!(b.vips.len(), 2);
+        assert_eq!(b.vips[1].addr, "198.18.10.1".parse::<IpAddr>().unwrap());
+        // Two Services share the address: it needs both.
+        assert_eq!(
+            b.vips[1].track_pools,
+            ["svc-dns-53", "svc-web-443", "svc-web-80"]
+        );
+        assert!(bgp_with(None, parts.values()).is_none());
+    }
 
     fn limits(listeners: &[(Protocol, &str)], routers: &[&str]) -> FileLimits {
         FileLimits {

@@ -197,7 +197,7 @@ impl Lab {
     }
 
     /// keel-lb in `host` with config `cfg`, logging (appended) to `<host>.log`.
-    fn spawn_keel(&self, host: &str, cfg: &std::path::Path) -> Proc {
+    pub fn spawn_keel(&self, host: &str, cfg: &std::path::Path) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
