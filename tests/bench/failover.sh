@@ -192,25 +192,25 @@ fi
 
 if [ $FAST -gt 0 ]; then
   start_nginx
-  start_lbs() { # impl advert_ms: lb1 (200) and lb2 (100), both proxying to nginx
+  start_lbs() { # impl advert_ms: lb1 (200) and lb2 (100), both proxying to nginx (in subshells: no job notices)
     local impl=$1 ms=$2 h p
     for h in lb1 lb2; do
       p=200; [ $h = lb2 ] && p=100
       if [ $impl = keel ]; then
         keel_conf $p $ms $BE > $DIR/$h.yaml
-        NS $h "$KEEL" run -c $DIR/$h.yaml >> $DIR/$h.log 2>&1 &
+        (NS $h "$KEEL" run -c $DIR/$h.yaml >> $DIR/$h.log 2>&1 &)
       else
         ka_conf $p $(python3 -c "print($ms/1000)") > $DIR/$h.conf
         NS $h sysctl -qw net.ipv4.ip_nonlocal_bind=1
         printf 'global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nlisten web\n  bind %s:8080\n  server n %s\n' $VIP $BE > $DIR/$h-haproxy.cfg
-        NS $h haproxy -db -f $DIR/$h-haproxy.cfg >/dev/null 2>&1 &
-        NS $h keepalived -n -l -D -f $DIR/$h.conf -p $DIR/$h-a.pid -r $DIR/$h-v.pid -c $DIR/$h-c.pid >> $DIR/$h.log 2>&1 &
+        (NS $h haproxy -db -f $DIR/$h-haproxy.cfg >/dev/null 2>&1 &)
+        (NS $h keepalived -n -l -D -f $DIR/$h.conf -p $DIR/$h-a.pid -r $DIR/$h-v.pid -c $DIR/$h-c.pid >> $DIR/$h.log 2>&1 &)
       fi
     done
   }
   # One busy loop per CPU, at the priority the LBs run at, in the backend's namespace (any would do:
   # namespaces share the CPUs). Killed with the namespace's processes in cleanup.
-  hogs() { for _ in $(seq "$(nproc)"); do NS be sh -c 'while :; do :; done' & done; }
+  hogs() { for _ in $(seq "$(nproc)"); do (NS be sh -c "while :; do :; done" &); done; }
   unhog() { for p in $(ip netns pids ${P}be); do [ "$(cat /proc/$p/comm 2>/dev/null)" = sh ] && kill -9 $p 2>/dev/null; done; true; }
   count() { if [ $1 = keel ]; then echo "$(trans lb1) $(trans lb2)"; else echo "$(ka_trans lb1) $(ka_trans lb2)"; fi; }
   echo "fast-busy: 10 ms adverts, $(nproc) busy loops + wrk -t1 -c32 through the master, $FAST runs per implementation"
@@ -226,17 +226,16 @@ if [ $FAST -gt 0 ]; then
       sleep 1
       read -r b1 b2 < <(count $impl)
       hogs
-      NS cl timeout 30 wrk -t1 -c32 -d12s --timeout 2s http://$VIP:8080/ > /dev/null 2>&1 &
-      WRK=$!
+      (NS cl timeout 30 wrk -t1 -c32 -d12s --timeout 2s http://$VIP:8080/ > /dev/null 2>&1 &)
       sleep 3
-      NS cl nice -n -10 python3 $PROBE $VIP 8080 0.005 2.5 0.02 > $DIR/probe &
+      NS cl nice -n -10 python3 $PROBE $VIP 8080 0.005 2.5 0.02 http > $DIR/probe &
       PP=$!; sleep 1
       read -r c1 c2 < <(count $impl)
       ip -n $BR link set lb1 down
       wait $PP; read -r a f o < $DIR/probe
       sleep 0.5
       read -r d1 d2 < <(count $impl)
-      unhog; kill $WRK 2>/dev/null; wait $WRK 2>/dev/null || true
+      unhog; for p in $(ip netns pids ${P}cl); do [ "$(cat /proc/$p/comm 2>/dev/null)" = wrk ] && kill $p 2>/dev/null; done
       ip -n $BR link set lb1 up
       # Before the cut nothing may move; after it lb2 becomes master once (lb1, cut off, may go to FAULT).
       spur1=$((c1 - b1)); spur2=$((c2 - b2 + (d2 - c2 > 0 ? d2 - c2 - 1 : 0)))
