@@ -119,6 +119,11 @@ pub async fn serve_tcp(
 ) {
     let mut fe = version.borrow_and_update().clone();
     listener_liveness(&listener, &fe);
+    if fe.cfg.splice == config::Splice::Kernel {
+        // Set up (or fail, logged) now, not on the first connection: creating the maps needs fds,
+        // which may be short later.
+        splice::splicer();
+    }
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     // Registered with the token once, not once per accepted connection.
     let cancelled = stop.cancelled();
@@ -133,6 +138,9 @@ pub async fn serve_tcp(
             let new = version.borrow_and_update().clone();
             if liveness_changed(&fe, &new) {
                 listener_liveness(&listener, &new);
+            }
+            if new.cfg.splice == config::Splice::Kernel {
+                splice::splicer();
             }
             fe = new;
         }

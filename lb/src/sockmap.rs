@@ -361,6 +361,8 @@ pub struct TcpInfo {
     /// timewait socket). CLOSE after a reset counts too: one byte too many, for a connection that
     /// failed anyway.
     pub fin_received: bool,
+    /// In state CLOSE: reset, or fully closed both ways.
+    pub closed: bool,
     /// Milliseconds since data last arrived.
     pub last_data_recv_ms: u32,
     /// Sequence space received (data, plus one for a FIN) since the handshake.
@@ -399,6 +401,7 @@ pub fn tcp_info(s: RawFd) -> io::Result<TcpInfo> {
     };
     Ok(TcpInfo {
         fin_received: matches!(buf[0] as i32, 6..=9 | 11),
+        closed: buf[0] as i32 == 7,
         last_data_recv_ms: u32_at(52),
         bytes_acked: u64_at(120),
         bytes_received: u64_at(128),
@@ -443,10 +446,33 @@ impl Position {
             .saturating_sub(self.taken + u64::from(i.fin_received)))
     }
 
-    /// Bytes queued to this socket since splicing (sent or still in its send queue).
+    /// Bytes queued to this socket since splicing (sent or still in its send queue), or the
+    /// socket's error once it failed (a reset: what the kernel still held for it is lost).
     pub fn delivered(&self, s: RawFd) -> io::Result<u64> {
-        Ok(sent(s, &tcp_info(s)?)?.saturating_sub(self.written))
+        let i = tcp_info(s)?;
+        if i.closed {
+            return Err(take_error(s).unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::ConnectionReset, "peer socket closed")
+            }));
+        }
+        Ok(sent(s, &i)?.saturating_sub(self.written))
     }
+}
+
+fn take_error(s: RawFd) -> Option<io::Error> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR writes one int.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0 && v != 0).then(|| io::Error::from_raw_os_error(v))
 }
 
 /// Everything queued to the socket so far: acknowledged + still in the send queue.

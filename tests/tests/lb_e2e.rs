@@ -307,24 +307,32 @@ fn splice_from_env(yaml: &str) -> String {
 }
 
 /// Adds `splice: kernel` to each TCP frontend (`  - name:` items under `frontends:`) that does not
-/// choose for itself.
+/// choose for itself, as the item's last line, so that the lines above keep their numbers (errors
+/// name them).
 fn with_splice(yaml: &str) -> String {
     let lines: Vec<&str> = yaml.lines().collect();
     let mut out = String::new();
     let mut in_frontends = false;
-    for (i, l) in lines.iter().enumerate() {
-        out.push_str(l);
-        out.push('\n');
+    let mut pending = false;
+    for l in &lines {
+        let item_goes_on = l.starts_with("    ");
+        if pending && !item_goes_on {
+            out.push_str("    splice: kernel\n");
+            pending = false;
+        }
         if !l.starts_with(' ') {
             in_frontends = l.starts_with("frontends:");
-            continue;
+        } else if in_frontends && l.starts_with("  - name:") {
+            pending = true;
         }
-        if in_frontends && l.starts_with("  - name:") {
-            let mut item = lines[i + 1..].iter().take_while(|n| n.starts_with("    "));
-            if !item.any(|n| n.trim() == "protocol: udp" || n.trim().starts_with("splice:")) {
-                out.push_str("    splice: kernel\n");
-            }
+        if pending && (l.trim() == "protocol: udp" || l.trim().starts_with("splice:")) {
+            pending = false;
         }
+        out.push_str(l);
+        out.push('\n');
+    }
+    if pending {
+        out.push_str("    splice: kernel\n");
     }
     out
 }
@@ -1854,6 +1862,9 @@ fn spliced_connections_half_close_either_way_and_count_their_bytes() {
         for _ in 0..10 {
             let (mut c, _) = first.accept().unwrap();
             c.set_read_timeout(Some(T)).unwrap();
+            // After keel-lb has spliced: a socket that already holds the FIN is not spliced (the
+            // kernel takes only established sockets into a sockmap) but relayed.
+            std::thread::sleep(Duration::from_millis(200));
             let _ = c.write_all(b"early");
             let _ = c.shutdown(Shutdown::Write);
             let mut rest = Vec::new();
@@ -2095,4 +2106,26 @@ fn without_bpf_privileges_splice_kernel_relays_logs_once_and_counts() {
         1,
         "{log}"
     );
+}
+
+#[test]
+fn a_spliced_connection_whose_client_vanished_ends_without_waiting_for_the_idle_timeout() {
+    require_bpf!();
+    let a = Backend::start("a");
+    let port = free_port();
+    let lb = Lb::start(&spliced_config(port, free_port(), &[(&a, 1)], ""));
+    for _ in 0..3 {
+        let s = TcpStream::connect_timeout(&lb_addr(port), T).unwrap();
+        // The backend's name arrives unread; our FIN makes it answer "bye", and closing with
+        // unread data resets: what keel-lb still holds for this client can never be delivered.
+        std::thread::sleep(Duration::from_millis(100));
+        s.shutdown(Shutdown::Write).unwrap();
+        drop(s);
+    }
+    assert!(
+        wait_until(T, || fe_metric(&lb, "keel_lb_frontend_connections") == 0.0),
+        "{}",
+        lb.metrics()
+    );
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 3.0);
 }
