@@ -76,7 +76,7 @@ const MOV64_X: u8 = 0x07 | 0xb0 | 0x08; // BPF_ALU64 | BPF_MOV | BPF_X
 const MOV64_K: u8 = 0x07 | 0xb0; // BPF_ALU64 | BPF_MOV | BPF_K
 const ADD64_K: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
 const STX_DW: u8 = 0x03 | 0x60 | 0x18; // BPF_STX | BPF_MEM | BPF_DW
-const LD_IMM64: u8 = 0x00 | 0x18; // BPF_LD | BPF_IMM | BPF_DW
+const LD_IMM64: u8 = 0x18; // BPF_LD (0) | BPF_IMM (0) | BPF_DW
 const CALL: u8 = 0x05 | 0x80; // BPF_JMP | BPF_CALL
 const EXIT: u8 = 0x05 | 0x90; // BPF_JMP | BPF_EXIT
 const PSEUDO_MAP_FD: u8 = 1;
@@ -646,7 +646,7 @@ mod kernel {
         assert_eq!(evs[0].0, lb_c.as_raw_fd());
         assert!(evs[0].1 & libc::EPOLLRDHUP as u32 != 0);
         let mut b = [0u8; 16];
-        (&lb_c).set_nonblocking(true).unwrap();
+        lb_c.set_nonblocking(true).unwrap();
         let n = (&lb_c).read(&mut b);
         eprintln!("read on the spliced socket after FIN: {n:?}");
         assert_eq!(n.unwrap(), 0, "end of stream, nothing left for user space");

@@ -28,6 +28,10 @@ use crate::sockmap::{self, Position, SpliceError, Splicer};
 /// Byte counters of a long spliced connection lag by at most this much.
 const REFRESH: Duration = Duration::from_secs(10);
 
+/// Upper bound on the maps' size: each map preallocates a 16-byte bucket per entry (rounded up to a
+/// power of two), so 256 Ki pairs cost 2 x 8 MiB of kernel memory. Connections beyond it are relayed.
+const MAX_PAIRS: u64 = 256 * 1024;
+
 static SPLICER: OnceLock<Option<Splicer>> = OnceLock::new();
 
 /// The process's splicer, set up on first use; `None` (logged once, with the reason) where the
@@ -36,7 +40,7 @@ pub fn splicer() -> Option<&'static Splicer> {
     SPLICER
         .get_or_init(|| {
             // A spliced pair holds two fds, so the maps never need more room than the fd limit.
-            let pairs = nofile_limit().div_ceil(2).clamp(1, 1 << 20) as u32;
+            let pairs = nofile_limit().div_ceil(2).clamp(1, MAX_PAIRS) as u32;
             match Splicer::new(pairs) {
                 Ok(s) => {
                     tracing::info!(connections = pairs, "kernel splicing ready (BPF sockmap)");
