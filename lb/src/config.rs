@@ -76,6 +76,7 @@ pub struct RawFrontend {
     pub pool: String,
     pub max_connections: Option<u64>,
     pub proxy_protocol: Option<String>,
+    pub splice: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub udp: Option<RawUdp>,
@@ -137,6 +138,16 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+/// How a TCP frontend moves bytes once a connection is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Splice {
+    /// keel-lb's own relay (`relay.rs`).
+    #[default]
+    User,
+    /// A BPF sockmap redirects data in the kernel (`sockmap.rs`); the relay where that fails.
+    Kernel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -249,6 +260,7 @@ pub struct Frontend {
     pub pool: String,
     pub max_connections: usize,
     pub proxy_protocol: bool,
+    pub splice: Splice,
     pub timeouts: Timeouts,
     pub udp: Udp,
 }
@@ -686,6 +698,24 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 false
             }
         };
+        let splice = match rf.splice.as_deref() {
+            None | Some("user") => Splice::User,
+            Some("kernel") if rf.protocol == Protocol::Udp => {
+                diag.error(
+                    format!("{field}.splice"),
+                    "kernel splicing is only supported on tcp frontends",
+                );
+                Splice::User
+            }
+            Some("kernel") => Splice::Kernel,
+            Some(other) => {
+                diag.error(
+                    format!("{field}.splice"),
+                    format!("{other:?} is not supported; the values are \"user\" and \"kernel\""),
+                );
+                Splice::User
+            }
+        };
         let timeouts = validate_timeouts(
             &rf.timeouts,
             defaults,
@@ -701,6 +731,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 pool: rf.pool.clone(),
                 max_connections,
                 proxy_protocol,
+                splice,
                 timeouts,
                 udp,
             });
@@ -1191,6 +1222,26 @@ pools:
         .unwrap_err()
         .to_string();
         assert!(e.contains("lb.yaml:6: frontends[0].proxy_protocol"), "{e}");
+    }
+
+    #[test]
+    fn splice_is_user_or_kernel_and_kernel_only_on_tcp() {
+        let cfg = |fe: &str| {
+            format!("frontends:\n  - name: d\n    listen: 127.0.0.1:53\n{fe}    pool: p\npools:\n  p:\n    backends: [{{address: \"1.2.3.4:53\"}}]\n")
+        };
+        let ok = check(&cfg("    splice: kernel\n")).unwrap();
+        assert_eq!(ok.frontends[0].splice, Splice::Kernel);
+        assert_eq!(check(&cfg("")).unwrap().frontends[0].splice, Splice::User);
+        let e = check(&cfg("    protocol: udp\n    splice: kernel\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lb.yaml:5: frontends[0].splice"), "{e}");
+        assert!(e.contains("only supported on tcp"), "{e}");
+        let e = check(&cfg("    splice: sockmap\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lb.yaml:4: frontends[0].splice"), "{e}");
+        assert!(e.contains("\"user\" and \"kernel\""), "{e}");
     }
 
     #[test]

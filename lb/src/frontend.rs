@@ -27,6 +27,8 @@ use crate::metrics::FrontendMetrics;
 use crate::pool::Pool;
 use crate::proxy_protocol;
 use crate::relay::{self, Counters};
+use crate::splice;
+use futures::future::Either;
 
 /// One frontend version: what a connection accepted now is served with.
 pub struct Frontend {
@@ -117,6 +119,11 @@ pub async fn serve_tcp(
 ) {
     let mut fe = version.borrow_and_update().clone();
     listener_liveness(&listener, &fe);
+    if fe.cfg.splice == config::Splice::Kernel {
+        // Set up (or fail, logged) now, not on the first connection: creating the maps needs fds,
+        // which may be short later.
+        splice::splicer();
+    }
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     // Registered with the token once, not once per accepted connection.
     let cancelled = stop.cancelled();
@@ -131,6 +138,9 @@ pub async fn serve_tcp(
             let new = version.borrow_and_update().clone();
             if liveness_changed(&fe, &new) {
                 listener_liveness(&listener, &new);
+            }
+            if new.cfg.splice == config::Splice::Kernel {
+                splice::splicer();
             }
             fe = new;
         }
@@ -272,17 +282,31 @@ async fn handle(
     }
     let m = &fe.metrics;
     let bm = backend.metrics.as_ref();
-    let relayed = relay::relay(
-        &client,
-        &upstream,
-        fe.cfg.timeouts.idle,
-        Counters {
-            from_src: [Some(&m.bytes_in), bm.map(|b| &b.bytes_out)],
+    let up = Counters {
+        from_src: [Some(&m.bytes_in), bm.map(|b| &b.bytes_out)],
+    };
+    let down = Counters {
+        from_src: [bm.map(|b| &b.bytes_in), Some(&m.bytes_out)],
+    };
+    let idle = fe.cfg.timeouts.idle;
+    // After the PROXY header: it must reach the backend before anything the kernel redirects.
+    let relayed = match fe.cfg.splice {
+        config::Splice::User => Either::Left(relay::relay(&client, &upstream, idle, up, down)),
+        config::Splice::Kernel => match splice::try_splice(&client, &upstream) {
+            splice::Outcome::Spliced(pc, pb) => {
+                m.spliced.inc();
+                Either::Right(splice::serve(&client, &upstream, (pc, pb), idle, up, down))
+            }
+            splice::Outcome::Relay => {
+                m.splice_fallbacks.inc();
+                Either::Left(relay::relay(&client, &upstream, idle, up, down))
+            }
+            splice::Outcome::Broken(e) => {
+                tracing::warn!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, error = %e, "splicing failed half way; closing the connection");
+                return;
+            }
         },
-        Counters {
-            from_src: [bm.map(|b| &b.bytes_in), Some(&m.bytes_out)],
-        },
-    );
+    };
     let r = match fe.pool.cfg.shutdown_sessions_on_down {
         None => relayed.await,
         Some(grace) => tokio::select! {

@@ -19,6 +19,8 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod services;
+pub mod sockmap;
+pub mod splice;
 pub mod status;
 pub mod status_page;
 pub mod status_text;

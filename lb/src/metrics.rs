@@ -18,6 +18,8 @@ pub struct Metrics {
     udp: [IntCounterVec; 5],
     udp_rcvbuf: IntGaugeVec,
     fe_sessions_shut_down: IntCounterVec,
+    fe_spliced: IntCounterVec,
+    fe_splice_fallbacks: IntCounterVec,
     be_current: IntGaugeVec,
     be_total: IntCounterVec,
     be_bytes_in: IntCounterVec,
@@ -49,6 +51,10 @@ pub struct FrontendMetrics {
     pub udp: UdpMetrics,
     /// Connections cut because their backend was marked down (`shutdown_sessions_on_down`).
     pub sessions_shut_down: IntCounter,
+    /// Connections spliced in the kernel (`splice: kernel`).
+    pub spliced: IntCounter,
+    /// Connections of a `splice: kernel` frontend relayed in user space instead.
+    pub splice_fallbacks: IntCounter,
 }
 
 /// A UDP frontend's session table and socket (unregistered, so without series, on TCP frontends).
@@ -159,6 +165,16 @@ impl Metrics {
             fe_sessions_shut_down: cv(
                 "keel_lb_frontend_sessions_shut_down_total",
                 "Client connections cut because health checks marked their backend down (the pool's shutdown_sessions_on_down).",
+                &fe,
+            ),
+            fe_spliced: cv(
+                "keel_lb_frontend_spliced_total",
+                "Client connections whose data the kernel moved (splice: kernel).",
+                &fe,
+            ),
+            fe_splice_fallbacks: cv(
+                "keel_lb_frontend_splice_fallbacks_total",
+                "Client connections of a splice: kernel frontend relayed in user space instead (BPF unavailable, or splicing the sockets failed).",
                 &fe,
             ),
             be_current: gv(
@@ -291,6 +307,8 @@ impl Metrics {
             no_backend: self.fe_no_backend.with_label_values(&l),
             udp,
             sessions_shut_down: self.fe_sessions_shut_down.with_label_values(&l),
+            spliced: self.fe_spliced.with_label_values(&l),
+            splice_fallbacks: self.fe_splice_fallbacks.with_label_values(&l),
         }
     }
 
@@ -336,6 +354,8 @@ impl Metrics {
         }
         let _ = self.udp_rcvbuf.remove_label_values(&l);
         let _ = self.fe_sessions_shut_down.remove_label_values(&l);
+        let _ = self.fe_spliced.remove_label_values(&l);
+        let _ = self.fe_splice_fallbacks.remove_label_values(&l);
     }
 
     pub fn encode(&self) -> String {

@@ -6,12 +6,24 @@
 # The rounds interleave the three targets so that load from anything else on the machine hits all of
 # them alike; each figure in the table is the median over the rounds.
 #
+# keel-lb is measured twice: its default relay and `splice: kernel` (a second pair of frontends in the
+# same process, "keel-lb spliced"). Needs root for the spliced figures (CAP_BPF); otherwise that column
+# measures the fallback (the footer prints how many connections were spliced).
+#
 # Layout (2-core machine): each load balancer runs ONE worker thread pinned to CPU 1 (keel-lb
 # `--workers 1`, HAProxy `nbthread 1`); nginx (1 worker), wrk (1 thread), iperf3 and the idle-connection
 # opener share CPU 0. Figures: requests/s with keep-alive, connections/s with `Connection: close`, p99
-# latency (wrk --latency), bulk throughput (iperf3), RSS with IDLE idle connections held open, LB CPU
-# per request/connection (utime+stime), and syscalls per connection/request (strace -c, if present).
-# Not part of the default test suite. Needs: nginx, haproxy, wrk, iperf3, python3, taskset, ss.
+# latency (wrk --latency), bulk throughput (iperf3), RSS with IDLE idle connections held open, CPU per
+# request/connection (below), and syscalls per connection/request (strace -c, if present).
+#
+# CPU per request is reported twice. "LB process": the LB's own utime+stime over a wrk run / requests.
+# "machine": the whole machine's busy time over the run (all cores, /proc/stat: every field but idle
+# and iowait, so softirq and kernel threads count) / requests, minus the same figure for the direct
+# connection in the same round. The process figure misses work the kernel does on the LB's behalf in
+# softirq or kworkers (BPF sockmap redirects, io_uring), the machine figure does not; it also counts
+# anything else running, so it is only meaningful on a quiet machine (the header prints the load
+# average before the run).
+# Not part of the default test suite. Needs: nginx, haproxy, wrk, iperf3, python3, taskset, ss, curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,7 +34,7 @@ IDLE=${IDLE:-9500}               # idle connections for the RSS figure (see the 
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
-for t in nginx haproxy wrk iperf3 python3 taskset ss; do
+for t in nginx haproxy wrk iperf3 python3 taskset ss curl; do
   command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
 done
 
@@ -43,6 +55,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NGINX=$(port); IPERF=$(port)
 HA=$(port); HA_BULK=$(port); KEEL_P=$(port); KEEL_BULK=$(port); KEEL_ADMIN=$(port)
+KSP=$(port); KSP_BULK=$(port)   # keel-lb's splice: kernel frontends
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -107,6 +120,15 @@ frontends:
   - name: bulk
     listen: 127.0.0.1:$KEEL_BULK
     pool: iperf
+  - name: web-splice
+    listen: 127.0.0.1:$KSP
+    pool: nginx
+    max_connections: 9900
+    splice: kernel
+  - name: bulk-splice
+    listen: 127.0.0.1:$KSP_BULK
+    pool: iperf
+    splice: kernel
 pools:
   nginx:
     health: { type: tcp, interval: 5s }
@@ -140,6 +162,7 @@ idle_rss() { # pid port -> "baseline_kb loaded_kb"
 echo "measuring RSS with $IDLE idle connections..." >&2
 start_haproxy; read -r HA_RSS0 HA_RSS HA_IDLE_OK HA_IDLE_PROXIED < <(idle_rss "$HA_PID" "$HA"); stop "$HA_PID"
 start_keel;    read -r K_RSS0 K_RSS K_IDLE_OK K_IDLE_PROXIED < <(idle_rss "$KEEL_PID" "$KEEL_P"); stop "$KEEL_PID"
+start_keel;    read -r KS_RSS0 KS_RSS KS_IDLE_OK KS_IDLE_PROXIED < <(idle_rss "$KEEL_PID" "$KSP"); stop "$KEEL_PID"
 
 # --- throughput -----------------------------------------------------------------------------------
 to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
@@ -147,19 +170,22 @@ to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
 }
 TCK=$(getconf CLK_TCK)
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-run_wrk() { # port close|keep pid-to-account -> "rps p99ms errors cpu_us_per_request"
+# Busy ticks of the whole machine: user nice system idle iowait irq softirq steal, all but idle/iowait.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+run_wrk() { # port close|keep pid-to-account -> "rps p99ms errors cpu_us_per_request machine_us_per_request"
   local extra=() out
   [ "$2" = close ] && extra=(-H "Connection: close")
-  local t0; t0=$(cpu_ticks "$3")
+  local t0 m0; t0=$(cpu_ticks "$3"); m0=$(machine_ticks)
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" "http://127.0.0.1:$1/")
-  local t1; t1=$(cpu_ticks "$3")
-  local rps p99 err n cpu
+  local t1 m1; t1=$(cpu_ticks "$3"); m1=$(machine_ticks)
+  local rps p99 err n cpu mach
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   err=$(awk '/Socket errors|Non-2xx/ {gsub(/[^0-9 ]/," "); s=0; for(i=1;i<=NF;i++) s+=$i; t+=s} END {print t+0}' <<<"$out")
-  cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$TCK" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print 0 }')
-  echo "$rps $p99 $err $cpu"
+  per_req() { awk -v a="$1" -v b="$2" -v n="$n" -v hz="$TCK" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print 0 }'; }
+  cpu=$(per_req "$t0" "$t1"); mach=$(per_req "$m0" "$m1")
+  echo "$rps $p99 $err $cpu $mach"
 }
 run_iperf() { # port -> Gbit/s (iperf3's server takes one test at a time: retry while it is busy)
   local out
@@ -174,13 +200,22 @@ run_iperf() { # port -> Gbit/s (iperf3's server takes one test at a time: retry 
 }
 
 declare -A R
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 measure() { # name port bulkport round pid
   echo "round $4: $1..." >&2
-  local ka ka99 kaerr kacpu cc cc99 ccerr cccpu
-  read -r ka ka99 kaerr kacpu < <(run_wrk "$2" keep "${5:-}")
-  read -r cc cc99 ccerr cccpu < <(run_wrk "$2" close "${5:-}")
+  local ka ka99 kaerr kacpu kam cc cc99 ccerr cccpu ccm
+  read -r ka ka99 kaerr kacpu kam < <(run_wrk "$2" keep "${5:-}")
+  read -r cc cc99 ccerr cccpu ccm < <(run_wrk "$2" close "${5:-}")
   R[$1,ka]+="$ka "; R[$1,ka99]+="$ka99 "; R[$1,cc]+="$cc "; R[$1,cc99]+="$cc99 "
   R[$1,kacpu]+="$kacpu "; R[$1,cccpu]+="$cccpu "
+  # Machine-wide, net of the direct connection measured just before in this round (direct runs first).
+  if [ "$1" = direct ]; then
+    DIRECT_KAM=$kam; DIRECT_CCM=$ccm
+    R[$1,kam]+="$kam "; R[$1,ccm]+="$ccm "
+  else
+    R[$1,kam]+="$(awk -v a="$kam" -v b="$DIRECT_KAM" 'BEGIN { printf "%.2f", a - b }') "
+    R[$1,ccm]+="$(awk -v a="$ccm" -v b="$DIRECT_CCM" 'BEGIN { printf "%.2f", a - b }') "
+  fi
   R[$1,err]=$(( ${R[$1,err]:-0} + kaerr + ccerr ))
   R[$1,bulk]+="$(run_iperf "$3") "
 }
@@ -189,7 +224,10 @@ for r in $(seq "$ROUNDS"); do
   measure direct "$NGINX" "$IPERF" "$r" ""
   measure haproxy "$HA" "$HA_BULK" "$r" "$HA_PID"
   measure keel "$KEEL_P" "$KEEL_BULK" "$r" "$KEEL_PID"
+  measure keelsp "$KSP" "$KSP_BULK" "$r" "$KEEL_PID"
 done
+SPLICED=$(curl -s "127.0.0.1:$KEEL_ADMIN/metrics" | awk '/^keel_lb_frontend_spliced_total\{frontend="web-splice"\}/ {print $2}')
+SPLICE_FALLBACKS=$(curl -s "127.0.0.1:$KEEL_ADMIN/metrics" | awk '/^keel_lb_frontend_splice_fallbacks_total\{frontend="web-splice"\}/ {print $2}')
 # --- syscalls per request/connection (strace -c; steadier than any timing) ---------------------
 syscalls() { # port close|keep pid -> syscalls per request, with the top calls
   command -v strace >/dev/null || { echo "- (no strace)"; return; }
@@ -209,6 +247,7 @@ syscalls() { # port close|keep pid -> syscalls per request, with the top calls
 echo "counting syscalls..." >&2
 SC_HA_CC=$(syscalls "$HA" close "$HA_PID"); SC_K_CC=$(syscalls "$KEEL_P" close "$KEEL_PID")
 SC_HA_KA=$(syscalls "$HA" keep "$HA_PID"); SC_K_KA=$(syscalls "$KEEL_P" keep "$KEEL_PID")
+SC_KS_CC=$(syscalls "$KSP" close "$KEEL_PID"); SC_KS_KA=$(syscalls "$KSP" keep "$KEEL_PID")
 stop "$HA_PID"; stop "$KEEL_PID"
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 RAW=""
@@ -226,29 +265,37 @@ cat <<EOF
 keel-lb benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),
 $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS -d${DURATION}s; each LB one thread on CPU $LB_CPU; load on CPU $LOAD_CPU.
 
-| | direct | HAProxy | keel-lb | keel-lb / HAProxy | keel-lb / direct |
-|---|---:|---:|---:|---:|---:|
-| requests/s, keep-alive | ${R[direct,ka]} | ${R[haproxy,ka]} | ${R[keel,ka]} | $(ratio "${R[keel,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keel,ka]}" "${R[direct,ka]}") |
-| p99 latency, keep-alive (ms) | ${R[direct,ka99]} | ${R[haproxy,ka99]} | ${R[keel,ka99]} | $(ratio "${R[keel,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keel,ka99]}" "${R[direct,ka99]}") |
-| connections/s, Connection: close | ${R[direct,cc]} | ${R[haproxy,cc]} | ${R[keel,cc]} | $(ratio "${R[keel,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keel,cc]}" "${R[direct,cc]}") |
-| p99 latency, Connection: close (ms) | ${R[direct,cc99]} | ${R[haproxy,cc99]} | ${R[keel,cc99]} | $(ratio "${R[keel,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keel,cc99]}" "${R[direct,cc99]}") |
-| LB CPU per request, keep-alive (us) | - | ${R[haproxy,kacpu]} | ${R[keel,kacpu]} | $(ratio "${R[keel,kacpu]}" "${R[haproxy,kacpu]}") | - |
-| LB CPU per connection, close (us) | - | ${R[haproxy,cccpu]} | ${R[keel,cccpu]} | $(ratio "${R[keel,cccpu]}" "${R[haproxy,cccpu]}") | - |
-| bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") |
-| RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | - |
-| RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(ratio "$K_RSS" "$HA_RSS") | - |
+| | direct | HAProxy | keel-lb | keel-lb spliced | keel-lb / HAProxy | spliced / HAProxy | keel-lb / direct | spliced / direct |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| requests/s, keep-alive | ${R[direct,ka]} | ${R[haproxy,ka]} | ${R[keel,ka]} | ${R[keelsp,ka]} | $(ratio "${R[keel,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keelsp,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keel,ka]}" "${R[direct,ka]}") | $(ratio "${R[keelsp,ka]}" "${R[direct,ka]}") |
+| p99 latency, keep-alive (ms) | ${R[direct,ka99]} | ${R[haproxy,ka99]} | ${R[keel,ka99]} | ${R[keelsp,ka99]} | $(ratio "${R[keel,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keelsp,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keel,ka99]}" "${R[direct,ka99]}") | $(ratio "${R[keelsp,ka99]}" "${R[direct,ka99]}") |
+| connections/s, Connection: close | ${R[direct,cc]} | ${R[haproxy,cc]} | ${R[keel,cc]} | ${R[keelsp,cc]} | $(ratio "${R[keel,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keelsp,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keel,cc]}" "${R[direct,cc]}") | $(ratio "${R[keelsp,cc]}" "${R[direct,cc]}") |
+| p99 latency, Connection: close (ms) | ${R[direct,cc99]} | ${R[haproxy,cc99]} | ${R[keel,cc99]} | ${R[keelsp,cc99]} | $(ratio "${R[keel,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keelsp,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keel,cc99]}" "${R[direct,cc99]}") | $(ratio "${R[keelsp,cc99]}" "${R[direct,cc99]}") |
+| machine CPU per request, keep-alive, minus direct (us) | ${R[direct,kam]} (not net) | ${R[haproxy,kam]} | ${R[keel,kam]} | ${R[keelsp,kam]} | $(ratio "${R[keel,kam]}" "${R[haproxy,kam]}") | $(ratio "${R[keelsp,kam]}" "${R[haproxy,kam]}") | - | - |
+| machine CPU per connection, close, minus direct (us) | ${R[direct,ccm]} (not net) | ${R[haproxy,ccm]} | ${R[keel,ccm]} | ${R[keelsp,ccm]} | $(ratio "${R[keel,ccm]}" "${R[haproxy,ccm]}") | $(ratio "${R[keelsp,ccm]}" "${R[haproxy,ccm]}") | - | - |
+| LB process CPU per request, keep-alive (us) | - | ${R[haproxy,kacpu]} | ${R[keel,kacpu]} | ${R[keelsp,kacpu]} | $(ratio "${R[keel,kacpu]}" "${R[haproxy,kacpu]}") | $(ratio "${R[keelsp,kacpu]}" "${R[haproxy,kacpu]}") | - | - |
+| LB process CPU per connection, close (us) | - | ${R[haproxy,cccpu]} | ${R[keel,cccpu]} | ${R[keelsp,cccpu]} | $(ratio "${R[keel,cccpu]}" "${R[haproxy,cccpu]}") | $(ratio "${R[keelsp,cccpu]}" "${R[haproxy,cccpu]}") | - | - |
+| bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | ${R[keelsp,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keelsp,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") | $(ratio "${R[keelsp,bulk]}" "${R[direct,bulk]}") |
+| RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(mb "$KS_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | $(ratio "$KS_RSS0" "$HA_RSS0") | - | - |
+| RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(mb "$KS_RSS") | $(ratio "$K_RSS" "$HA_RSS") | $(ratio "$KS_RSS" "$HA_RSS") | - | - |
 
 Syscalls per connection (Connection: close), strace -c -f, wrk -c10 2s:
   HAProxy ${SC_HA_CC}
   keel-lb ${SC_K_CC}
+  keel-lb spliced ${SC_KS_CC}
 Syscalls per request (keep-alive):
   HAProxy ${SC_HA_KA}
   keel-lb ${SC_K_KA}
+  keel-lb spliced ${SC_KS_KA}
+Spliced connections on web-splice: ${SPLICED:-0}, relayed instead (fallbacks): ${SPLICE_FALLBACKS:-0}.
 
 Medians of $ROUNDS interleaved rounds. On a 2-CPU machine the load CPU (wrk + nginx) saturates before
-the LB's CPU does, so requests/s mostly measures the latency each LB adds; "LB CPU per request" (the
-LB's utime+stime over the run / requests) is the efficiency figure. wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
-Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED.
+the LB's CPU does, so requests/s mostly measures the latency each LB adds; CPU per request is the
+efficiency figure: "machine ... minus direct" (all cores' busy time from /proc/stat / requests, less
+the direct connection's in the same round) counts kernel work in softirq and kworkers that "LB process"
+(its utime+stime / requests) misses. Load average before the run: $LOAD_BEFORE (the machine figure
+assumes nothing else ran). wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
+Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED, spliced $KS_IDLE_OK/$KS_IDLE_PROXIED.
 
 Per-round values:
 $(sort <<<"$RAW")

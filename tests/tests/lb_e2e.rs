@@ -3,6 +3,10 @@
 //! Backends are tiny threads: on connect they send their name and a newline, then echo what they
 //! read; at end of input they send `bye` and close. Clients read the name to learn which backend
 //! served them. Every wait is bounded.
+//!
+//! `KEEL_TEST_SPLICE=kernel` runs every test with `splice: kernel` on each TCP frontend (tests/run
+//! does, after the plain run), so that the data-plane tests cover both paths; a connection that
+//! fell back to the relay then fails the test.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -149,6 +153,8 @@ struct Lb {
     dir: tempfile::TempDir,
     cfg: PathBuf,
     admin: SocketAddr,
+    /// The test expects connections to fall back from `splice: kernel` to the relay.
+    fallback_expected: bool,
 }
 
 impl Lb {
@@ -166,6 +172,12 @@ impl Lb {
     }
 
     fn start_with(yaml: &str, nofile: Option<u64>, env: &[(&str, &str)]) -> Lb {
+        Lb::start_cmd(yaml, nofile, env, &[])
+    }
+
+    /// `wrapper`: a command (and its arguments) that keel-lb runs under, e.g. `setpriv ...`.
+    fn start_cmd(yaml: &str, nofile: Option<u64>, env: &[(&str, &str)], wrapper: &[&str]) -> Lb {
+        let yaml = &splice_from_env(yaml);
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("lb.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -177,7 +189,14 @@ impl Lb {
             .parse()
             .unwrap();
         let log = std::fs::File::create(dir.path().join("lb.log")).unwrap();
-        let mut cmd = Command::new(keel_e2e::bin("keel-lb"));
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(keel_e2e::bin("keel-lb")),
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(keel_e2e::bin("keel-lb"));
+                c
+            }
+        };
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -208,6 +227,7 @@ impl Lb {
             dir,
             cfg,
             admin,
+            fallback_expected: false,
         };
         assert!(
             wait_until(Duration::from_secs(10), || http(
@@ -230,7 +250,7 @@ impl Lb {
 
     fn rewrite(&self, yaml: &str) {
         let tmp = self.dir.path().join("lb.yaml.new");
-        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::write(&tmp, splice_from_env(yaml)).unwrap();
         std::fs::rename(tmp, &self.cfg).unwrap();
     }
 
@@ -250,12 +270,71 @@ impl Lb {
 
 impl Drop for Lb {
     fn drop(&mut self) {
+        if splice_kernel() && !self.fallback_expected && !std::thread::panicking() {
+            // Every connection of the run must have taken the fast path.
+            if let Ok((_, m)) = http(self.admin, "GET", "/metrics") {
+                let fell_back: f64 = m
+                    .lines()
+                    .filter(|l| l.starts_with("keel_lb_frontend_splice_fallbacks_total"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                assert_eq!(
+                    fell_back,
+                    0.0,
+                    "connections fell back to the relay:\n{}",
+                    self.log()
+                );
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("---- keel-lb log ----\n{}", self.log());
         }
     }
+}
+
+fn splice_kernel() -> bool {
+    std::env::var("KEEL_TEST_SPLICE").is_ok_and(|v| v == "kernel")
+}
+
+/// With KEEL_TEST_SPLICE=kernel: `splice: kernel` on every TCP frontend of a block-style config.
+fn splice_from_env(yaml: &str) -> String {
+    if !splice_kernel() {
+        return yaml.to_string();
+    }
+    with_splice(yaml)
+}
+
+/// Adds `splice: kernel` to each TCP frontend (`  - name:` items under `frontends:`) that does not
+/// choose for itself, as the item's last line, so that the lines above keep their numbers (errors
+/// name them).
+fn with_splice(yaml: &str) -> String {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = String::new();
+    let mut in_frontends = false;
+    let mut pending = false;
+    for l in &lines {
+        let item_goes_on = l.starts_with("    ");
+        if pending && !item_goes_on {
+            out.push_str("    splice: kernel\n");
+            pending = false;
+        }
+        if !l.starts_with(' ') {
+            in_frontends = l.starts_with("frontends:");
+        } else if in_frontends && l.starts_with("  - name:") {
+            pending = true;
+        }
+        if pending && (l.trim() == "protocol: udp" || l.trim().starts_with("splice:")) {
+            pending = false;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    if pending {
+        out.push_str("    splice: kernel\n");
+    }
+    out
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
@@ -1769,4 +1848,306 @@ fn round_robin_spreads_a_drained_backends_share_evenly() {
     assert_eq!(counts.get("a"), Some(&15), "{counts:?}");
     assert_eq!(counts.get("c"), Some(&15), "{counts:?}");
     assert_eq!(counts.get("b"), None, "{counts:?}");
+}
+
+// ----------------------------------------------------------------------------------------------
+// Kernel splicing (`splice: kernel`): the fast path's own guarantees. The other tests in this file
+// cover it too when run with KEEL_TEST_SPLICE=kernel.
+
+/// `config` with `splice: kernel` (and `fe_extra`) on its frontend.
+fn spliced_config(port: u16, admin: u16, bs: &[(&Backend, u32)], fe_extra: &str) -> String {
+    with_splice(&config(port, admin, "round_robin", SLOW_TCP, bs, fe_extra))
+}
+
+fn fe_metric(lb: &Lb, name: &str) -> f64 {
+    metric(&lb.metrics(), &format!("{name}{{frontend=\"web\"}}")).unwrap_or(0.0)
+}
+
+/// Spliced connections need CAP_BPF; without it the fallback is the point of another test.
+macro_rules! require_bpf {
+    () => {
+        if !keel_e2e::is_root() {
+            keel_e2e::skip!("kernel splicing needs root (CAP_BPF)");
+        }
+    };
+}
+
+#[test]
+fn spliced_connections_half_close_either_way_and_count_their_bytes() {
+    require_bpf!();
+    let a = Backend::start("a");
+    // A backend that finishes first: it sends, closes its side, then still reads the client.
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let first_addr = first.local_addr().unwrap();
+    let got = std::thread::spawn(move || {
+        // Health checks connect and close without data: serve until a client sends something.
+        for _ in 0..10 {
+            let (mut c, _) = first.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            // After keel-lb has spliced: a socket that already holds the FIN is not spliced (the
+            // kernel takes only established sockets into a sockmap) but relayed.
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = c.write_all(b"early");
+            let _ = c.shutdown(Shutdown::Write);
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest);
+            if !rest.is_empty() {
+                return rest;
+            }
+        }
+        Vec::new()
+    });
+    let port = free_port();
+    let lb = Lb::start(&spliced_config(port, free_port(), &[(&a, 1)], ""));
+
+    // The client finishes first; the backend still answers after our FIN.
+    let (name, mut s) = connect_from(None, lb_addr(port)).unwrap();
+    assert_eq!(name, "a");
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "hellobye\n");
+    drop(s);
+    assert!(
+        wait_until(T, || fe_metric(&lb, "keel_lb_frontend_connections") == 0.0),
+        "{}",
+        lb.metrics()
+    );
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 1.0);
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_received_bytes_total"), 5.0);
+    assert_eq!(
+        fe_metric(&lb, "keel_lb_frontend_sent_bytes_total"),
+        2.0 + 9.0
+    );
+
+    // The backend finishes first; the client still sends after the backend's FIN.
+    let port2 = free_port();
+    let lb2 = Lb::start(&spliced_config(port2, free_port(), &[], "").replace(
+        "    backends:\n",
+        &format!("    backends:\n      - address: {first_addr}\n        weight: 1\n"),
+    ));
+    let mut s = TcpStream::connect_timeout(&lb_addr(port2), T).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut early = Vec::new();
+    s.read_to_end(&mut early).unwrap();
+    assert_eq!(early, b"early");
+    s.write_all(b"more").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(got.join().unwrap(), b"more");
+    assert!(wait_until(T, || fe_metric(
+        &lb2,
+        "keel_lb_frontend_received_bytes_total"
+    ) == 4.0));
+    assert_eq!(fe_metric(&lb2, "keel_lb_frontend_sent_bytes_total"), 5.0);
+    assert_eq!(fe_metric(&lb2, "keel_lb_frontend_spliced_total"), 1.0);
+}
+
+#[test]
+fn a_spliced_connection_times_out_when_idle_but_not_while_data_flows() {
+    require_bpf!();
+    let a = Backend::start("a");
+    let port = free_port();
+    let lb = Lb::start(&spliced_config(
+        port,
+        free_port(),
+        &[(&a, 1)],
+        "    timeouts:\n      idle: 1s\n",
+    ));
+    let (_, mut quiet) = connect_from(None, lb_addr(port)).unwrap();
+    let (_, mut busy) = connect_from(None, lb_addr(port)).unwrap();
+    let start = Instant::now();
+    // The busy one echoes a byte every 300 ms for 2.4 s: past the idle timeout, never idle.
+    for i in 0..8u8 {
+        std::thread::sleep(Duration::from_millis(300));
+        busy.write_all(&[b'0' + i]).unwrap();
+        let mut b = [0u8; 1];
+        busy.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], b'0' + i);
+    }
+    // The quiet one was closed after about a second (EOF or reset, nothing else).
+    let mut buf = [0u8; 16];
+    let r = quiet.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 2.0);
+    assert!(
+        wait_until(T, || fe_metric(&lb, "keel_lb_frontend_connections") == 1.0),
+        "{}",
+        lb.metrics()
+    );
+}
+
+#[test]
+fn proxy_v2_reaches_the_backend_before_spliced_data() {
+    require_bpf!();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let baddr = l.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        // Health checks connect and close without data: serve until a header comes.
+        for _ in 0..10 {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let mut hdr = [0u8; 28];
+            if c.read_exact(&mut hdr).is_err() {
+                continue;
+            }
+            let mut data = [0u8; 10];
+            c.read_exact(&mut data).unwrap();
+            c.write_all(b"ok").unwrap();
+            return (hdr, data);
+        }
+        panic!("no PROXY header came");
+    });
+    let port = free_port();
+    let lb = Lb::start(&format!(
+        "admin:\n  listen: 127.0.0.1:{}\nfrontends:\n  - name: web\n    listen: 127.0.0.1:{port}\n    pool: h\n    proxy_protocol: v2\n    splice: kernel\npools:\n  h:\n    health:\n      type: tcp\n      interval: 30s\n    backends:\n      - address: {baddr}\n",
+        free_port()
+    ));
+    let mut s = TcpStream::connect_timeout(&lb_addr(port), T).unwrap();
+    let local = s.local_addr().unwrap();
+    // Sent at once: it is queued before keel-lb has even connected to the backend.
+    s.write_all(b"early-data").unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut ok = [0u8; 2];
+    s.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    let (hdr, data) = backend.join().unwrap();
+    assert_eq!(&hdr[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(&hdr[16..20], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([hdr[24], hdr[25]]), local.port());
+    assert_eq!(u16::from_be_bytes([hdr[26], hdr[27]]), port);
+    assert_eq!(&data, b"early-data");
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 1.0);
+}
+
+#[test]
+fn reload_keeps_spliced_connections_and_new_ones_take_the_new_mode() {
+    require_bpf!();
+    let a = Backend::start("a");
+    let (port, admin) = (free_port(), free_port());
+    let lb = Lb::start(&spliced_config(port, admin, &[(&a, 1)], ""));
+    let (_, mut old) = connect_from(None, lb_addr(port)).unwrap();
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 1.0);
+    // Back to the relay: `splice: user` is kept as written even with KEEL_TEST_SPLICE=kernel.
+    lb.rewrite(&config(
+        port,
+        admin,
+        "round_robin",
+        SLOW_TCP,
+        &[(&a, 1)],
+        "    splice: user\n",
+    ));
+    assert_eq!(lb.reload().0, 200);
+    let (_, mut new) = connect_from(None, lb_addr(port)).unwrap();
+    for s in [&mut old, &mut new] {
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+    }
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 1.0);
+    assert_eq!(
+        fe_metric(&lb, "keel_lb_frontend_splice_fallbacks_total"),
+        0.0
+    );
+    // The old connection still ends cleanly on the fast path.
+    old.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    old.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+}
+
+#[test]
+fn a_drain_waits_for_spliced_connections_to_finish() {
+    require_bpf!();
+    let a = Backend::start("a");
+    let port = free_port();
+    let mut lb = Lb::start(&spliced_config(port, free_port(), &[(&a, 1)], ""));
+    let (_, mut held) = connect_from(None, lb_addr(port)).unwrap();
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 1.0);
+    lb.signal(libc::SIGTERM);
+    assert!(wait_until(T, || TcpStream::connect_timeout(
+        &lb_addr(port),
+        T
+    )
+    .is_err()));
+    held.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    held.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+    assert!(
+        lb.child_alive(),
+        "exited before the spliced connection finished"
+    );
+    held.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    held.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    let mut status = None;
+    assert!(wait_until(T, || {
+        status = lb.child.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert!(status.unwrap().success(), "{status:?}");
+    assert!(lb.log().contains("drained; exiting"), "{}", lb.log());
+}
+
+#[test]
+fn without_bpf_privileges_splice_kernel_relays_logs_once_and_counts() {
+    require_bpf!();
+    if !keel_e2e::have("setpriv") {
+        keel_e2e::skip!("setpriv (util-linux) not installed");
+    }
+    let a = Backend::start("a");
+    let port = free_port();
+    // Root without CAP_BPF and CAP_SYS_ADMIN: the kernel refuses BPF maps.
+    let mut lb = Lb::start_cmd(
+        &spliced_config(port, free_port(), &[(&a, 1)], ""),
+        None,
+        &[],
+        &["setpriv", "--bounding-set", "-bpf,-sys_admin", "--"],
+    );
+    lb.fallback_expected = true;
+    for _ in 0..3 {
+        let (_, mut s) = connect_from(None, lb_addr(port)).unwrap();
+        s.write_all(b"x").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "xbye\n");
+    }
+    assert_eq!(
+        fe_metric(&lb, "keel_lb_frontend_splice_fallbacks_total"),
+        3.0
+    );
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 0.0);
+    let log = lb.log();
+    assert_eq!(
+        log.matches("kernel splicing unavailable").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_spliced_connection_whose_client_vanished_ends_without_waiting_for_the_idle_timeout() {
+    require_bpf!();
+    let a = Backend::start("a");
+    let port = free_port();
+    let lb = Lb::start(&spliced_config(port, free_port(), &[(&a, 1)], ""));
+    for _ in 0..3 {
+        let s = TcpStream::connect_timeout(&lb_addr(port), T).unwrap();
+        // The backend's name arrives unread; our FIN makes it answer "bye", and closing with
+        // unread data resets: what keel-lb still holds for this client can never be delivered.
+        std::thread::sleep(Duration::from_millis(100));
+        s.shutdown(Shutdown::Write).unwrap();
+        drop(s);
+    }
+    assert!(
+        wait_until(T, || fe_metric(&lb, "keel_lb_frontend_connections") == 0.0),
+        "{}",
+        lb.metrics()
+    );
+    assert_eq!(fe_metric(&lb, "keel_lb_frontend_spliced_total"), 3.0);
 }

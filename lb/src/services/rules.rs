@@ -273,6 +273,7 @@ pub fn render_service(
                 pool: pool_name(key, port),
                 max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
                 proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
+                splice: crate::config::Splice::User,
                 timeouts: limits.timeouts,
                 udp: crate::config::Udp::default(),
             })
