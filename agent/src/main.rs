@@ -282,8 +282,10 @@ async fn run_with(
     let metrics = agent.metrics.clone();
     let status = agent.status.clone();
     if signals {
+        let drain_on_stop = agent.cfg.health.drain.on_stop;
         spawn_signals(
             config_path,
+            drain_on_stop,
             cancel.clone(),
             node_shutdown.clone(),
             reload_tx,
@@ -335,10 +337,13 @@ fn service(action: ServiceAction) -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM/SIGINT (ctrl-c on Windows) cancel; SIGHUP validates the file and hands the new config
-/// over, or logs and counts a bad file and keeps the running config.
+/// SIGTERM/SIGINT (ctrl-c on Windows) cancel; SIGTERM drains first during a system shutdown, or
+/// always with `health.drain.on_stop` (`drain_on_stop`, followed across reloads); SIGHUP validates
+/// the file and hands the new config over, or logs and counts a bad file and keeps the running
+/// config.
 fn spawn_signals(
     config_path: PathBuf,
+    mut drain_on_stop: bool,
     cancel: CancellationToken,
     node_shutdown: CancellationToken,
     reloads: mpsc::Sender<Config>,
@@ -358,6 +363,9 @@ fn spawn_signals(
                         if keel_agent::platform::linux::system_is_stopping().await {
                             tracing::info!("SIGTERM while the system shuts down: draining first");
                             node_shutdown.cancel();
+                        } else if drain_on_stop {
+                            tracing::info!("SIGTERM: draining first (health.drain.on_stop)");
+                            node_shutdown.cancel();
                         } else {
                             tracing::info!("SIGTERM: shutting down");
                             cancel.cancel();
@@ -367,6 +375,7 @@ fn spawn_signals(
                     _ = int.recv() => { tracing::info!("SIGINT: shutting down"); cancel.cancel(); return; }
                     _ = hup.recv() => match config::load(&config_path) {
                         Ok(cfg) => {
+                            drain_on_stop = cfg.health.drain.on_stop;
                             if reloads.send(cfg).await.is_err() { return; }
                         }
                         Err(errors) => {
@@ -381,7 +390,14 @@ fn spawn_signals(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (config_path, reloads, metrics, status, node_shutdown);
+        let _ = (
+            config_path,
+            reloads,
+            metrics,
+            status,
+            node_shutdown,
+            drain_on_stop,
+        );
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 tracing::info!("ctrl-c: shutting down");

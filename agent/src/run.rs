@@ -153,7 +153,8 @@ impl Agent {
     }
 
     /// Runs until `cancel`; `reloads` delivers already validated configs (SIGHUP);
-    /// `node_shutdown` fires when the machine itself is going down (drain first, then stop).
+    /// `node_shutdown` fires when the machine itself is going down, or the agent is stopped with
+    /// `health.drain.on_stop` (drain first, then stop).
     pub async fn run(
         mut self,
         cancel: CancellationToken,
@@ -175,6 +176,8 @@ impl Agent {
         }
         let joined = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            // Not joined: nothing to drain, and a join must not hold a shutdown up.
+            _ = node_shutdown.cancelled() => return Ok(()),
             j = self.join_and_register() => j?,
         };
         let (client_tx, client_rx) = watch::channel(joined.client.clone());

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds a Debian 12 disk image with Keel, from Debian packages only:
 #   images/linux/build-image.sh lb|node OUT.qcow2|OUT.raw [DEB...]
+#   images/linux/build-image.sh base lb|node     (with KEEL_IMAGE_CACHE: only the debootstrap step)
 # lb:   debootstrap minbase + systemd + the cloud kernel + keel-lb (nothing else listens)
 # node: the same + keel-agent + containerd (what Debian ships of a Kubernetes node)
 # DEBs default to the packages images/deb/build.sh makes (built first if absent).
@@ -9,7 +10,7 @@
 # kernel boot, the kernel and initrd being written next to it (OUT.vmlinuz, OUT.initrd, both taken from
 # the image's /boot), e.g.
 #   qemu-system-x86_64 -m 512 -kernel OUT.vmlinuz -initrd OUT.initrd \
-#     -append "root=/dev/vda rw console=ttyS0 net.ifnames=0" -drive file=OUT.qcow2,if=virtio ...
+#     -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 no_timer_check" -drive file=OUT.qcow2,if=virtio ...
 # First boot reads its parameters from a seed disk (an ext4 filesystem labelled KEELSEED, see
 # images/linux/firstboot/keel-firstboot and make-seed.sh). The image holds no secrets and no identity:
 # machine-id is empty (systemd makes one on first boot), there are no SSH host keys (no ssh at all),
@@ -17,11 +18,23 @@
 # Reproducible settings: a fixed suite, mirror, package set, filesystem UUID, hash seed and timestamps
 # (SOURCE_DATE_EPOCH, default: the last commit). The mirror is $KEEL_DEBIAN_MIRROR (default
 # deb.debian.org; point it at snapshot.debian.org/archive/debian/<date> for bit-for-bit inputs).
+# KEEL_IMAGE_CACHE=DIR keeps the downloaded packages and each role's debootstrap tree there (keyed by
+# debootstrap's arguments: suite, mirror, packages) for the next build on this machine: the tests build both images in one
+# run, and .ci/run makes the trees (`base`, which needs no Keel binary) while Rust compiles. Without it
+# every build starts from the mirror.
 # Needs root, debootstrap, e2fsprogs, qemu-utils.
 set -eu
-role=${1:?usage: build-image.sh lb|node OUT.qcow2|OUT.raw [DEB...]}
-out=${2:?usage: build-image.sh lb|node OUT.qcow2|OUT.raw [DEB...]}
+usage="usage: build-image.sh lb|node OUT.qcow2|OUT.raw [DEB...] | build-image.sh base lb|node"
+role=${1:?$usage}
+out=${2:?$usage}
 shift 2
+base_only=
+if [ "$role" = base ]; then
+    base_only=1
+    role=$out
+    out=
+    [ -n "${KEEL_IMAGE_CACHE:-}" ] || { echo "build-image.sh base: set KEEL_IMAGE_CACHE" >&2; exit 2; }
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 mirror=${KEEL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -35,7 +48,7 @@ node) pkgs=keel-agent; extra=containerd ;;
 *)    echo "build-image.sh: role is lb or node, not $role" >&2; exit 2 ;;
 esac
 
-if [ $# -eq 0 ]; then
+if [ $# -eq 0 ] && [ -z "$base_only" ]; then
     debdir=${CARGO_TARGET_DIR:-$root/target}/deb
     for p in $pkgs; do
         ls "$debdir/${p}"_*.deb >/dev/null 2>&1 || "$root/images/deb/build.sh" "$debdir" >/dev/null
@@ -50,9 +63,32 @@ rootfs=$work/root
 
 # systemd-sysv: systemd as init. udev: /dev/disk/by-label for the seed. The cloud kernel has the
 # virtio drivers and little else; initramfs-tools comes with it. iproute2: `ip` for the operator.
-debootstrap --variant=minbase --merged-usr \
-    --include=systemd,systemd-sysv,udev,linux-image-cloud-amd64,iproute2${extra:+,$extra} \
-    bookworm "$rootfs" "$mirror" >&2
+include=systemd,systemd-sysv,udev,linux-image-cloud-amd64,iproute2${extra:+,$extra}
+# Everything the tree depends on, the cache key below: change the command, change this.
+bootstrap_args="--variant=minbase --merged-usr --include=$include bookworm $mirror"
+bootstrap() {
+    debootstrap --variant=minbase --merged-usr --include="$include" ${1:+--cache-dir="$1"} \
+        bookworm "$rootfs" "$mirror" >&2
+}
+if [ -n "${KEEL_IMAGE_CACHE:-}" ]; then
+    mkdir -p "$KEEL_IMAGE_CACHE/debs"
+    KEEL_IMAGE_CACHE=$(cd "$KEEL_IMAGE_CACHE" && pwd)
+    key=$(echo "$bootstrap_args" | sha256sum | cut -c1-16)
+    tree=$KEEL_IMAGE_CACHE/base-$role-$key.tar
+    if [ ! -e "$tree" ]; then
+        bootstrap "$KEEL_IMAGE_CACHE/debs"
+        rm -f "$KEEL_IMAGE_CACHE/base-$role-"*.tar
+        tar --xattrs --acls --numeric-owner -C "$rootfs" -cf "$tree.tmp" . && mv "$tree.tmp" "$tree"
+        echo "debootstrap tree of $role kept: $tree" >&2
+    else
+        mkdir -p "$rootfs"
+        tar --xattrs --xattrs-include='*' --acls --numeric-owner -C "$rootfs" -xpf "$tree"
+        echo "debootstrap tree of $role reused: $tree" >&2
+    fi
+    [ -z "$base_only" ] || exit 0
+else
+    bootstrap
+fi
 
 for deb in "$@"; do cp "$deb" "$rootfs/tmp/"; done
 mount -t proc proc "$rootfs/proc"

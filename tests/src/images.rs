@@ -81,8 +81,11 @@ fn build_debs() -> (PathBuf, PathBuf) {
     (find("keel-lb"), find("keel-agent"))
 }
 
-/// A bootable image of `role` (`lb` or `node`): `(disk.qcow2, vmlinuz, initrd)`. Built once per set of
-/// inputs (minutes: debootstrap downloads ~100 MB from the Debian mirror), then reused.
+/// A bootable image of `role` (`lb` or `node`): `(disk.raw, vmlinuz, initrd)` (raw, sparse: a
+/// compressed qcow2 would cost minutes of CPU per build and VMs boot from overlays anyway). Built once per set of
+/// inputs (minutes: debootstrap downloads ~100 MB from the Debian mirror), then reused. The
+/// debootstrap trees and packages are kept in target/images/base (`KEEL_IMAGE_CACHE`), where .ci/run
+/// makes them while Rust compiles, under the same lock.
 pub fn image(role: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (lb, agent) = debs();
     let deb = if role == "lb" { lb } else { agent };
@@ -97,12 +100,12 @@ pub fn image(role: &str) -> (PathBuf, PathBuf, PathBuf) {
         "cat '{}' images/deb/* images/linux/build-image.sh images/linux/firstboot/* | sha256sum | cut -c1-16",
         bin.display()
     ));
-    let disk = dir.join(format!("{role}-{}.qcow2", key.trim()));
+    let disk = dir.join(format!("{role}-{}.raw", key.trim()));
     let with = |ext: &str| PathBuf::from(format!("{}.{ext}", disk.display()));
     let log = dir.join(format!("{role}-build.log"));
     locked_sh(&format!(
-        "[ -e '{d}.initrd' ] || {{ rm -f '{dir}/{role}-'*.qcow2*; \
-         images/linux/build-image.sh {role} '{d}' '{deb}' > '{log}' 2>&1 || {{ tail -n 40 '{log}' >&2; exit 1; }}; }}",
+        "[ -e '{d}.initrd' ] || {{ rm -f '{dir}/{role}-'*.raw* '{dir}/{role}-'*.qcow2*; \
+         KEEL_IMAGE_CACHE='{dir}/base' images/linux/build-image.sh {role} '{d}' '{deb}' > '{log}' 2>&1 || {{ tail -n 40 '{log}' >&2; exit 1; }}; }}",
         d = disk.display(),
         dir = dir.display(),
         deb = deb.display(),

@@ -298,18 +298,21 @@ impl Proc {
         }
     }
 
-    /// Waits up to `limit` for the process to exit; its status if it did.
+    /// Waits up to `limit` for the process to exit; its status if it did. Looks at least once,
+    /// so `Duration::ZERO` tells whether it has exited.
     pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         let child = self.child.as_mut()?;
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(st)) = child.try_wait() {
                 self.child = None;
                 return Some(st);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 
     /// SIGKILL now (a crash, as far as the program can tell).

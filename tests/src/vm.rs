@@ -3,8 +3,8 @@
 //! seed disk for keel-firstboot, the serial console in a file kept as an artifact, and a test-only
 //! command channel on the second serial port.
 //!
-//! The channel is not in the image: the test's seed carries it as `run.sh` (keel-firstboot runs a
-//! seed's script once, as cloud-init runs user scripts). Each request is a line `<id> <command>`;
+//! The channel is not in the image: the test's seed carries it as `boot.sh` (keel-firstboot runs a
+//! seed's boot.sh after every boot, as cloud-init runs per-boot scripts, so it survives a reboot). Each request is a line `<id> <command>`;
 //! the guest answers `@@<id> begin`, the output, `@@<id> end <status>`. Everything else on the line
 //! (a tty's echo before the script set it raw) is skipped by id.
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{Proc, Topology};
 
-/// The guest side of the command channel (the seed's run.sh).
+/// The guest side of the command channel (the seed's boot.sh).
 pub const CHANNEL_SCRIPT: &str = r#"#!/bin/sh
 # Test-only command channel on /dev/ttyS1 (see tests/src/vm.rs).
 stty -F /dev/ttyS1 raw -echo
@@ -38,6 +38,9 @@ pub struct Vm {
     pub dir: PathBuf,
     pub console: PathBuf,
     ctl: PathBuf,
+    /// `ip netns exec <bridge ns> qemu-system-x86_64 ...`.
+    args: Vec<String>,
+    boots: u32,
     started: Instant,
     proc: Option<Proc>,
 }
@@ -78,14 +81,19 @@ impl Vm {
         let _ = std::fs::remove_file(&overlay);
         // Writes go to an overlay: the image stays as built for the next VM.
         sh(&format!(
-            "qemu-img create -q -f qcow2 -F qcow2 -b '{}' '{}'",
+            "qemu-img create -q -f qcow2 -F {} -b '{}' '{}'",
+            if spec.disk.extension().is_some_and(|e| e == "raw") {
+                "raw"
+            } else {
+                "qcow2"
+            },
             spec.disk.display(),
             overlay.display()
         ));
         let seed_dir = dir.join("seed");
         std::fs::create_dir_all(&seed_dir).unwrap();
         std::fs::write(seed_dir.join("keel.env"), spec.env).unwrap();
-        std::fs::write(seed_dir.join("run.sh"), CHANNEL_SCRIPT).unwrap();
+        std::fs::write(seed_dir.join("boot.sh"), CHANNEL_SCRIPT).unwrap();
         let seed = dir.join("seed.img");
         sh(&format!(
             "'{}' '{}' '{}' '{}'",
@@ -94,7 +102,7 @@ impl Vm {
                 .display(),
             seed.display(),
             seed_dir.join("keel.env").display(),
-            seed_dir.join("run.sh").display()
+            seed_dir.join("boot.sh").display()
         ));
         let br = t.ns("br");
         let tap = format!("tap-{}", spec.name);
@@ -104,53 +112,112 @@ impl Vm {
         ));
         let console = dir.join("console.log");
         let ctl = dir.join("ctl.sock");
-        let _ = std::fs::remove_file(&ctl);
-        let mut cmd = t.command("br", "qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-m", "512", "-smp", "1", "-no-reboot"])
-            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-            .arg("-kernel")
-            .arg(spec.kernel)
-            .arg("-initrd")
-            .arg(spec.initrd)
-            .args([
-                "-append",
-                // The journal goes to the console too: the console log is the VM's journal even
-                // when the command channel never came up.
-                "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 systemd.journald.forward_to_console=1",
-            ])
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw,readonly=on",
-                seed.display()
-            ))
-            .arg("-netdev")
-            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
-            .arg("-device")
-            .arg(format!(
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            br,
+            "qemu-system-x86_64".into(),
+        ];
+        args.extend(
+            ["-accel", "tcg", "-m", "512", "-smp", "1", "-no-reboot"]
+                .into_iter()
+                .chain(["-display", "none", "-vga", "none", "-monitor", "none"])
+                .map(String::from),
+        );
+        args.extend([
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            // The journal goes to the console too: the console log is the VM's journal even
+            // when the command channel never came up.
+            // no_timer_check: on a loaded host TCG's timer may miss the kernel's IO-APIC check,
+            // which then panics at boot ("IO-APIC + timer doesn't work!").
+            "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 no_timer_check systemd.journald.forward_to_console=1".into(),
+            "-drive".into(),
+            format!("file={},if=virtio,format=qcow2", overlay.display()),
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw,readonly=on", seed.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!(
                 "virtio-net-pci,netdev=n0,mac=52:54:00:4b:00:{:02x}",
                 spec.mac_last
-            ))
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=ctl,path={},server=on,wait=off",
-                ctl.display()
-            ))
-            .args(["-serial", "chardev:ctl"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.stderr")).unwrap());
-        let child = cmd.spawn().expect("qemu-system-x86_64");
-        Vm {
+            ),
+            "-chardev".into(),
+            // Appended: a second boot (`reboot`) keeps the first one's console.
+            format!("file,id=con,path={},append=on", console.display()),
+            "-serial".into(),
+            "chardev:con".into(),
+            "-chardev".into(),
+            format!("socket,id=ctl,path={},server=on,wait=off", ctl.display()),
+            "-serial".into(),
+            "chardev:ctl".into(),
+        ]);
+        let mut vm = Vm {
             name: spec.name.to_string(),
             dir,
             console,
             ctl,
+            args,
+            boots: 0,
             started: Instant::now(),
-            proc: Some(Proc::from_child(child, format!("qemu {}", spec.name))),
-        }
+            proc: None,
+        };
+        // The console is appended to across reboots of this VM, not across test runs.
+        let _ = std::fs::remove_file(&vm.console);
+        vm.power_on();
+        vm
+    }
+
+    /// Starts QEMU on the VM's disk as it is (a first boot, or the next after a power-off).
+    fn power_on(&mut self) {
+        assert!(self.proc.is_none(), "{}: QEMU already runs", self.name);
+        let _ = std::fs::remove_file(&self.ctl);
+        self.boots += 1;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("qemu.stderr"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("qemu-system-x86_64");
+        self.started = Instant::now();
+        self.proc = Some(Proc::from_child(child, format!("qemu {}", self.name)));
+    }
+
+    /// Reboots the guest (`systemctl reboot`: every service stopped as systemd does) and boots it
+    /// again on the same disk; QEMU runs with -no-reboot, so the guest's reset ends it and a new
+    /// QEMU takes over, as a hypervisor would. Returns once QEMU is started again (then
+    /// `wait_booted`).
+    pub fn reboot(&mut self, limit: Duration) {
+        // No answer comes: the channel goes down with the guest.
+        let _ = self.run("systemctl reboot", Duration::from_secs(5));
+        let exited = self
+            .proc
+            .as_mut()
+            .and_then(|p| p.wait_timeout(limit))
+            .is_some();
+        assert!(
+            exited,
+            "{}: still running {limit:?} after `systemctl reboot`; console: {}",
+            self.name,
+            self.console.display()
+        );
+        self.proc = None;
+        self.power_on();
+    }
+
+    /// How many times QEMU was started for this VM.
+    pub fn boots(&self) -> u32 {
+        self.boots
     }
 
     /// Seconds since QEMU started.
@@ -226,10 +293,11 @@ impl Vm {
         );
     }
 
-    /// The journal of this boot into `<dir>/journal.log` (best effort, for a failing test).
+    /// The journal of every boot into `<dir>/journal.log` (best effort, for a failing test, or
+    /// before a power-off).
     pub fn save_journal(&self) {
         if let Some((_, j)) = self.run(
-            "journalctl -b --no-pager -o short-monotonic",
+            "journalctl --no-pager -o short-monotonic",
             Duration::from_secs(60),
         ) {
             let _ = std::fs::write(self.dir.join("journal.log"), j);

@@ -1093,3 +1093,63 @@ async fn dead_connection_after_vip_failover_is_replaced_well_inside_the_node_gra
     );
     eprintln!("lease renewed {took:?} after the failover");
 }
+
+/// `systemctl stop keel-agent` is a plain SIGTERM (the system is not stopping): with
+/// `health.drain.on_stop` the agent cordons and evicts before it exits; without it, it only exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_first_with_on_stop_and_only_exits_without() {
+    let c = Cluster::start().await;
+    for (name, extra, drains) in [
+        (
+            "stop-drain",
+            "health:\n  drain:\n    on_stop: true\n    timeout: 20s\n",
+            true,
+        ),
+        ("stop-plain", "", false),
+    ] {
+        let token = c.server.create_bootstrap_token(DAY);
+        let a = c.agent(name, &token, extra);
+        let mut p = a.spawn();
+        wait_until(
+            "the Lease",
+            Duration::from_secs(30),
+            || c.lease(name).is_some(),
+            || p.log_text(),
+        )
+        .await;
+        let pod = format!("web-{name}");
+        c.server.put(
+            &format!("/api/v1/namespaces/default/pods/{pod}"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "default"},
+                "spec": {"nodeName": name, "containers": [{"name": "web", "image": "web:1"}]},
+            }),
+        );
+        p.signal(libc::SIGTERM);
+        let st = p
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{name}: no exit after SIGTERM:\n{}", p.log_text()));
+        assert!(st.success(), "{name}: {st:?}\n{}", p.log_text());
+        let node = c.node_json(name).expect("node");
+        let gone = c
+            .server
+            .get(&format!("/api/v1/namespaces/default/pods/{pod}"))
+            .is_none();
+        assert_eq!(
+            node["spec"]["unschedulable"] == true,
+            drains,
+            "{name}: cordoned?\n{}",
+            p.log_text()
+        );
+        assert_eq!(gone, drains, "{name}: pod evicted?\n{}", p.log_text());
+        assert_eq!(
+            p.log_text()
+                .contains("draining first (health.drain.on_stop)"),
+            drains,
+            "{}",
+            p.log_text()
+        );
+    }
+}

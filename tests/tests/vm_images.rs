@@ -1,13 +1,22 @@
-//! The LB image booted as a platform team would: a Debian 12 VM (images/linux/build-image.sh lb)
-//! under QEMU TCG on a private L2 segment with the host's test namespaces, configured on first boot
-//! from a seed disk. Proves keel-lb.service reaches active through Type=notify, nothing but keel-lb
-//! listens, the frontend answers through the VIP, `systemctl reload` with a bad file fails and
-//! keeps serving, the package's postinst starts keel-lb only once configured, and a second LB VM
-//! elected backup takes the VIP over when the first is powered off. Serial console logs (and the journal, on failure) stay under
-//! target/test-artifacts/vm_images/.
+//! The images booted as a platform team would: Debian 12 VMs (images/linux/build-image.sh lb and
+//! node) under QEMU TCG on a private L2 segment with the host's test namespaces, configured on first
+//! boot from a seed disk. One test, each VM booted once (CI time): two LB VMs in front of the API
+//! test server, which runs in a host namespace the node VM can reach only through the VIP (bridge
+//! ports isolated), and a node VM that joins through the VIP.
+//!
+//! LB: keel-lb.service reaches active through Type=notify, nothing but keel-lb listens, the frontend
+//! answers through the VIP, `systemctl reload` with a bad file fails and keeps serving, the
+//! package's postinst starts keel-lb only once configured, the second LB VM is backup and takes the
+//! VIP over when the first is powered off.
+//! Node: the agent joins on first boot and kubectl shows the Node with its pool's labels and taints;
+//! SIGSTOP of keel-agent makes systemd's watchdog restart it (same Node); with the master LB powered
+//! off the node's Lease keeps renewing through the backup; `systemctl stop keel-agent` cordons and
+//! drains (`DRAIN=stop`: health.drain.on_stop); a reboot does not join again.
+//! Serial console logs (and each VM's journal, on failure) stay under target/test-artifacts/vm_images/.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keel_e2e::netns::{wait_until, Topology};
@@ -24,6 +33,7 @@ fn need_tools() {
         "mkfs.ext4",
         "flock",
         "socat",
+        "kubectl",
     ] {
         if !keel_e2e::have(t) {
             keel_e2e::skip!("{t} is not installed (.ci/run installs it)");
@@ -64,53 +74,212 @@ fn fetch(t: &Topology, addr: &str) -> Option<String> {
     .unwrap()
 }
 
+/// Runs `command` in the guest (bounded); its exit status and output, or a panic naming the VM.
+fn sh(vm: &Vm, command: &str, limit: Duration) -> (i32, String) {
+    vm.run(command, limit)
+        .unwrap_or_else(|| panic!("{}: no answer to `{command}` within {limit:?}", vm.name))
+}
+
+/// `systemctl show -p <prop>` of a unit: the value.
+fn unit_prop(vm: &Vm, unit: &str, prop: &str) -> String {
+    sh(
+        vm,
+        &format!("systemctl show -P {prop} {unit}"),
+        Duration::from_secs(30),
+    )
+    .1
+    .trim()
+    .to_string()
+}
+
+/// kubectl with the admin kubeconfig, from the API server's namespace: (success, stdout, stderr).
+fn kubectl(t: &Topology, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec![
+        "kubectl",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--request-timeout",
+        "10s",
+    ];
+    all.extend_from_slice(args);
+    let out = t.exec("api", &all);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn jsonpath(t: &Topology, kc: &Path, what: &[&str], path: &str) -> Option<String> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    let p = format!("jsonpath={path}");
+    args.extend(["-o", &p]);
+    let (ok, out, _) = kubectl(t, kc, &args);
+    ok.then(|| out.trim().to_string())
+}
+
+fn lease_renew_time(t: &Topology, kc: &Path, node: &str) -> Option<String> {
+    jsonpath(
+        t,
+        kc,
+        &["lease", "-n", "kube-node-lease", node],
+        "{.spec.renewTime}",
+    )
+    .filter(|s| !s.is_empty())
+}
+
+/// Waits until the node's Lease was renewed `n` times after `since` (its renewTime at the start),
+/// each renewal a later time than the one before; the renewTimes seen.
+fn lease_renewals(
+    t: &Topology,
+    kc: &Path,
+    node: &str,
+    since: Option<String>,
+    n: usize,
+    limit: Duration,
+) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut last = since;
+    let ok = wait_until(limit, || {
+        if let Some(r) = lease_renew_time(t, kc, node) {
+            // RFC 3339 MicroTime, always UTC and the same width: text order is time order.
+            if last.as_ref().is_none_or(|l| r > *l) {
+                seen.push(r.clone());
+                last = Some(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        seen.len() >= n
+    });
+    assert!(
+        ok,
+        "{node}'s Lease renewed {} times within {limit:?}, not {n}: {seen:?}",
+        seen.len()
+    );
+    seen
+}
+
+fn csr_count(t: &Topology, kc: &Path) -> usize {
+    let (ok, out, err) = kubectl(t, kc, &["get", "csr", "-o", "name"]);
+    assert!(ok, "kubectl get csr: {err}");
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
 #[test]
-fn lb_images_boot_serve_through_the_vip_refuse_a_bad_reload_and_fail_over() {
+fn images_boot_lb_pair_and_node_join_through_the_vip_and_ride_out_failures() {
     require_root!();
     need_tools();
     let t0 = Instant::now();
     let (disk, kernel, initrd) = images::image("lb");
-    let built = t0.elapsed();
+    let lb_built = t0.elapsed();
 
-    let artifacts = images::target_dir().join("test-artifacts/vm_images");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let mut t = Topology::new("vm-lb");
+    // Emptied first: what is there after the test is this run's.
+    let artifacts = keel_e2e::artifact_dir("vm_images");
+    let mut t = Topology::new("vm-images");
     t.bridge();
     t.host("client", &["198.18.0.1/24"]);
     t.host("backend", &["198.18.0.2/24"]);
+    t.host("api", &["198.18.0.3/24"]);
     let _backend = t.spawn(
         "backend",
         "socat",
         &["TCP-LISTEN:8080,fork,reuseaddr", "SYSTEM:echo keel-backend"],
     );
+    // The API test server, its CA, admin kubeconfig and bootstrap token in `api/`.
+    let api_dir = artifacts.join("api");
+    let _ = std::fs::remove_dir_all(&api_dir);
+    std::fs::create_dir_all(&api_dir).unwrap();
+    let _api = {
+        let mut cmd = t.command(
+            "api",
+            keel_e2e::bin("keel-test-apiserver").to_str().unwrap(),
+        );
+        cmd.args(["--listen", "198.18.0.3:6443", "--dir"])
+            .arg(&api_dir)
+            .args(["--san", "198.18.0.3", "--san", VIP])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(api_dir.join("apiserver.log")).unwrap());
+        keel_e2e::netns::Proc::from_child(cmd.spawn().expect("keel-test-apiserver"), "api".into())
+    };
+    let admin = api_dir.join("admin.kubeconfig");
+    assert!(
+        wait_until(Duration::from_secs(30), || admin.exists()
+            && api_dir.join("bootstrap-token").exists()),
+        "the API test server wrote no admin kubeconfig"
+    );
+    let read = |f: &str| {
+        std::fs::read_to_string(api_dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (token, pin) = (read("bootstrap-token"), read("ca-pin"));
 
-    let env = format!(
-        "HOSTNAME=lb1\nADDRESS=198.18.0.11/24\nVIPS={VIP}/24\nVRRP_PRIORITY=150\nFRONTEND_PORT=80\nBACKENDS=198.18.0.2:8080\n"
+    // The LB pair, booted together: both front the web backend (port 80) and the API server (6443)
+    // on the VIP; lb1 has the higher priority.
+    let lb_env = |name: &str, addr: &str, prio: u32| {
+        format!(
+            "HOSTNAME={name}\nADDRESS={addr}/24\nVIPS={VIP}/24\nVRRP_PRIORITY={prio}\nFRONTEND_PORT=80\nBACKENDS=198.18.0.2:8080\nAPI_BACKENDS=198.18.0.3:6443\n"
+        )
+    };
+    let boot = |name: &str, disk: &Path, kernel: &Path, initrd: &Path, env: &str, mac: u8| {
+        Vm::boot(
+            &t,
+            VmSpec {
+                name,
+                disk,
+                kernel,
+                initrd,
+                env,
+                mac_last: mac,
+                dir: &artifacts,
+            },
+        )
+    };
+    let mut vm = boot(
+        "lb1",
+        &disk,
+        &kernel,
+        &initrd,
+        &lb_env("lb1", "198.18.0.11", 150),
+        0x11,
     );
-    let mut vm = Vm::boot(
-        &t,
-        VmSpec {
-            name: "lb1",
-            disk: &disk,
-            kernel: &kernel,
-            initrd: &initrd,
-            env: &env,
-            mac_last: 0x11,
-            dir: &artifacts,
-        },
+    let mut vm2 = boot(
+        "lb2",
+        &disk,
+        &kernel,
+        &initrd,
+        &lb_env("lb2", "198.18.0.12", 100),
+        0x12,
     );
+    // The node image is built while the LB VMs boot.
+    let t1 = Instant::now();
+    let (ndisk, nkernel, ninitrd) = images::image("node");
+    let node_built = t1.elapsed();
+    let node_env = format!(
+        "HOSTNAME=node1\nADDRESS=198.18.0.21/24\nAPI_SERVER=https://{VIP}:6443\nTOKEN={token}\nCA_PINS={pin}\nPOOL=pool-a\nLABELS=example.com/team=infra topology.kubernetes.io/zone=rack-1\nTAINTS=dedicated=infra:NoSchedule\nDRAIN=stop\n"
+    );
+    let mut node = boot("node1", &ndisk, &nkernel, &ninitrd, &node_env, 0x21);
+    // The node and the API server reach each other only through the LB VMs: isolated bridge ports
+    // talk to the others but not to each other.
+    t.isolate("api", true);
+    t.isolate("tap-node1", true);
+
     let state = vm.wait_booted(Duration::from_secs(900));
-    let boot = vm.age();
-    println!("image ready in {built:?}; booted ({state}) in {boot:?} under TCG");
+    let boot_lb1 = vm.age();
+    println!(
+        "lb image ready in {lb_built:?}, node image in {node_built:?}; lb1 booted ({state}) in {boot_lb1:?} under TCG"
+    );
 
     // Type=notify and active: systemd moved the unit out of "activating" only on READY=1 (sent once
     // the listeners were bound and VRRP started), not merely because the process ran.
-    let (_, show) = vm
-        .run(
-            "systemctl show -p Type -p ActiveState -p SubState -p Result -p NRestarts keel-lb.service",
-            Duration::from_secs(30),
-        )
-        .expect("systemctl show");
+    let (_, show) = sh(
+        &vm,
+        "systemctl show -p Type -p ActiveState -p SubState -p Result -p NRestarts keel-lb.service",
+        Duration::from_secs(30),
+    );
     for want in [
         "Type=notify",
         "ActiveState=active",
@@ -138,107 +307,179 @@ fn lb_images_boot_serve_through_the_vip_refuse_a_bad_reload_and_fail_over() {
     );
 
     // Nothing listens but keel-lb (the image has no ssh, no resolver, no DHCP client).
-    let (_, sockets) = vm.run("ss -Htulnp", Duration::from_secs(30)).expect("ss");
+    let (_, sockets) = sh(&vm, "ss -Htulnp", Duration::from_secs(30));
     assert!(!sockets.trim().is_empty(), "no listening socket at all");
     for l in sockets.lines() {
         assert!(l.contains("\"keel-lb\""), "not keel-lb's: {l}\n{sockets}");
     }
 
-    // Elected master (alone on the segment), the VIP answers from the host's client namespace.
+    // Elected master (the higher priority), the VIP answers from the host's client namespace.
     let frontend = format!("{VIP}:80");
+    let answers = || fetch(&t, &frontend).is_some_and(|b| b.contains("keel-backend"));
     assert!(
-        wait_until(Duration::from_secs(60), || fetch(&t, &frontend)
-            .is_some_and(|b| b.contains("keel-backend"))),
+        wait_until(Duration::from_secs(120), answers),
         "no answer from the backend through {frontend}"
     );
 
     // A bad file: `systemctl reload` fails (ExecReload = keel-lb reload), keel-lb keeps running
     // the old config and serving.
-    let (rc, out) = vm
-        .run(
-            "cp /etc/keel/lb.yaml /run/lb.good && echo 'bogus: 1' >> /etc/keel/lb.yaml && systemctl reload keel-lb",
-            Duration::from_secs(120),
-        )
-        .expect("reload");
+    let (rc, out) = sh(
+        &vm,
+        "cp /etc/keel/lb.yaml /run/lb.good && echo 'bogus: 1' >> /etc/keel/lb.yaml && systemctl reload keel-lb",
+        Duration::from_secs(120),
+    );
     assert_ne!(rc, 0, "reload of a bad file succeeded: {out}");
-    let (_, active) = vm
-        .run("systemctl is-active keel-lb", Duration::from_secs(30))
-        .expect("is-active");
-    assert_eq!(active.trim(), "active");
-    assert!(fetch(&t, &frontend).is_some_and(|b| b.contains("keel-backend")));
+    assert_eq!(unit_prop(&vm, "keel-lb", "ActiveState"), "active");
+    assert!(
+        answers(),
+        "no answer through {frontend} after a refused reload"
+    );
     // And a good one reloads: the admin token reached `keel-lb reload` as a systemd credential.
-    let (rc, out) = vm
-        .run(
-            "cp /run/lb.good /etc/keel/lb.yaml && systemctl reload keel-lb",
-            Duration::from_secs(120),
-        )
-        .expect("reload");
+    let (rc, out) = sh(
+        &vm,
+        "cp /run/lb.good /etc/keel/lb.yaml && systemctl reload keel-lb",
+        Duration::from_secs(120),
+    );
     assert_eq!(rc, 0, "reload of the good file failed: {out}");
 
     // The package's start rule, run by its own postinst on the booted VM: with the packaged default
-    // config it enables but does not start keel-lb; with a real config it starts it.
+    // config it enables but does not start keel-lb; with a real config it starts it. (lb2, if up,
+    // holds the VIP meanwhile.)
     let default = std::fs::read(images::repo().join("images/deb/lb.yaml")).unwrap();
-    let (rc, out) = vm
-        .run(
-            &format!(
-                "systemctl stop keel-lb && echo {} | base64 -d > /etc/keel/lb.yaml && /var/lib/dpkg/info/keel-lb.postinst configure && systemctl is-enabled keel-lb && ! systemctl is-active keel-lb",
-                b64(&default)
-            ),
-            Duration::from_secs(120),
-        )
-        .expect("postinst with the default config");
+    let (rc, out) = sh(
+        &vm,
+        &format!(
+            "systemctl stop keel-lb && echo {} | base64 -d > /etc/keel/lb.yaml && /var/lib/dpkg/info/keel-lb.postinst configure && systemctl is-enabled keel-lb && ! systemctl is-active keel-lb",
+            b64(&default)
+        ),
+        Duration::from_secs(120),
+    );
     assert_eq!(rc, 0, "postinst with the packaged default: {out}");
     assert!(out.contains("enabled, not started"), "{out}");
-    let (rc, out) = vm
-        .run(
-            "cp /run/lb.good /etc/keel/lb.yaml && /var/lib/dpkg/info/keel-lb.postinst configure && systemctl is-active keel-lb",
-            Duration::from_secs(120),
-        )
-        .expect("postinst with a real config");
+    let (rc, out) = sh(
+        &vm,
+        "cp /run/lb.good /etc/keel/lb.yaml && /var/lib/dpkg/info/keel-lb.postinst configure && systemctl is-active keel-lb",
+        Duration::from_secs(120),
+    );
     assert_eq!(
         rc, 0,
         "postinst with a real config did not start keel-lb: {out}"
     );
-    assert!(
-        wait_until(Duration::from_secs(60), || fetch(&t, &frontend)
-            .is_some_and(|b| b.contains("keel-backend"))),
-        "no answer through {frontend} after the postinst started keel-lb"
+    let (_, journal) = sh(
+        &vm,
+        "journalctl -u keel-lb --no-pager",
+        Duration::from_secs(60),
     );
-    let (_, journal) = vm
-        .run("journalctl -u keel-lb --no-pager", Duration::from_secs(60))
-        .expect("journal");
     std::fs::write(vm.dir.join("keel-lb.journal"), &journal).unwrap();
 
-    // A second LB VM with a lower priority: it boots as backup (lb1 keeps the VIP); powering lb1
-    // off moves the VIP to it and the frontend answers again.
-    let env2 = format!(
-        "HOSTNAME=lb2\nADDRESS=198.18.0.12/24\nVIPS={VIP}/24\nVRRP_PRIORITY=100\nFRONTEND_PORT=80\nBACKENDS=198.18.0.2:8080\n"
-    );
-    let mut vm2 = Vm::boot(
-        &t,
-        VmSpec {
-            name: "lb2",
-            disk: &disk,
-            kernel: &kernel,
-            initrd: &initrd,
-            env: &env2,
-            mac_last: 0x12,
-            dir: &artifacts,
-        },
-    );
+    // lb2 is backup beside lb1 (preempted back by the higher priority after lb1's restart).
     vm2.wait_booted(Duration::from_secs(900));
     let has_vip = |vm: &Vm| {
         vm.run("ip -4 -o addr show dev eth0", Duration::from_secs(30))
             .is_some_and(|(_, a)| a.contains(&format!("{VIP}/")))
     };
     assert!(
-        has_vip(&vm),
-        "lb1 (priority 150) lost the VIP when lb2 came up"
+        wait_until(Duration::from_secs(60), || has_vip(&vm) && !has_vip(&vm2)),
+        "lb1 (priority 150) is not the only holder of the VIP beside lb2 (priority 100)"
+    );
+    assert!(answers(), "no answer through {frontend} from lb1");
+
+    // The node joined on first boot through the VIP (the only way to the API server), with its
+    // pool's labels and taints, as kubectl shows.
+    let state = node.wait_booted(Duration::from_secs(900));
+    println!("node1 booted ({state}) in {:?}", node.age());
+    let joined = wait_until(Duration::from_secs(300), || {
+        lease_renew_time(&t, &admin, "node1").is_some()
+    });
+    if !joined {
+        let (_, j) = sh(
+            &node,
+            "journalctl -u keel-agent --no-pager | tail -n 40",
+            Duration::from_secs(60),
+        );
+        panic!("node1 has no Lease within 300 s; the agent's journal ends:\n{j}");
+    }
+    println!("node1 joined {:?} after it was started", node.age());
+    let (ok, out, err) = kubectl(&t, &admin, &["get", "node", "node1", "-o", "json"]);
+    assert!(ok, "kubectl get node node1: {err}");
+    let n: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let labels = &n["metadata"]["labels"];
+    assert_eq!(labels["keel.io/pool"], "pool-a", "{labels}");
+    assert_eq!(labels["example.com/team"], "infra", "{labels}");
+    assert_eq!(labels["topology.kubernetes.io/zone"], "rack-1", "{labels}");
+    assert_eq!(labels["kubernetes.io/hostname"], "node1", "{labels}");
+    let taints = n["spec"]["taints"].as_array().expect("taints");
+    assert_eq!(
+        taints
+            .iter()
+            .map(|t| format!(
+                "{}={}:{}",
+                t["key"].as_str().unwrap_or(""),
+                t["value"].as_str().unwrap_or(""),
+                t["effect"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>(),
+        ["dedicated=infra:NoSchedule"]
+    );
+    let uid = n["metadata"]["uid"].as_str().expect("uid").to_string();
+    assert_eq!(csr_count(&t, &admin), 1, "one CSR for the join");
+    // The API server answers the node only through the VIP: its own address is out of reach.
+    let (rc, _) = sh(
+        &node,
+        "timeout 5 bash -c 'exec 3<>/dev/tcp/198.18.0.3/6443'",
+        Duration::from_secs(30),
+    );
+    assert_ne!(rc, 0, "node1 reaches the API server without the VIP");
+    let (rc, out) = sh(
+        &node,
+        &format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{VIP}/6443'"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(rc, 0, "node1 cannot reach the VIP's port 6443: {out}");
+
+    // SIGSTOP: no more watchdog pings; systemd (WatchdogSec=60s) aborts and restarts the agent,
+    // which keeps its identity: same Node, no new CSR.
+    let pid = unit_prop(&node, "keel-agent", "MainPID");
+    assert_eq!(unit_prop(&node, "keel-agent", "NRestarts"), "0");
+    let stopped = Instant::now();
+    sh(&node, &format!("kill -STOP {pid}"), Duration::from_secs(30));
+    let restarted = wait_until(Duration::from_secs(240), || {
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, show) = sh(
+            &node,
+            "systemctl show -p NRestarts -p ActiveState -p MainPID keel-agent",
+            Duration::from_secs(30),
+        );
+        !show.contains("NRestarts=0")
+            && show.contains("ActiveState=active")
+            && !show.contains(&format!("MainPID={pid}\n"))
+    });
+    assert!(
+        restarted,
+        "keel-agent was not restarted within 240 s of SIGSTOP"
+    );
+    let (_, j) = sh(
+        &node,
+        "journalctl -u keel-agent --no-pager",
+        Duration::from_secs(60),
     );
     assert!(
-        !has_vip(&vm2),
-        "lb2 (priority 100) holds the VIP beside lb1"
+        j.contains("Watchdog timeout"),
+        "no watchdog timeout in keel-agent's journal:\n{j}"
     );
+    println!("watchdog restart {:?} after SIGSTOP", stopped.elapsed());
+    let before = lease_renew_time(&t, &admin, "node1");
+    lease_renewals(&t, &admin, "node1", before, 1, Duration::from_secs(120));
+    assert_eq!(
+        jsonpath(&t, &admin, &["node", "node1"], "{.metadata.uid}").as_deref(),
+        Some(uid.as_str()),
+        "the Node changed across the watchdog restart"
+    );
+    assert_eq!(csr_count(&t, &admin), 1, "a second CSR after the restart");
+
+    // The master LB powered off: the VIP moves to lb2 and the node's Lease keeps renewing through
+    // it, renewal after renewal.
+    vm.save_journal();
     let off = Instant::now();
     vm.kill();
     assert!(
@@ -246,16 +487,90 @@ fn lb_images_boot_serve_through_the_vip_refuse_a_bad_reload_and_fail_over() {
         "lb2 did not take the VIP after lb1 was powered off"
     );
     assert!(
-        wait_until(Duration::from_secs(60), || fetch(&t, &frontend)
-            .is_some_and(|b| b.contains("keel-backend"))),
+        wait_until(Duration::from_secs(60), answers),
         "no answer through {frontend} from lb2"
     );
     println!(
         "failover to lb2: VIP answering {:?} after lb1 was powered off",
         off.elapsed()
     );
+    let since = lease_renew_time(&t, &admin, "node1");
+    let renewals = lease_renewals(&t, &admin, "node1", since, 3, Duration::from_secs(120));
+    println!("Lease renewals through lb2: {renewals:?}");
+
+    // `systemctl stop keel-agent` with DRAIN=stop (health.drain.on_stop): the node is cordoned and
+    // its pod evicted before the agent exits.
+    let pod = api_dir.join("pod.json");
+    std::fs::write(
+        &pod,
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"default"},"spec":{"nodeName":"node1","containers":[{"name":"web","image":"registry.example/web:1"}]}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = kubectl(
+        &t,
+        &admin,
+        &["create", "--validate=false", "-f", pod.to_str().unwrap()],
+    );
+    assert!(ok, "kubectl create pod: {err}");
+    let (rc, out) = sh(&node, "systemctl stop keel-agent", Duration::from_secs(240));
+    assert_eq!(rc, 0, "systemctl stop keel-agent: {out}");
+    assert_eq!(
+        jsonpath(&t, &admin, &["node", "node1"], "{.spec.unschedulable}").as_deref(),
+        Some("true"),
+        "node1 is not cordoned after `systemctl stop keel-agent`"
+    );
+    let (ok, _, err) = kubectl(&t, &admin, &["get", "pod", "web"]);
+    assert!(
+        !ok && err.contains("NotFound"),
+        "the pod was not evicted: {err}"
+    );
+    let (_, j) = sh(
+        &node,
+        "journalctl -b -u keel-agent --no-pager",
+        Duration::from_secs(60),
+    );
+    assert!(
+        j.contains("draining first (health.drain.on_stop)") && j.contains("shutdown drain done"),
+        "{j}"
+    );
+
+    // A reboot: the agent comes back with the stored identity, joins nothing again.
+    let rebooted = Instant::now();
+    node.reboot(Duration::from_secs(300));
+    node.wait_booted(Duration::from_secs(900));
+    assert_eq!(node.boots(), 2);
+    assert!(
+        wait_until(Duration::from_secs(120), || unit_prop(
+            &node,
+            "keel-agent",
+            "ActiveState"
+        ) == "active"),
+        "keel-agent is not active after the reboot"
+    );
+    let since = lease_renew_time(&t, &admin, "node1");
+    lease_renewals(&t, &admin, "node1", since, 1, Duration::from_secs(120));
     println!(
-        "whole test: {:?} (image {built:?}, boot {boot:?})",
+        "node1 rebooted and renewing its Lease {:?} after the reboot began",
+        rebooted.elapsed()
+    );
+    let (_, j) = sh(
+        &node,
+        "journalctl -b -u keel-agent --no-pager",
+        Duration::from_secs(60),
+    );
+    assert!(
+        j.contains("already joined: reusing stored node credentials"),
+        "{j}"
+    );
+    assert!(!j.contains("discovery: fetching"), "joined again:\n{j}");
+    assert_eq!(csr_count(&t, &admin), 1, "a second CSR after the reboot");
+    assert_eq!(
+        jsonpath(&t, &admin, &["node", "node1"], "{.metadata.uid}").as_deref(),
+        Some(uid.as_str()),
+        "the Node changed across the reboot"
+    );
+    println!(
+        "whole test: {:?} (lb image {lb_built:?}, node image {node_built:?})",
         t0.elapsed()
     );
 }

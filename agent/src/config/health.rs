@@ -118,6 +118,7 @@ pub struct TaintRuleFile {
 #[serde(deny_unknown_fields)]
 pub struct DrainFile {
     pub on_shutdown: Option<bool>,
+    pub on_stop: Option<bool>,
     pub timeout: Option<Dur>,
     pub grace_period: Option<Dur>,
     pub parallel: Option<usize>,
@@ -332,6 +333,8 @@ pub struct TaintRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DrainConfig {
     pub on_shutdown: bool,
+    /// Drain whenever the agent is stopped by SIGTERM (`systemctl stop`), not only at shutdown.
+    pub on_stop: bool,
     pub timeout: Duration,
     pub grace_period: Option<Duration>,
     pub parallel: usize,
@@ -342,6 +345,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
             on_shutdown: false,
+            on_stop: false,
             timeout: Duration::from_secs(300),
             grace_period: None,
             parallel: 3,
@@ -646,6 +650,7 @@ pub fn validate(raw: &HealthFile, field: &str, os: Os, diag: &mut Diagnostics) -
         let f = format!("{field}.drain");
         let dc = &mut cfg.drain;
         dc.on_shutdown = d.on_shutdown.unwrap_or(false);
+        dc.on_stop = d.on_stop.unwrap_or(false);
         dc.timeout = duration(
             diag,
             format!("{f}.timeout"),

@@ -439,6 +439,34 @@ async fn node_shutdown_drains_before_run_returns() {
     assert_eq!(env.node_json()["spec"]["unschedulable"], true);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_on_stop_alone_drains_when_stopping() {
+    // The signal handler fires node_shutdown for a plain stop with on_stop; on_shutdown is off.
+    let env = Env::start("health-onstop").await;
+    env.server.put(
+        "/api/v1/namespaces/default/pods/web",
+        pod(&env.node, "web", json!({})),
+    );
+    let cfg = env.config("drain:\n  on_stop: true\n  timeout: 20s\n");
+    assert!(cfg.drain.on_stop && !cfg.drain.on_shutdown);
+    let registry = prometheus::Registry::new();
+    let client = env.node_client().await;
+    let (c, shutdown) = ctx(&env, cfg, client, &registry);
+    let task = tokio::spawn(super::run(c, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(25), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(env
+        .server
+        .get("/api/v1/namespaces/default/pods/web")
+        .is_none());
+    assert_eq!(env.node_json()["spec"]["unschedulable"], true);
+}
+
 /// A CA plus server and client certificates for the orchestrator API: the allowed client, one
 /// from another CA, and one from the right CA with another subject CN.
 #[allow(clippy::type_complexity)]

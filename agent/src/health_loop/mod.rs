@@ -67,7 +67,8 @@ pub struct HealthContext {
     pub publish: Option<PublishFn>,
     pub reload: Option<ReloadFn>,
     /// Cancelled when the node itself is shutting down (systemd stopping the system, Windows
-    /// PRESHUTDOWN): `run` cordons and drains when `drain.on_shutdown` is set, then returns.
+    /// PRESHUTDOWN), or the agent is stopped with `drain.on_stop`: `run` cordons and drains when
+    /// `drain.on_shutdown` or `drain.on_stop` is set, then returns.
     pub node_shutdown: CancellationToken,
 }
 

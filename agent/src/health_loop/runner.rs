@@ -395,7 +395,8 @@ pub async fn run(ctx: HealthContext, cancel: CancellationToken) -> anyhow::Resul
             }
             _ = node_shutdown.cancelled() => {
                 checks_cancel.cancel();
-                if lp.config.drain.on_shutdown {
+                // on_stop: the signal handler fired this for a plain stop; it drains at shutdown too.
+                if lp.config.drain.on_shutdown || lp.config.drain.on_stop {
                     if let Some(client) = &current(&client) {
                         tracing::info!(node = %node, "node is shutting down: draining");
                         let st = status.clone();
