@@ -13,6 +13,10 @@
 //! off the node's Lease keeps renewing through the backup; `systemctl stop keel-agent` cordons and
 //! drains (`DRAIN=stop`: health.drain.on_stop); a reboot does not join again.
 //! Serial console logs (and each VM's journal, on failure) stay under target/test-artifacts/vm_images/.
+//!
+//! Not in CI: three TCG VMs and a reboot take about 16 minutes of both cores of a CI machine beside
+//! the rest of the suite, which CI's 30-minute budget cannot hold; CI boots the LB pair alone
+//! (vm_lb_images.rs). Run this with `tests/run --vm-full` (libtest lists it as ignored otherwise).
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -167,6 +171,7 @@ fn csr_count(t: &Topology, kc: &Path) -> usize {
 }
 
 #[test]
+#[ignore = "16 min of TCG: outside CI's budget; tests/run --vm-full runs it"]
 fn images_boot_lb_pair_and_node_join_through_the_vip_and_ride_out_failures() {
     require_root!();
     need_tools();
