@@ -343,7 +343,7 @@ fn service(action: ServiceAction) -> anyhow::Result<()> {
 /// config.
 fn spawn_signals(
     config_path: PathBuf,
-    mut drain_on_stop: bool,
+    drain_on_stop: bool,
     cancel: CancellationToken,
     node_shutdown: CancellationToken,
     reloads: mpsc::Sender<Config>,
@@ -356,6 +356,7 @@ fn spawn_signals(
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut drain_on_stop = drain_on_stop;
         tokio::spawn(async move {
             loop {
                 tokio::select! {

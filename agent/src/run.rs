@@ -215,6 +215,7 @@ impl Agent {
             &node_shutdown,
         );
         tracing::info!(node = %self.cfg.node.name, "node joined and registered; heartbeat running");
+        let mut reloads_open = true;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -228,9 +229,12 @@ impl Agent {
                     cancel.cancel();
                     break;
                 }
-                new = reloads.recv() => match new {
+                // The signal task drops its sender when it stops (after a SIGTERM that drains):
+                // keep waiting for cancel or node_shutdown, never for cancel alone, or a drain
+                // on stop would leave the agent running (a race between the two branches).
+                new = reloads.recv(), if reloads_open => match new {
                     Some(new) => self.apply_reload(new, &client_rx).await,
-                    None => { cancel.cancelled().await; break; }
+                    None => reloads_open = false,
                 },
             }
         }
