@@ -668,8 +668,13 @@ async fn ensure(svc: &Service, ctx: &Ctx, view: &FileView) -> Result<Action, Err
             )
             .await
         {
-            // Not recorded on the Service: the index goes back to what the Service says.
-            record_from_annotation(&mut lock(&ctx.ipam), svc);
+            // Not recorded by this patch: the index goes back to what the Service says now. A
+            // fresh read, not `svc`: the cached object can predate an allocation that did land (a
+            // 409 here is often our own earlier write), and releasing that address would hand it
+            // to another Service. If the Service cannot be read, the address stays held.
+            if let Ok(fresh) = api.get(&svc.name_any()).await {
+                record_from_annotation(&mut lock(&ctx.ipam), &fresh);
+            }
             return Err(e.into());
         }
     }
