@@ -217,6 +217,10 @@ struct Ctx {
     ready: Ready,
     /// A reconcile ran: the Controller's cache has listed.
     reconciled: std::sync::atomic::AtomicBool,
+    /// This instance holds the Lease AND has rebuilt the address index from a fresh list since it
+    /// won it. Until then it does not choose addresses: a choice made while that list is in flight
+    /// would be released again by the list (taken before the choice landed) and handed out twice.
+    writing: std::sync::atomic::AtomicBool,
     /// Services holding an address no pool contains any more (reported once per occurrence).
     outside: Mutex<HashSet<String>>,
 }
@@ -402,7 +406,7 @@ impl Ctx {
     }
 
     fn is_leader(&self) -> bool {
-        *self.shared.leader.borrow()
+        *self.shared.leader.borrow() && self.writing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn event(&self, svc: &Service, warning: bool, reason: &str, note: String) {
@@ -906,6 +910,7 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
         seeded: watch::channel(false).0,
         ready: Ready::default(),
         reconciled: std::sync::atomic::AtomicBool::new(false),
+        writing: std::sync::atomic::AtomicBool::new(false),
         outside: Mutex::new(HashSet::new()),
     });
 
@@ -934,6 +939,8 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
                 }
                 let is_leader = *leader_rx.borrow_and_update();
                 ctx.shared.metrics.leader.set(i64::from(is_leader));
+                ctx.writing
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 if is_leader {
                     ctx.seed().await;
                     while let Err(e) = ctx.reseed_from_list().await {
@@ -942,6 +949,10 @@ async fn run(view: watch::Receiver<Arc<FileView>>, shared: Arc<Shared>, stop: Ca
                             _ = stop.cancelled() => return,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
+                    }
+                    // Still the holder (the Lease may have gone while listing): start writing.
+                    if *leader_rx.borrow() {
+                        ctx.writing.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
                 let _ = all_tx.try_send(());
