@@ -326,3 +326,36 @@ impl Drop for Vm {
         self.kill();
     }
 }
+
+/// Standard base64 (a file sent through the one-line command channel).
+pub fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What the client reads from the frontend at `addr`, within 3 s.
+pub fn fetch(t: &Topology, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    t.thread_in("client", move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut s, &mut buf).ok()?;
+        Some(buf)
+    })
+    .join()
+    .unwrap()
+}

@@ -7,12 +7,10 @@
 //! elected backup takes the VIP over when the first is powered off. Serial console logs (and the journal, on failure) stay under
 //! target/test-artifacts/vm_lb_images/.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use keel_e2e::netns::{wait_until, Topology};
-use keel_e2e::vm::{Vm, VmSpec};
+use keel_e2e::vm::{b64, fetch, Vm, VmSpec};
 use keel_e2e::{images, require_root};
 
 const VIP: &str = "198.18.0.100";
@@ -30,39 +28,6 @@ fn need_tools() {
             keel_e2e::skip!("{t} is not installed (.ci/run installs it)");
         }
     }
-}
-
-/// Standard base64 (a file sent through the one-line command channel).
-fn b64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// What the client reads from the frontend at `addr`, within 3 s.
-fn fetch(t: &Topology, addr: &str) -> Option<String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    t.thread_in("client", move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        Some(buf)
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]
