@@ -1529,6 +1529,9 @@ fn running_out_of_file_descriptors_is_survived_without_spinning() {
         &config(port, free_port(), "round_robin", SLOW_TCP, &[(&a, 1)], ""),
         Some(48),
     );
+    // Clients that closed while queued in the backlog reach keel-lb half closed; the kernel refuses
+    // to splice a socket that is not established (EOPNOTSUPP), so those few are relayed.
+    lb.fallback_expected = true;
     // Each proxied connection costs keel-lb two fds: far more clients than it can hold.
     let mut clients = Vec::new();
     for _ in 0..60 {
