@@ -3,6 +3,7 @@
 # and prints, per target: executions, executions/s, crashes, corpus size. Exits non-zero on a crash.
 #
 #   tests/bench/fuzz.sh <seconds-per-target> [target...]    # default: every target in fuzz/Cargo.toml
+#   FUZZ_RUNS=10000000 tests/bench/fuzz.sh 14400 vrrp_ipv4  # stop after that many executions (or the time)
 #
 # Needs `rustup toolchain install nightly` and `cargo install cargo-fuzz`. One libFuzzer process at a
 # time (no -jobs/-workers). Each target starts from its committed corpus (fuzz/corpus/<target>/) plus
@@ -58,7 +59,7 @@ for t in "${targets[@]}"; do
   echo "== $t: ${secs}s from $before inputs (log $log)" >&2
   # -timeout: one input taking 10 s is a finding (a hang), not a slow machine.
   set +e
-  "$bin" "$corpus" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  "$bin" "$corpus" -max_total_time="$secs" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$arts/" >"$log" 2>&1
   rc=$?
   set -e

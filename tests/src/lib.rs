@@ -118,3 +118,30 @@ pub fn free_port() -> u16 {
     }
     panic!("no free loopback port in {BASE}-{}", BASE + SPAN - 1);
 }
+
+/// Cross-builds keel-agent.exe for the Wine tests in `<target>/windows` (where
+/// tests/windows/setup.sh looks, and where tests/run builds it in the background), before their
+/// scripts start: the scripts' time bounds are for Wine, not for a cold cross build. Panics with
+/// cargo's output if the build fails.
+pub fn build_windows_agent() {
+    let target = images::target_dir().join("windows");
+    let out = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "-q",
+            "--locked",
+            "-p",
+            "keel-agent",
+            "--target",
+            "x86_64-pc-windows-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(images::repo())
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build --target x86_64-pc-windows-gnu failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,7 @@ fn windows_agent_installs_starts_and_stops_as_a_service_under_wine() {
     if !wine || !keel_e2e::have("x86_64-w64-mingw32-gcc") {
         keel_e2e::skip!("wine64 or MinGW not installed");
     }
+    keel_e2e::build_windows_agent();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/windows-service.sh");
     let out = Command::new("timeout")
         .args(["300", "bash", script])

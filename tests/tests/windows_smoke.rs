@@ -11,6 +11,7 @@ fn windows_agent_runs_version_check_and_a_health_pass_with_metrics_served_under_
     if !wine || !keel_e2e::have("x86_64-w64-mingw32-gcc") {
         keel_e2e::skip!("wine64 or MinGW not installed");
     }
+    keel_e2e::build_windows_agent();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/windows-smoke.sh");
     let out = Command::new("bash")
         .arg(script)

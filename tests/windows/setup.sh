@@ -7,8 +7,11 @@ WINE=${WINE:-/usr/lib/wine/wine64}
 if [ -z "$WINE" ]; then echo "skipped: wine64 not installed"; exit 0; fi
 command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "skipped: MinGW not installed"; exit 0; }
 
-cargo build -q -p keel-agent --target x86_64-pc-windows-gnu
-target_dir=${CARGO_TARGET_DIR:-target}
+# Its own target directory: tests/run starts this build in the background while the native tests
+# run, and cargo locks a whole target directory while it builds. Here it is a no-op once that build
+# is done (or waits for it).
+target_dir=${CARGO_TARGET_DIR:-target}/windows
+CARGO_TARGET_DIR=$target_dir cargo build -q --locked -p keel-agent --target x86_64-pc-windows-gnu
 work=$(mktemp -d /tmp/keel-wine.XXXXXX)
 export WINEPREFIX="$work/prefix" WINEDEBUG=-all
 trap 'wineserver -k 2>/dev/null || true; rm -rf "$work"' EXIT
