@@ -196,6 +196,9 @@ fn lab(name: &str, artifacts: &Path) -> Lab {
     }
 }
 
+/// An image as `images::image` returns it: (disk, kernel, initrd).
+type Image = (PathBuf, PathBuf, PathBuf);
+
 /// An LB VM's seed: it fronts the web backend (port 80) and the API server (6443) on the VIP.
 fn lb_env(name: &str, addr: &str, prio: u32) -> String {
     format!(
@@ -210,14 +213,7 @@ fn node_env(lab: &Lab) -> String {
     )
 }
 
-fn boot(
-    t: &Topology,
-    name: &str,
-    image: &(PathBuf, PathBuf, PathBuf),
-    env: &str,
-    mac: u8,
-    dir: &Path,
-) -> Vm {
+fn boot(t: &Topology, name: &str, image: &Image, env: &str, mac: u8, dir: &Path) -> Vm {
     Vm::boot(
         t,
         VmSpec {
@@ -547,6 +543,52 @@ fn reboot_does_not_join_again(lab: &Lab, node: &mut Vm, uid: &str) {
     );
 }
 
+/// Boots lb1 (the master: priority 150) and, with the node image built meanwhile, the node VM,
+/// isolates the node's and the API server's bridge ports from each other (they meet only through
+/// the LBs), and waits for lb1's boot: (lb1, node, time the node image took).
+fn boot_lb1_and_node(
+    lab: &Lab,
+    lb_image: &Image,
+    lb_built: Duration,
+    dir: &Path,
+) -> (Vm, Vm, Duration) {
+    let t = &lab.t;
+    let mut lb1 = boot(
+        t,
+        "lb1",
+        lb_image,
+        &lb_env("lb1", "198.18.0.11", 150),
+        0x11,
+        dir,
+    );
+    let t1 = Instant::now();
+    let node_image = images::image("node");
+    let node_built = t1.elapsed();
+    let node = boot(t, "node1", &node_image, &node_env(lab), 0x21, dir);
+    t.isolate("api", true);
+    t.isolate("tap-node1", true);
+    let state = lb1.wait_booted(Duration::from_secs(900));
+    println!(
+        "lb image ready in {lb_built:?}, node image in {node_built:?}; lb1 booted ({state}) in {:?} under TCG",
+        lb1.age()
+    );
+    (lb1, node, node_built)
+}
+
+/// The node's scenarios, lb1 (master) powered off half way for the backup to take over.
+fn node_rides_out_failures(
+    lab: &Lab,
+    lb1: &mut Vm,
+    node: &mut Vm,
+    backup_has_vip: &dyn Fn() -> bool,
+) {
+    let uid = node_joined_through_the_vip(lab, node);
+    watchdog_restarts_a_wedged_agent(lab, node, &uid);
+    lease_renews_through_the_backup(lab, lb1, backup_has_vip);
+    stop_cordons_and_drains(lab, node);
+    reboot_does_not_join_again(lab, node, &uid);
+}
+
 /// CI's VM test: the LB VM (master) and the node VM, the backup LB a keel-lb in a host namespace
 /// with the LB VM's settings (VRID 51, priority 100, the same frontends).
 #[test]
@@ -592,29 +634,7 @@ fn lb_vm_and_node_vm_boot_join_through_the_vip_and_ride_out_failures() {
         std::fs::read_to_string(artifacts.join("lb2.log")).unwrap_or_default()
     );
 
-    let mut lb1 = boot(
-        t,
-        "lb1",
-        &lb_image,
-        &lb_env("lb1", "198.18.0.11", 150),
-        0x11,
-        &artifacts,
-    );
-    // The node image is built while the LB VM boots.
-    let t1 = Instant::now();
-    let node_image = images::image("node");
-    let node_built = t1.elapsed();
-    let mut node = boot(t, "node1", &node_image, &node_env(&lab), 0x21, &artifacts);
-    // The node and the API server reach each other only through the LBs: isolated bridge ports
-    // talk to the others but not to each other.
-    t.isolate("api", true);
-    t.isolate("tap-node1", true);
-
-    let state = lb1.wait_booted(Duration::from_secs(900));
-    println!(
-        "lb image ready in {lb_built:?}, node image in {node_built:?}; lb1 booted ({state}) in {:?} under TCG",
-        lb1.age()
-    );
+    let (mut lb1, mut node, node_built) = boot_lb1_and_node(&lab, &lb_image, lb_built, &artifacts);
     // lb1 (priority 150) preempts the backup.
     lb_vm_serves_and_refuses_a_bad_reload(t, &lb1);
     assert!(
@@ -622,11 +642,7 @@ fn lb_vm_and_node_vm_boot_join_through_the_vip_and_ride_out_failures() {
         "lb1 (priority 150) is not the only holder of the VIP beside lb2 (priority 100)"
     );
 
-    let uid = node_joined_through_the_vip(&lab, &mut node);
-    watchdog_restarts_a_wedged_agent(&lab, &node, &uid);
-    lease_renews_through_the_backup(&lab, &mut lb1, &lb2_has_vip);
-    stop_cordons_and_drains(&lab, &node);
-    reboot_does_not_join_again(&lab, &mut node, &uid);
+    node_rides_out_failures(&lab, &mut lb1, &mut node, &lb2_has_vip);
     println!(
         "whole test: {:?} (lb image {lb_built:?}, node image {node_built:?})",
         t0.elapsed()
@@ -646,15 +662,7 @@ fn images_boot_lb_pair_and_node_join_through_the_vip_and_ride_out_failures() {
     let artifacts = keel_e2e::artifact_dir("vm_images");
     let lab = lab("vm-images", &artifacts);
     let t = &lab.t;
-    // Booted together; lb1 has the higher priority.
-    let mut lb1 = boot(
-        t,
-        "lb1",
-        &lb_image,
-        &lb_env("lb1", "198.18.0.11", 150),
-        0x11,
-        &artifacts,
-    );
+    // Booted together with lb1 (priority 150).
     let mut lb2 = boot(
         t,
         "lb2",
@@ -663,19 +671,7 @@ fn images_boot_lb_pair_and_node_join_through_the_vip_and_ride_out_failures() {
         0x12,
         &artifacts,
     );
-    // The node image is built while the LB VMs boot.
-    let t1 = Instant::now();
-    let node_image = images::image("node");
-    let node_built = t1.elapsed();
-    let mut node = boot(t, "node1", &node_image, &node_env(&lab), 0x21, &artifacts);
-    t.isolate("api", true);
-    t.isolate("tap-node1", true);
-
-    let state = lb1.wait_booted(Duration::from_secs(900));
-    println!(
-        "lb image ready in {lb_built:?}, node image in {node_built:?}; lb1 booted ({state}) in {:?} under TCG",
-        lb1.age()
-    );
+    let (mut lb1, mut node, node_built) = boot_lb1_and_node(&lab, &lb_image, lb_built, &artifacts);
     lb_vm_serves_and_refuses_a_bad_reload(t, &lb1);
     // lb2 is backup beside lb1 (preempted back by the higher priority after lb1's restart).
     lb2.wait_booted(Duration::from_secs(900));
@@ -685,11 +681,7 @@ fn images_boot_lb_pair_and_node_join_through_the_vip_and_ride_out_failures() {
     );
     assert!(answers(t), "no answer through {VIP}:80 from lb1");
 
-    let uid = node_joined_through_the_vip(&lab, &mut node);
-    watchdog_restarts_a_wedged_agent(&lab, &node, &uid);
-    lease_renews_through_the_backup(&lab, &mut lb1, &|| has_vip(&lb2));
-    stop_cordons_and_drains(&lab, &node);
-    reboot_does_not_join_again(&lab, &mut node, &uid);
+    node_rides_out_failures(&lab, &mut lb1, &mut node, &|| has_vip(&lb2));
     println!(
         "whole test: {:?} (lb image {lb_built:?}, node image {node_built:?})",
         t0.elapsed()
