@@ -100,7 +100,15 @@ start() { # impl host priority interval_ms
   fi
 }
 stop_all() {
-  for h in lb1 lb2; do for p in $(ip netns pids $P$h); do kill -9 $p 2>/dev/null || true; done; done
+  # Until the namespaces are empty (bounded): keepalived's children may fork after the first sweep,
+  # and a leftover pid file makes the next keepalived refuse to start ("daemon is already running").
+  for _ in $(seq 20); do
+    local left=0
+    for h in lb1 lb2; do for p in $(ip netns pids $P$h); do kill -9 $p 2>/dev/null || true; left=1; done; done
+    [ $left = 0 ] && break
+    sleep 0.1
+  done
+  rm -f $DIR/lb1-*.pid $DIR/lb2-*.pid
   sleep 0.3
   for h in lb1 lb2; do NS $h ip addr del $VIP/24 dev eth0 2>/dev/null || true; done
   NS cl ip neigh flush dev eth0
