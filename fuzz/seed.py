@@ -127,7 +127,7 @@ def configs():
     for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", "\n".join(docs), re.S)):
         target = "agent_config" if re.search(r"^(cluster|node|kubelet|health):", block, re.M) else "lb_config"
         put(target, f"doc-{i}.yaml", block)
-    npd = re.search(r'const NPD_NTP: &str = r#"(.*?)"#;', read("agent/src/health/npd.rs"), re.S)
+    npd = re.search(r'const NPD_NTP: &str = r#"(.*?)"#;', read("agent/src/config/npd.rs"), re.S)
     put("npd_config", "ntp.json", npd.group(1))
     for d in ("30s", "1m30s", "1.5h", "500ms", "0", "2h45m3.5s"):
         put("npd_config", f"duration-{d}", d)
@@ -175,7 +175,7 @@ def join():
 
 
 def health():
-    put("kernel_log", "kmsg-problems.txt", read("agent/src/health/fixtures/kmsg-problems.txt"))
+    put("kernel_log", "kmsg-problems.txt", read("agent/src/health_loop/fixtures/kmsg-problems.txt"))
     for name, max_len, out in [
         ("ntp-down", 80, b"NTP service is not running\n"),
         ("multiline", 10, b"\n\n  first line is long enough to be cut  \nsecond\n"),

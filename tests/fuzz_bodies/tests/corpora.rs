@@ -85,3 +85,33 @@ fn every_fuzz_target_has_a_body_and_a_corpus() {
         );
     }
 }
+
+/// fuzz/seed.py makes each target's seeds from the repository's fixtures (tests/bench/fuzz.sh runs
+/// it before fuzzing): it must still find them (it broke silently once when the agent's modules
+/// moved), and every seed must pass its target's body.
+#[test]
+fn the_seed_script_runs_and_its_seeds_pass_their_targets() {
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let run = std::process::Command::new("python3")
+        .arg(fuzz_dir().join("seed.py"))
+        .arg(out.path())
+        .output()
+        .expect("run python3 fuzz/seed.py");
+    assert!(
+        run.status.success(),
+        "fuzz/seed.py failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut failures = Vec::new();
+    for (name, body) in TARGETS {
+        let seeds = files(&out.path().join(name));
+        assert!(!seeds.is_empty(), "fuzz/seed.py made no seed for {name}");
+        for path in &seeds {
+            let data = std::fs::read(path).expect("read a seed");
+            if catch_unwind(AssertUnwindSafe(|| body(&data))).is_err() {
+                failures.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "seeds that fail: {failures:#?}");
+}
