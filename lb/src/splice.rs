@@ -129,6 +129,17 @@ impl Direction<'_> {
                 "data reached user space on a spliced socket",
             )),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // The kernel's redirect worker (`sk_psock_backlog`, net/core/skmsg.c) reports a send
+            // it could not make *to* this socket as the socket's error, and a read returns it:
+            // seen when the peer's FIN, redirected after we half-closed this socket, fails with
+            // EPIPE. That says nothing about what this socket receives; reading it clears the
+            // error, and data that did not go out is caught by `finish` (delivered < moved). A
+            // real reset after a FIN also reads as EPIPE once, then as end of stream with the
+            // socket closed, which `finish` reports.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                tracing::debug!(error = %e, "send error reported on a spliced socket; reading on");
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
