@@ -90,10 +90,12 @@ pub fn local_exhaustion(e: &io::Error) -> bool {
 /// after the idle timeout. Probes every third of `keepalive`; the user timeout decides when to
 /// give up (Linux ends a connection whose probes go unanswered past it).
 fn set_liveness(s: SockRef<'_>, t: &config::Timeouts) -> io::Result<()> {
+    // No TCP_KEEPCNT: with TCP_USER_TIMEOUT set (always), the kernel ends an unanswered keepalive
+    // at the user timeout and ignores the probe count (tcp_keepalive_timer, net/ipv4/tcp_timer.c),
+    // so setting it would cost a syscall per backend connection for nothing.
     let ka = TcpKeepalive::new()
         .with_time(t.keepalive)
-        .with_interval((t.keepalive / 3).max(Duration::from_secs(1)))
-        .with_retries(3);
+        .with_interval((t.keepalive / 3).max(Duration::from_secs(1)));
     s.set_tcp_keepalive(&ka)?;
     s.set_tcp_user_timeout(Some(t.user_timeout))
 }
@@ -309,9 +311,10 @@ async fn handle(
     };
     let r = match fe.pool.cfg.shutdown_sessions_on_down {
         None => relayed.await,
+        // Boxed: only pools that ask for it pay for the wait in each connection's task.
         Some(grace) => tokio::select! {
             r = relayed => r,
-            () = backend.down_for(grace) => {
+            () = Box::pin(backend.down_for(grace)) => {
                 // Both sockets close as this returns: the client reconnects to a healthy backend
                 // instead of staying pinned (an apiserver watch) to one that failed its checks.
                 tracing::info!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, "session shut down: backend marked down");
