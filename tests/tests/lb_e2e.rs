@@ -1118,7 +1118,8 @@ fn udp_a_client_cycling_source_ports_does_not_starve_another() {
         answered, 40,
         "the second client was starved (asked 3 times each)"
     );
-    assert!(udp_ask(&other, lb_at, "after", T).is_some());
+    // Retried as above: the flood's last datagrams may still fill the socket's buffer.
+    assert!((0..3).any(|_| udp_ask(&other, lb_at, "after", T).is_some()));
     // (Some of the flood may be dropped by the kernel before keel-lb reads it.)
     let limited = udp_metric(&lb, "keel_lb_frontend_udp_source_limited_total");
     assert!(limited > 1_000.0, "source_limited {limited}");
@@ -1587,7 +1588,12 @@ fn idle_admin_connections_never_mark_a_healthy_backend_down() {
         assert_eq!(ask(lb_addr(port)).unwrap(), "a");
     }
     drop(idle);
-    let m = lb.metrics();
+    // The admin listener caps connections per client address: until it has seen the 300 closes,
+    // a new connection from 127.0.0.1 may be refused.
+    let mut m = String::new();
+    assert!(wait_until(T, || http(lb.admin, "GET", "/metrics")
+        .map(|(_, body)| m = body)
+        .is_ok()));
     assert_eq!(
         metric(
             &m,
