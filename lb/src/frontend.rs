@@ -100,6 +100,29 @@ fn set_liveness(s: SockRef<'_>, t: &config::Timeouts) -> io::Result<()> {
     s.set_tcp_user_timeout(Some(t.user_timeout))
 }
 
+/// How long a relayed connection lives before its backend socket gets keepalive and the user
+/// timeout. Most connections (a request, a health probe) end sooner and never pay the four
+/// setsockopt calls; one that lives on is covered from here (a dead peer is found at most this much
+/// later than with the options set at connect). Client sockets inherit them from the listener.
+const LONG_LIVED: Duration = Duration::from_secs(1);
+
+fn backend_liveness(fe: &Frontend, upstream: &TcpStream) {
+    if let Err(e) = set_liveness(SockRef::from(upstream), &fe.cfg.timeouts) {
+        tracing::debug!(frontend = %fe.cfg.name, error = %e, "cannot set TCP keepalive / user timeout on a backend socket");
+    }
+}
+
+/// Spliced, the connection is not watched per second (the kernel holds it): its backend socket gets
+/// keepalive and the user timeout before splicing.
+fn splice_with_liveness(
+    fe: &Frontend,
+    client: &TcpStream,
+    upstream: &TcpStream,
+) -> splice::Outcome {
+    backend_liveness(fe, upstream);
+    splice::try_splice(client, upstream)
+}
+
 /// On the listener: accepted sockets inherit keepalive and the user timeout on Linux (as they do
 /// TCP_NODELAY), so clients cost no setsockopt of their own.
 fn listener_liveness(listener: &TcpListener, fe: &Frontend) {
@@ -198,7 +221,7 @@ pub async fn serve_tcp(
 }
 
 async fn connect(b: &Backend, t: &config::Timeouts) -> io::Result<TcpStream> {
-    match tokio::time::timeout(t.connect, connect_nodelay(b.addr, t)).await {
+    match tokio::time::timeout(t.connect, connect_nodelay(b.addr)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
@@ -208,14 +231,13 @@ async fn connect(b: &Backend, t: &config::Timeouts) -> io::Result<TcpStream> {
 /// event itself: a socket in SYN_SENT never reports writable, and a failed handshake reports
 /// EPOLLERR/EPOLLHUP, so `getsockopt(SO_ERROR)` (which tokio's `TcpStream::connect` always pays) is
 /// only needed to name the error of a connect that failed. One syscall per connection saved.
-async fn connect_nodelay(addr: SocketAddr, t: &config::Timeouts) -> io::Result<TcpStream> {
+async fn connect_nodelay(addr: SocketAddr) -> io::Result<TcpStream> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
     s.set_tcp_nodelay(true)?;
-    set_liveness(SockRef::from(&s), t)?;
     match s.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -291,17 +313,25 @@ async fn handle(
         from_src: [bm.map(|b| &b.bytes_in), Some(&m.bytes_out)],
     };
     let idle = fe.cfg.timeouts.idle;
+    let liveness = || backend_liveness(&fe, &upstream);
     // After the PROXY header: it must reach the backend before anything the kernel redirects.
     let relayed = match fe.cfg.splice {
-        config::Splice::User => Either::Left(relay::relay(&client, &upstream, idle, up, down)),
-        config::Splice::Kernel => match splice::try_splice(&client, &upstream) {
+        config::Splice::User => Either::Left(relay::relay(
+            &client,
+            &upstream,
+            idle,
+            up,
+            down,
+            Some((LONG_LIVED, &liveness)),
+        )),
+        config::Splice::Kernel => match splice_with_liveness(&fe, &client, &upstream) {
             splice::Outcome::Spliced(pc, pb) => {
                 m.spliced.inc();
                 Either::Right(splice::serve(&client, &upstream, (pc, pb), idle, up, down))
             }
             splice::Outcome::Relay => {
                 m.splice_fallbacks.inc();
-                Either::Left(relay::relay(&client, &upstream, idle, up, down))
+                Either::Left(relay::relay(&client, &upstream, idle, up, down, None))
             }
             splice::Outcome::Broken(e) => {
                 tracing::warn!(frontend = %fe.cfg.name, backend = %backend.addr, client = %peer, error = %e, "splicing failed half way; closing the connection");

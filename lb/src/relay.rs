@@ -33,13 +33,16 @@ pub struct Counters<'a> {
 }
 
 /// Relays until both directions are finished, either side fails, or nothing moved for `idle`.
-/// Returns (client→backend, backend→client) byte counts.
+/// `long_lived`: called once if the connection is still relayed after that long (no allocation, no
+/// timer of its own: the idle watchdog's timer wakes first then). Returns (client→backend,
+/// backend→client) byte counts.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
+    long_lived: Option<(Duration, &(dyn Fn() + Sync))>,
 ) -> io::Result<(u64, u64)> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
@@ -49,21 +52,36 @@ pub async fn relay(
             pump(client, backend, &last, &finished, start, up),
             pump(backend, client, &last, &finished, start, down),
         ) => r,
-        () = watchdog(&last, start, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        () = watchdog(&last, start, idle, long_lived) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
 }
 
-/// Returns once nothing moved for `idle` (`last`: milliseconds after `start` of the last move).
-async fn watchdog(last: &AtomicU64, start: Instant, idle: Duration) {
-    let sleep = tokio::time::sleep_until(start + idle);
+/// Returns once nothing moved for `idle` (`last`: milliseconds after `start` of the last move);
+/// calls the hook once at `start + after` on the way.
+async fn watchdog(
+    last: &AtomicU64,
+    start: Instant,
+    idle: Duration,
+    mut hook: Option<(Duration, &(dyn Fn() + Sync))>,
+) {
+    let first = hook.map_or(idle, |(after, _)| after.min(idle));
+    let sleep = tokio::time::sleep_until(start + first);
     tokio::pin!(sleep);
     loop {
+        let now = Instant::now();
+        if let Some((after, h)) = hook {
+            if now >= start + after {
+                h();
+                hook = None;
+            }
+        }
         let seen = Duration::from_millis(last.load(Ordering::Relaxed));
         let deadline = start + seen + idle;
-        if Instant::now() >= deadline {
+        if now >= deadline {
             return;
         }
-        sleep.as_mut().reset(deadline);
+        let wake = hook.map_or(deadline, |(after, _)| deadline.min(start + after));
+        sleep.as_mut().reset(wake);
         (&mut sleep).await;
     }
 }
@@ -296,6 +314,18 @@ mod tests {
         TcpStream,
         tokio::task::JoinHandle<io::Result<(u64, u64)>>,
     ) {
+        relayed_with(Duration::from_secs(3600), Default::default()).await
+    }
+
+    /// As `relayed`, with a `long_lived` hook after `after` that counts its calls in `calls`.
+    async fn relayed_with(
+        after: Duration,
+        calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+    ) {
         let fl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(fl.local_addr().unwrap()).await.unwrap();
@@ -304,6 +334,9 @@ mod tests {
         let (backend, _) = bl.accept().await.unwrap();
         let task = tokio::spawn(async move {
             let c = IntCounter::new("c", "c").unwrap();
+            let hook = || {
+                calls.fetch_add(1, Ordering::Relaxed);
+            };
             relay(
                 &lb_client,
                 &lb_backend,
@@ -314,6 +347,7 @@ mod tests {
                 Counters {
                     from_src: [Some(&c), Some(&c)],
                 },
+                Some((after, &hook)),
             )
             .await
         });
@@ -327,6 +361,40 @@ mod tests {
             .expect("end of stream within 5s")
             .unwrap();
         got
+    }
+
+    /// The long-lived hook (backend keepalive in `frontend`) runs once for a connection that lives
+    /// past it, idle or not, and never for one that ends sooner.
+    #[tokio::test]
+    async fn the_long_lived_hook_runs_once_and_only_for_connections_that_live_past_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (mut client, mut backend, task) =
+            relayed_with(Duration::from_millis(300), calls.clone()).await;
+        client.write_all(b"quick").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut backend).await, b"quick");
+        backend.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"");
+        task.await.unwrap().unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+
+        let (mut client, mut backend, task) =
+            relayed_with(Duration::from_millis(300), calls.clone()).await;
+        // Traffic on both sides of the mark, then quiet well past it.
+        for _ in 0..3 {
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            backend.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.shutdown().await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(read_to_eof(&mut client).await, b"");
+        task.await.unwrap().unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 
     /// The backend answers and closes while the client still sends: the last data (held with

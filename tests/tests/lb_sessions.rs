@@ -114,12 +114,18 @@ fn a_peer_that_vanishes_frees_its_connection_within_keepalive_and_user_timeout()
     // Backend side: the backend dies silently.
     let mut held = lab.connect();
     assert_eq!(lab.open(), Some(1.0));
-    // Both of keel-lb's sockets (accepted from the client, connected to the backend) probe.
-    let ka = lab.keepalive_sockets();
-    assert!(
+    // Both of keel-lb's sockets (accepted from the client, connected to the backend) probe: the
+    // client's from the start (inherited from the listener), the backend's once the connection
+    // has lived a second (shorter ones never pay for it).
+    let both = || {
+        let ka = lab.keepalive_sockets();
         ka.iter().any(|l| l.contains(&format!("{LB}:8080")))
-            && ka.iter().any(|l| l.contains(&format!("{BACKEND}:9000"))),
-        "keepalive is not on both sockets:\n{ka:#?}"
+            && ka.iter().any(|l| l.contains(&format!("{BACKEND}:9000")))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), both),
+        "keepalive is not on both sockets:\n{:#?}",
+        lab.keepalive_sockets()
     );
     lab.t.link_down("backend");
     let cut = Instant::now();
