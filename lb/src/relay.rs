@@ -44,43 +44,56 @@ pub async fn relay(
     down: Counters<'_>,
     long_lived: Option<(Duration, &(dyn Fn() + Sync))>,
 ) -> io::Result<(u64, u64)> {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let finished = AtomicU8::new(0);
+    let shared = Shared {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+        finished: AtomicU8::new(0),
+    };
     tokio::select! {
         r = futures::future::try_join(
-            pump(client, backend, &last, &finished, start, up),
-            pump(backend, client, &last, &finished, start, down),
+            pump(client, backend, &shared, up),
+            pump(backend, client, &shared, down),
         ) => r,
-        () = watchdog(&last, start, idle, long_lived) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        () = watchdog(&shared, idle, long_lived) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
 }
 
-/// Returns once nothing moved for `idle` (`last`: milliseconds after `start` of the last move);
-/// calls the hook once at `start + after` on the way.
-async fn watchdog(
-    last: &AtomicU64,
+/// What both directions and the watchdog share, behind one reference each (every byte of the
+/// relay's state is kept by every idle connection).
+struct Shared {
     start: Instant,
-    idle: Duration,
-    mut hook: Option<(Duration, &(dyn Fn() + Sync))>,
-) {
+    /// Milliseconds after `start` of the last move.
+    last: AtomicU64,
+    /// Directions finished.
+    finished: AtomicU8,
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Returns once nothing moved for `idle`; calls the hook once at `start + after` on the way.
+async fn watchdog(s: &Shared, idle: Duration, mut hook: Option<(Duration, &(dyn Fn() + Sync))>) {
     let first = hook.map_or(idle, |(after, _)| after.min(idle));
-    let sleep = tokio::time::sleep_until(start + first);
+    let sleep = tokio::time::sleep_until(s.start + first);
     tokio::pin!(sleep);
     loop {
         let now = Instant::now();
         if let Some((after, h)) = hook {
-            if now >= start + after {
+            if now >= s.start + after {
                 h();
                 hook = None;
             }
         }
-        let seen = Duration::from_millis(last.load(Ordering::Relaxed));
-        let deadline = start + seen + idle;
+        let seen = Duration::from_millis(s.last.load(Ordering::Relaxed));
+        let deadline = s.start + seen + idle;
         if now >= deadline {
             return;
         }
-        let wake = hook.map_or(deadline, |(after, _)| deadline.min(start + after));
+        let wake = hook.map_or(deadline, |(after, _)| deadline.min(s.start + after));
         sleep.as_mut().reset(wake);
         (&mut sleep).await;
     }
@@ -98,16 +111,10 @@ async fn readable(s: &TcpStream) -> io::Result<()> {
     std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
 }
 
-fn touch(last: &AtomicU64, start: Instant) {
-    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-}
-
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    last: &AtomicU64,
-    finished: &AtomicU8,
-    start: Instant,
+    shared: &Shared,
     c: Counters<'_>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -138,7 +145,7 @@ async fn pump(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            touch(last, start);
+            shared.touch();
             count(&c, n);
             total += n as u64;
             while p.len > 0 {
@@ -209,7 +216,7 @@ async fn pump(
         match r {
             Ok(0) => break,
             Ok(n) => {
-                touch(last, start);
+                shared.touch();
                 count(&c, n);
                 total += n as u64;
                 if n == BUF {
@@ -234,7 +241,7 @@ async fn pump(
     }
     // The first direction to finish half-closes. When the second finishes, both sides are done and
     // the close that follows sends the FIN: one syscall per connection saved.
-    if finished.fetch_add(1, Ordering::Relaxed) == 0 {
+    if shared.finished.fetch_add(1, Ordering::Relaxed) == 0 {
         let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
     }
     Ok(total)
