@@ -57,7 +57,9 @@ for t in "${targets[@]}"; do
   before=$(find "$corpus" -type f | wc -l)
   log=$work/$t.log
   echo "== $t: ${secs}s from $before inputs (log $log)" >&2
-  # -timeout: one input taking 10 s is a finding (a hang), not a slow machine.
+  # -timeout: one input taking 10 s is a finding (a hang), not a slow machine. It is wall-clock
+  # time: a fuzzer stopped (SIGSTOP) for longer reports its current input as a timeout on resume.
+  # Do not edit this script while it runs: bash reads it by offset after each command.
   set +e
   "$bin" "$corpus" -max_total_time="$secs" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$arts/" >"$log" 2>&1
