@@ -298,8 +298,8 @@ pub(crate) fn follow(
         let Some((reader, kmsg, pos)) = file.as_mut() else {
             continue;
         };
-        line.clear();
         let res = if *kmsg {
+            line.clear();
             // Each read of /dev/kmsg returns exactly one record.
             let mut buf = [0u8; 8192];
             match reader.get_mut().read(&mut buf) {
@@ -313,13 +313,12 @@ pub(crate) fn follow(
                 Err(e) => Err(e),
             }
         } else {
-            let r = reader
-                .by_ref()
-                .take(MAX_LINE as u64)
-                .read_until(b'\n', &mut line);
+            // `line` may hold the start of a line a writer had not finished at the last read.
+            let room = MAX_LINE.saturating_sub(line.len()) as u64;
+            let r = reader.by_ref().take(room).read_until(b'\n', &mut line);
             if let Ok(n) = r {
                 *pos += n as u64;
-                if n > 0 && line.last() != Some(&b'\n') && n == MAX_LINE {
+                if n > 0 && line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
                     // Skip the rest of an overlong line.
                     let mut rest = Vec::new();
                     if let Ok(k) = reader.read_until(b'\n', &mut rest) {
@@ -336,22 +335,29 @@ pub(crate) fn follow(
                     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                     if len < *pos {
                         file = None;
+                        line.clear();
                     }
                 }
                 std::thread::sleep(idle);
             }
+            // The end of the file in the middle of a line: its writer has not finished it. Keep
+            // what came (the next read appends) rather than take one line for two.
+            Ok(_) if !*kmsg && line.last() != Some(&b'\n') && line.len() < MAX_LINE => {
+                std::thread::sleep(idle);
+            }
             Ok(_) => {
                 let now = Instant::now();
-                if !budget.admit(now, counts) {
-                    continue;
+                if budget.admit(now, counts) {
+                    let text = String::from_utf8_lossy(&line);
+                    on_line(text.trim_end(), now);
                 }
-                let text = String::from_utf8_lossy(&line);
-                on_line(text.trim_end(), now);
+                line.clear();
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(idle),
             Err(e) => {
                 tracing::warn!(check, source = %path.display(), error = %e, "kernel log read failed");
                 file = None;
+                line.clear();
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -362,6 +368,51 @@ pub(crate) fn follow(
 #[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
+
+    /// A line its writer has not finished at a read is one line once finished, not two.
+    #[test]
+    fn a_line_split_across_reads_is_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Counts {
+            dropped: Default::default(),
+            read: Default::default(),
+        };
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (path, stop, lines) = (path.clone(), stop.clone(), lines.clone());
+            let counts = Counts {
+                dropped: counts.dropped.clone(),
+                read: counts.read.clone(),
+            };
+            std::thread::spawn(move || {
+                follow("t", &path, true, &stop, &counts, 1000, &mut |l, _| {
+                    lines.lock().unwrap().push(l.to_string())
+                })
+            })
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        use std::io::Write;
+        f.write_all(b"first half of a ").unwrap();
+        // Several of the follower's 200 ms idle polls see the half line.
+        std::thread::sleep(Duration::from_millis(700));
+        f.write_all(b"line\nnext\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(
+            *lines.lock().unwrap(),
+            vec!["first half of a line".to_string(), "next".to_string()]
+        );
+    }
     use crate::health::outcome::Status;
 
     fn pat(reason: &str, re: &str, count: u32) -> PatternSpec {
