@@ -77,8 +77,8 @@ impl Shared {
 
 /// Returns once nothing moved for `idle`; calls the hook once at `start + after` on the way.
 async fn watchdog(s: &Shared, idle: Duration, mut hook: Option<(Duration, &(dyn Fn() + Sync))>) {
-    let first = hook.map_or(idle, |(after, _)| after.min(idle));
-    let sleep = tokio::time::sleep_until(s.start + first);
+    // Set before each wait below.
+    let sleep = tokio::time::sleep_until(s.start);
     tokio::pin!(sleep);
     loop {
         let now = Instant::now();

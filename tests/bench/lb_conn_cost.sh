@@ -2,21 +2,21 @@
 # What one connection costs keel-lb, quickly and without HAProxy (tests/bench/lb.sh is the full
 # comparison): syscalls per connection (strace -c during wrk -c10 2s with `Connection: close`, nginx
 # behind) and resident memory per idle connection ((RSS with IDLE idle connections - RSS idle) / IDLE,
-# a backend that accepts and holds). Neither figure depends on the machine being quiet.
+# nginx holding them as in lb.sh). Neither figure depends on the machine being quiet.
 #
-#   tests/bench/lb_conn_cost.sh [keel-lb binary]     # default: builds and uses target/release/keel-lb
+#   tests/bench/lb_conn_cost.sh [keel-lb binary]     # default: builds and uses the release keel-lb
 #
-# Needs: nginx, wrk, strace, python3, ss. Ports 39201-39206 on 127.0.0.1.
+# Needs: nginx, wrk, strace, python3, ss. Ports 39201-39205 on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 KEEL=${1:-}
 if [ -z "$KEEL" ]; then
   cargo build --release -p keel-lb --quiet
-  KEEL=target/release/keel-lb
+  KEEL=${CARGO_TARGET_DIR:-target}/release/keel-lb
 fi
 IDLE=${IDLE:-9500}
-NGINX=39201 PORT=39202 ADMIN=39203 HOLD=39204 IPORT=39205 IADMIN=39206
+NGINX=39201 PORT=39202 ADMIN=39203 IPORT=39204 IADMIN=39205
 WORK=$(mktemp -d /tmp/keel-conn-cost.XXXXXX)
 PIDS=()
 cleanup() {
@@ -52,8 +52,8 @@ EOF
 
 # --- syscalls per connection ------------------------------------------------------------------
 cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
-events { worker_connections 4096; }
+worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+events { worker_connections 19000; }
 http { access_log off; server { listen 127.0.0.1:$NGINX; location / { return 200 "ok\n"; } } }
 EOF
 nginx -c "$WORK/nginx.conf" & PIDS+=($!)
@@ -74,24 +74,8 @@ top=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" && $4 / n >= 
 kill "$K"
 
 # --- memory per idle connection -----------------------------------------------------------------
-python3 - "$HOLD" <<'EOF' &
-import selectors, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096); s.setblocking(False)
-sel = selectors.DefaultSelector(); sel.register(s, selectors.EVENT_READ)
-held = []
-while True:
-    sel.select()
-    try:
-        while True:
-            held.append(s.accept()[0])
-    except BlockingIOError:
-        pass
-EOF
-PIDS+=($!)
-RUST_LOG=warn "$KEEL" run --workers 1 --config "$(lb_config $IPORT $IADMIN $HOLD)" 2>>"$WORK/keel.log" & K=$!
+RUST_LOG=warn "$KEEL" run --workers 1 --config "$(lb_config $IPORT $IADMIN $NGINX)" 2>>"$WORK/keel.log" & K=$!
 PIDS+=($K)
-wait_port $HOLD
 wait_port $IPORT
 sleep 1
 rss() { awk '/VmRSS/ {print $2}' "/proc/$K/status"; }
@@ -100,10 +84,10 @@ coproc IDLER { python3 tests/bench/lb_idle.py 127.0.0.1 "$IPORT" "$IDLE"; }
 PIDS+=($IDLER_PID)
 read -r line <&"${IDLER[0]}"
 for _ in $(seq 100); do
-  [ "$(ss -Htn state established "( sport = :$HOLD )" | wc -l)" -ge "$IDLE" ] && break
+  [ "$(ss -Htn state established "( sport = :$NGINX )" | wc -l)" -ge "$IDLE" ] && break
   sleep 0.2
 done
-proxied=$(ss -Htn state established "( sport = :$HOLD )" | wc -l)
+proxied=$(ss -Htn state established "( sport = :$NGINX )" | wc -l)
 sleep 1
 loaded=$(rss)
 

@@ -368,6 +368,15 @@ pub(crate) fn follow(
 #[allow(clippy::disallowed_methods)] // Tests build their own `now`.
 mod tests {
     use super::*;
+    use crate::health::outcome::Status;
+
+    fn pat(reason: &str, re: &str, count: u32) -> PatternSpec {
+        PatternSpec {
+            reason: reason.into(),
+            regex: regex::Regex::new(re).unwrap(),
+            count,
+        }
+    }
 
     /// A line its writer has not finished at a read is one line once finished, not two.
     #[test]
@@ -376,17 +385,10 @@ mod tests {
         let path = dir.path().join("log");
         std::fs::write(&path, "").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let counts = Counts {
-            dropped: Default::default(),
-            read: Default::default(),
-        };
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let reader = {
             let (path, stop, lines) = (path.clone(), stop.clone(), lines.clone());
-            let counts = Counts {
-                dropped: counts.dropped.clone(),
-                read: counts.read.clone(),
-            };
+            let counts = Counts::default();
             std::thread::spawn(move || {
                 follow("t", &path, true, &stop, &counts, 1000, &mut |l, _| {
                     lines.lock().unwrap().push(l.to_string())
@@ -412,15 +414,6 @@ mod tests {
             *lines.lock().unwrap(),
             vec!["first half of a line".to_string(), "next".to_string()]
         );
-    }
-    use crate::health::outcome::Status;
-
-    fn pat(reason: &str, re: &str, count: u32) -> PatternSpec {
-        PatternSpec {
-            reason: reason.into(),
-            regex: regex::Regex::new(re).unwrap(),
-            count,
-        }
     }
 
     #[test]
