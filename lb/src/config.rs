@@ -1056,6 +1056,14 @@ impl Config {
                     std::path::Path::new(crate::bgp::config::FRR_DAEMONS),
                 ));
             }
+            if let Some(h) = &b.handoff {
+                if h.find_nft().is_none() {
+                    w.push(format!(
+                        "bgp.handoff: {} not found: keel-lb will not announce the VIPs until it can install its rules (install nftables)",
+                        h.nft.display()
+                    ));
+                }
+            }
         }
         w
     }

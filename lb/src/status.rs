@@ -249,6 +249,23 @@ pub struct BgpStatus {
     /// FRR's BFD sessions as last read through vtysh.
     pub bfd: FrrReadStatus,
     pub bfd_peers: Vec<BfdPeerStatus>,
+    /// `bgp.handoff`; absent when not configured.
+    pub handoff: Option<HandoffStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffStatus {
+    /// UDP port of the leave notices.
+    pub port: u16,
+    pub peers: Vec<String>,
+    /// Peers heard leaving, whose notices still hold.
+    pub leaving: Vec<String>,
+    /// Where packets of connections this VM does not have go now (empty: nowhere, the kernel
+    /// resets them).
+    pub forwarding_to: Vec<String>,
+    /// The last nftables change failed; the rules in place are the ones before it.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,7 +329,15 @@ fn frr_read<T>(r: &crate::bgp::frr::Read<T>) -> FrrReadStatus {
 /// The announcer's VIPs and FRR's last reads, merged by peer address.
 pub fn bgp_status(h: &crate::bgp::StatusHandle) -> BgpStatus {
     let (live, frr) = h.read();
+    let strings = |v: Vec<std::net::IpAddr>| v.iter().map(|a| a.to_string()).collect();
     BgpStatus {
+        handoff: h.handoff().map(|v| HandoffStatus {
+            port: v.port,
+            peers: strings(v.peers),
+            leaving: strings(v.leaving),
+            forwarding_to: strings(v.forwarding_to),
+            error: v.error,
+        }),
         interface: live.interface,
         draining: live.draining,
         vips: live

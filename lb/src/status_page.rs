@@ -797,6 +797,7 @@ mod tests {
                     read_at: Some(999.0),
                 },
                 bfd_peers: vec![],
+                handoff: None,
             }),
             events: vec![EventStatus {
                 at: 999.0,

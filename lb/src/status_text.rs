@@ -213,6 +213,25 @@ pub fn render(s: &Snapshot) -> String {
             &["NEIGHBOR", "AS", "STATE", "BFD", "SENT", "RECEIVED"],
             &rows,
         );
+        if let Some(h) = &b.handoff {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            o.push_str(&format!(
+                "handoff: peers {}; leaving {}; forwarding to {}{}\n",
+                list(&h.peers),
+                list(&h.leaving),
+                list(&h.forwarding_to),
+                h.error
+                    .as_ref()
+                    .map(|e| format!("; ERROR {e}"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     if let Some(list) = s.services.as_ref().and_then(|v| v["services"].as_array()) {
         o.push_str("\nSERVICES\n");

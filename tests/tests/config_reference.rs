@@ -285,6 +285,8 @@ bgp:
   vips:
     - address: 198.18.100.10
       track_pools: [p]
+  handoff:
+    peers: [198.18.0.2, 198.18.0.3]
 "#;
 
 /// A valid keel-agent config with every section present (the first check's timeout is at most the

@@ -201,8 +201,15 @@ exit
     )
 }
 
+/// keel-lb's config on `lb`: the VIP on three ports, tracking the api pool, with `bgp.handoff`
+/// between the LB hosts unless KEEL_BGP_NO_HANDOFF is set (tests/bench/bgp.sh: the figure without).
 fn lb_yaml(dir: &Path, lb: &str) -> PathBuf {
     let p = dir.join(format!("{lb}.yaml"));
+    let handoff = if std::env::var_os("KEEL_BGP_NO_HANDOFF").is_some() {
+        ""
+    } else {
+        "  handoff: {peers: [198.18.1.11, 198.18.1.12, 198.18.1.13]}\n"
+    };
     std::fs::write(
         &p,
         format!(
@@ -227,7 +234,7 @@ bgp:
   vty_socket: {}
   status_interval: 1s
   vips: [{{address: {VIP}, track_pools: [api]}}]
-",
+{handoff}",
             dir.join(format!("frr-{lb}")).display()
         ),
     )
@@ -346,6 +353,7 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
         }
     });
 
+    let echo_backend = echo_backend(&t, stop.clone());
     let rdir = dir.join("frr-router");
     std::fs::create_dir_all(&rdir).unwrap();
     start_frr(&t, "router", &rdir, &router_frr_conf(&rdir));
@@ -452,9 +460,18 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
         nexthops(&t, &rdir)
     );
 
-    // 3. Planned leave: SIGTERM to lb1 while a client loop runs; not one connection fails.
+    // 3. Planned leave: SIGTERM to lb1 while a client loop runs and 20 long-lived connections
+    // (spread over both LBs) echo every 200 ms. lb1 tells lb2 it is leaving (bgp.handoff), so
+    // lb2 forwards what the router moves to it of lb1's connections back to lb1, which serves
+    // them while it drains: not one connection fails. Without handoff (KEEL_BGP_NO_HANDOFF, for
+    // tests/bench/bgp.sh) lb1's connections are reset by lb2 once the router moves them.
+    let handoff = std::env::var_os("KEEL_BGP_NO_HANDOFF").is_none();
+    let echo = open_echo(&t, 20);
     let t = Arc::new(t);
     let done = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicBool::new(false));
+    let m2 = moved.clone();
+    let busy = std::thread::spawn(move || broken_while_busy(echo, || m2.load(Ordering::SeqCst)));
     let (t2, d2) = (t.clone(), done.clone());
     let client = std::thread::spawn(move || {
         let (mut ok, mut failed) = (0usize, Vec::new());
@@ -484,6 +501,26 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
         lbs[0].wait_timeout(Duration::ZERO).is_none(),
         "lb1 exited before its route was withdrawn"
     );
+    if handoff {
+        assert!(
+            wait_until(Duration::from_secs(3), || metric(
+                &t,
+                "lb2",
+                "keel_lb_bgp_handoff_forwarding{peer=\"198.18.1.11\"}"
+            ) == Some(1.0)),
+            "lb2 does not forward to the leaving lb1: {}",
+            status(&t, "lb2")["bgp"]["handoff"]
+        );
+        assert_eq!(
+            status(&t, "lb2")["bgp"]["handoff"]["forwardingTo"][0],
+            "198.18.1.11"
+        );
+    }
+    // The echo connections run on past the end of lb1's withdraw_wait (3 s), into its drain.
+    std::thread::sleep(Duration::from_secs(4));
+    let forwarded = t.sh("lb2", "nft list chain ip keel_lb_handoff away 2>&1 || true");
+    moved.store(true, Ordering::SeqCst);
+    let (broken_echo, _) = busy.join().unwrap();
     let exit = lbs[0].wait_timeout(Duration::from_secs(20));
     assert!(
         exit.is_some_and(|s| s.success()),
@@ -492,11 +529,10 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
     std::thread::sleep(Duration::from_millis(500));
     done.store(true, Ordering::SeqCst);
     let (ok, failed) = client.join().unwrap();
-    eprintln!("BENCH planned leave: route withdrawn {withdrawn_after:?} after SIGTERM; {ok} connections, {} failed (in flight at the withdrawal)", failed.len());
+    eprintln!("BENCH planned leave (handoff {}): route withdrawn {withdrawn_after:?} after SIGTERM; {ok} short connections, {} failed; {broken_echo} of 20 long-lived connections broken", if handoff { "on" } else { "off" }, failed.len());
     assert!(ok > 10, "the client loop made only {ok} connections");
-    // A connection in flight through lb1 at the instant the router drops lb1's nexthop is rehashed
-    // to lb2, which resets it: a full proxy cannot move it (docs/bgp.md). Every connection that
-    // started once the router had converged must succeed, and the in-flight ones are few.
+    // Every connection that started once the router had converged succeeds, with or without
+    // handoff.
     let late: Vec<&String> = failed
         .iter()
         .filter(|(at, _)| *at >= withdrawn_at)
@@ -506,10 +542,35 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
         late.is_empty(),
         "connections started after the withdrawal failed: {late:?}"
     );
-    assert!(
-        failed.len() <= 3,
-        "too many in-flight connections lost: {failed:?}"
-    );
+    if handoff {
+        assert!(
+            failed.is_empty(),
+            "short connections failed across the planned leave: {failed:?}"
+        );
+        assert_eq!(
+            broken_echo, 0,
+            "long-lived connections broken across the planned leave"
+        );
+        // lb2 did forward lb1's packets (20 connections over two LBs: some went through lb1).
+        let packets: u64 = forwarded
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(packets > 0, "lb2 forwarded nothing:\n{forwarded}");
+        // lb1 said it is back (gone): lb2 stops forwarding; lb1 removed its tables at exit.
+        assert!(
+            wait_until(Duration::from_secs(5), || status(&t, "lb2")["bgp"]
+                ["handoff"]["forwardingTo"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())),
+            "lb2 still forwards to lb1 after it left: {}",
+            status(&t, "lb2")["bgp"]["handoff"]
+        );
+        let tables = t.sh("lb1", "nft list tables");
+        assert!(!tables.contains("keel_lb_handoff"), "{tables}");
+    }
 
     // 4. FRR gone on lb2 (bgpd and bfdd stopped): a clear status, keel-lb keeps serving.
     let d2 = dir.join("frr-lb2");
@@ -553,6 +614,7 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
 
     stop.store(true, Ordering::SeqCst);
     let _ = backend.join();
+    let _ = echo_backend.join();
 }
 
 /// keel-lb removes every address from `bgp.interface`: naming a real NIC there (a typo, a copied
@@ -773,32 +835,7 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
             }
         }
     });
-    // Long-lived connections: the backend echoes until the client closes.
-    let echo = t
-        .thread_in("backend", || TcpListener::bind("198.18.1.21:8001").unwrap())
-        .join()
-        .unwrap();
-    echo.set_nonblocking(true).unwrap();
-    let s3 = stop.clone();
-    let echo_backend = std::thread::spawn(move || {
-        while !s3.load(Ordering::SeqCst) {
-            match echo.accept() {
-                Ok((mut c, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
-                        let mut b = [0u8; 64];
-                        while let Ok(n @ 1..) = c.read(&mut b) {
-                            if c.write_all(&b[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
+    let echo_backend = echo_backend(&t, stop.clone());
     let rdir = dir.join("frr-router");
     std::fs::create_dir_all(&rdir).unwrap();
     let addrs: Vec<&str> = lbs3.iter().map(|(_, a)| *a).collect();
@@ -1045,6 +1082,34 @@ const JOIN_CONNS: usize = 40;
 
 /// `n` connections from the client to the echo frontend, each answered once (so established
 /// through some LB); the sockets stay usable from any thread.
+/// The backend's echo port (198.18.1.21:8001): echoes until the client closes.
+fn echo_backend(t: &Topology, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let echo = t
+        .thread_in("backend", || TcpListener::bind("198.18.1.21:8001").unwrap())
+        .join()
+        .unwrap();
+    echo.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match echo.accept() {
+                Ok((mut c, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                        let mut b = [0u8; 64];
+                        while let Ok(n @ 1..) = c.read(&mut b) {
+                            if c.write_all(&b[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
 fn open_echo(t: &Topology, n: usize) -> Vec<TcpStream> {
     t.thread_in("client", move || {
         let to: SocketAddr = format!("{VIP}:8081").parse().unwrap();

@@ -8,6 +8,8 @@
 //!   vips:
 //!     - address: 198.18.0.10
 //!       track_pools: [api]
+//!   handoff:                 # optional: keep a leaving VM's connections (see handoff.rs)
+//!     peers: [198.18.0.2, 198.18.0.3]
 //! ```
 
 use std::collections::HashMap;
@@ -28,6 +30,17 @@ pub struct RawBgp {
     pub vtysh: Option<PathBuf>,
     pub vty_socket: Option<PathBuf>,
     pub status_interval: Option<Dur>,
+    pub handoff: Option<RawHandoff>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub port: Option<u16>,
+    pub mark: Option<u32>,
+    pub nft: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,7 +64,30 @@ pub struct BgpConfig {
     /// `vtysh --vty_socket DIR`, for an FRR whose sockets are not in the default directory.
     pub vty_socket: Option<PathBuf>,
     pub status_interval: Duration,
+    /// Forwarding of a leaving LB VM's connections by the others; None: not configured.
+    pub handoff: Option<HandoffConfig>,
 }
+
+/// `bgp.handoff`: the LB VMs that announce the same VIPs tell each other when they leave, and the
+/// ones that stay forward the packets of connections they do not have to the one leaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffConfig {
+    /// Every LB VM's address on the segment they share (this VM's own is skipped, so every VM can
+    /// be given the same list).
+    pub peers: Vec<IpAddr>,
+    /// UDP port the leave notices go to and are received on.
+    pub port: u16,
+    /// Packet mark for the VIPs' TCP packets; connections accepted here inherit it
+    /// (`net.ipv4.tcp_fwmark_accept`), which is how a connection of this VM is told from one that
+    /// is not.
+    pub mark: u32,
+    /// nftables' command line tool.
+    pub nft: PathBuf,
+}
+
+pub const DEFAULT_HANDOFF_PORT: u16 = 7947;
+pub const DEFAULT_HANDOFF_MARK: u32 = 0x4b4c;
+pub const MAX_HANDOFF_PEERS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BgpVip {
@@ -205,6 +241,10 @@ pub fn validate(
     if vtysh.as_os_str().is_empty() {
         diag.error(format!("{f}.vtysh"), "must not be empty");
     }
+    let handoff = raw
+        .handoff
+        .as_ref()
+        .map(|h| validate_handoff(h, &format!("{f}.handoff"), diag));
     Some(BgpConfig {
         interface,
         vips,
@@ -212,7 +252,59 @@ pub fn validate(
         vtysh,
         vty_socket: raw.vty_socket.clone(),
         status_interval,
+        handoff,
     })
+}
+
+fn validate_handoff(raw: &RawHandoff, f: &str, diag: &mut Diagnostics) -> HandoffConfig {
+    if raw.peers.is_empty() {
+        diag.error(
+            format!("{f}.peers"),
+            "list the LB VMs' addresses on their shared segment (at least one other VM)",
+        );
+    }
+    if raw.peers.len() > MAX_HANDOFF_PEERS {
+        diag.error(
+            format!("{f}.peers"),
+            format!("{} peers; at most {MAX_HANDOFF_PEERS}", raw.peers.len()),
+        );
+    }
+    let mut peers: Vec<IpAddr> = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let at = format!("{f}.peers[{i}]");
+        match p.trim().parse::<IpAddr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+                diag.error(at, format!("{a} cannot be an LB VM's address"));
+            }
+            Ok(a) if peers.contains(&a) => diag.error(at, format!("{a} is listed twice")),
+            Ok(a) => peers.push(a),
+            Err(_) => diag.error(
+                at,
+                format!("{p:?} is not an IP address (an LB VM's address, e.g. 198.18.0.2)"),
+            ),
+        }
+    }
+    let port = raw.port.unwrap_or(DEFAULT_HANDOFF_PORT);
+    if port == 0 {
+        diag.error(format!("{f}.port"), "must be 1 to 65535");
+    }
+    let mark = raw.mark.unwrap_or(DEFAULT_HANDOFF_MARK);
+    if mark == 0 {
+        diag.error(
+            format!("{f}.mark"),
+            "must not be 0 (0 is an unmarked packet)",
+        );
+    }
+    let nft = raw.nft.clone().unwrap_or_else(|| PathBuf::from("nft"));
+    if nft.as_os_str().is_empty() {
+        diag.error(format!("{f}.nft"), "must not be empty");
+    }
+    HandoffConfig {
+        peers,
+        port,
+        mark,
+        nft,
+    }
 }
 
 impl BgpConfig {
@@ -224,6 +316,21 @@ impl BgpConfig {
         let path = std::env::var_os("PATH")?;
         std::env::split_paths(&path)
             .map(|d| d.join(&self.vtysh))
+            .find(|p| p.is_file())
+    }
+}
+
+impl HandoffConfig {
+    /// Where nft is: the configured path, or the first match in PATH, /usr/sbin or /sbin (a
+    /// service's PATH may lack the sbin directories). None: nftables is not installed.
+    pub fn find_nft(&self) -> Option<PathBuf> {
+        if self.nft.components().count() > 1 {
+            return self.nft.is_file().then(|| self.nft.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .map(|d| d.join(&self.nft))
             .find(|p| p.is_file())
     }
 }
@@ -318,6 +425,11 @@ mod tests {
         );
         assert_eq!(b.vips[0].track_pools, vec!["api".to_string()]);
         assert_eq!(b.withdraw_wait, super::DEFAULT_WITHDRAW_WAIT);
+        assert_eq!(b.handoff, None);
+        let c = check("  vips: [{address: 198.18.100.10}]\n  handoff: {peers: [198.18.1.11, \"2001:db8::11\"], mark: 0x10}\n").unwrap();
+        let h = c.bgp.unwrap().handoff.unwrap();
+        assert_eq!(h.peers.len(), 2);
+        assert_eq!((h.port, h.mark), (super::DEFAULT_HANDOFF_PORT, 0x10));
     }
 
     #[test]
@@ -338,6 +450,24 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+        let e = check(
+            "  vips: [{address: 198.18.100.10}]\n  handoff:\n    peers: [198.18.1.11, nope, 198.18.1.11, 224.0.0.1]\n    port: 0\n    mark: 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "bgp.handoff.peers[1]: \"nope\" is not an IP address",
+            "bgp.handoff.peers[2]: 198.18.1.11 is listed twice",
+            "bgp.handoff.peers[3]: 224.0.0.1 cannot be an LB VM's address",
+            "bgp.handoff.port: must be 1 to 65535",
+            "bgp.handoff.mark: must not be 0",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        assert!(check("  vips: [{address: 198.18.100.10}]\n  handoff: {}\n")
+            .unwrap_err()
+            .to_string()
+            .contains("bgp.handoff.peers: list the LB VMs' addresses"));
         assert!(check("  vips: []\n")
             .unwrap_err()
             .to_string()

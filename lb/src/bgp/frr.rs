@@ -185,6 +185,7 @@ mod tests {
             vtysh: vtysh.into(),
             vty_socket: None,
             status_interval: Duration::from_secs(1),
+            handoff: None,
         }
     }
 

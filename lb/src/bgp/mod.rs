@@ -11,6 +11,7 @@
 pub mod config;
 pub mod frr;
 pub mod frr_json;
+pub mod handoff;
 pub mod netlink;
 pub mod plan;
 
@@ -35,6 +36,7 @@ pub struct BgpMetrics {
     pub bfd_peers_up: IntGauge,
     pub frr_up: IntGauge,
     pub status_reads: IntCounterVec,
+    pub handoff: handoff::HandoffMetrics,
     /// Peers with series, so a peer FRR no longer lists loses them and the others never blink.
     peers: Arc<Mutex<(BTreeSet<String>, BTreeSet<String>)>>,
 }
@@ -88,6 +90,7 @@ impl BgpMetrics {
                 ),
                 &["command", "result"],
             )?,
+            handoff: handoff::HandoffMetrics::register(r)?,
             peers: Arc::default(),
         };
         for (cmd, _) in [frr::BGP_SUMMARY, frr::BFD_PEERS] {
@@ -182,6 +185,8 @@ pub struct Live {
 pub struct StatusHandle {
     pub live: Arc<Mutex<Live>>,
     pub frr: frr::FrrHandle,
+    /// None without `bgp.handoff` (or before it started).
+    pub handoff: Arc<Mutex<Option<handoff::HandoffView>>>,
 }
 
 impl StatusHandle {
@@ -190,6 +195,13 @@ impl StatusHandle {
             self.live.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             self.frr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         )
+    }
+
+    pub fn handoff(&self) -> Option<handoff::HandoffView> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -204,6 +216,12 @@ pub struct Announcer {
     metrics: BgpMetrics,
     status: tokio::task::JoinHandle<()>,
     handle: StatusHandle,
+    /// `bgp.handoff`: forwarding of a leaving VM's connections.
+    handoff: Option<handoff::Handoff>,
+}
+
+fn vip_set(cfg: &BgpConfig) -> BTreeSet<IpAddr> {
+    cfg.vips.iter().map(|v| v.addr).collect()
 }
 
 impl Announcer {
@@ -217,6 +235,20 @@ impl Announcer {
             .await?
             .ok_or_else(|| "no loopback interface".to_string())?;
         let handle = StatusHandle::default();
+        // Before anything is announced: a connection accepted before its VIP's packets were
+        // marked would look like another VM's (see handoff.rs).
+        let handoff = match &cfg.handoff {
+            Some(h) => Some(
+                handoff::Handoff::start(
+                    h.clone(),
+                    vip_set(&cfg),
+                    metrics.handoff.clone(),
+                    handle.handoff.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let status = tokio::spawn(frr::status_loop(
             cfg.clone(),
             metrics.clone(),
@@ -231,6 +263,7 @@ impl Announcer {
             metrics,
             status,
             handle,
+            handoff,
         };
         a.apply(&BTreeSet::new()).await?;
         a.hold(&BTreeSet::new()).await?;
@@ -242,6 +275,15 @@ impl Announcer {
     pub async fn reconfigure(&mut self, cfg: BgpConfig) -> Result<(), String> {
         if cfg.interface != self.cfg.interface {
             return Err("bgp.interface changes take effect at the next restart".into());
+        }
+        if cfg.handoff != self.cfg.handoff {
+            return Err("bgp.handoff changes take effect at the next restart".into());
+        }
+        // The new VIPs' packets are marked before they are held and announced.
+        if let Some(h) = &self.handoff {
+            h.set_vips(vip_set(&cfg))
+                .await
+                .map_err(|e| format!("bgp.handoff: {e}"))?;
         }
         let before: BTreeSet<IpAddr> = self.cfg.vips.iter().map(|v| v.addr).collect();
         if (&cfg.vtysh, &cfg.vty_socket, cfg.status_interval)
@@ -334,8 +376,25 @@ impl Announcer {
         draining: bool,
         pool_up: &HashMap<String, bool>,
     ) -> Result<(), String> {
+        // Leaving: the peers are told before the routes go, so they forward this VM's flows as
+        // soon as the router moves them. Back: announced first, then the peers stop.
+        if draining {
+            self.tell_peers(true).await;
+        }
         self.draining = draining;
-        self.sync(pool_up).await
+        let r = self.sync(pool_up).await;
+        if !draining {
+            self.tell_peers(false).await;
+        }
+        r
+    }
+
+    async fn tell_peers(&mut self, leaving: bool) {
+        if let Some(h) = self.handoff.as_mut() {
+            if let Err(e) = h.set_leaving(leaving).await {
+                tracing::error!(error = %e, "bgp handoff");
+            }
+        }
     }
 
     pub fn status_handle(&self) -> StatusHandle {
@@ -353,6 +412,9 @@ impl Announcer {
         }
         for v in &self.cfg.vips {
             let _ = self.nl.unhold(self.lo, v.addr).await;
+        }
+        if let Some(h) = self.handoff.take() {
+            h.stop().await;
         }
         self.status.abort();
     }

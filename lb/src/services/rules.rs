@@ -408,6 +408,7 @@ mod tests {
             vtysh: "vtysh".into(),
             vty_socket: None,
             status_interval: Duration::from_secs(5),
+            handoff: None,
         };
         let pool = |n: &str| Pool {
             name: n.into(),
