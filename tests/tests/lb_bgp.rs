@@ -1004,7 +1004,80 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
         plain > 0,
         "plain ECMP broke no connection: the comparison shows nothing"
     );
+
+    // A planned leave of lb3 (SIGTERM) with the resilient group: the router's side follows the
+    // BGP nexthops (here by hand: the group loses lb3 once FRR's route has), so only lb3's buckets
+    // move, to lb1 and lb2, which forward lb3's connections back to it (bgp.handoff) while it
+    // drains. Without handoff (KEEL_BGP_NO_HANDOFF) those are reset.
+    let handoff = std::env::var_os("KEEL_BGP_NO_HANDOFF").is_none();
+    // lb3's echo pool went down with its link when the cut outlasted its health checks' fall
+    // (without BFD): its connections would be refused, not moved.
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(
+            &t,
+            "lb3",
+            "keel_lb_pool_up{pool=\"echo\"}"
+        ) == Some(1.0)),
+        "lb3's echo pool did not come back after its link did"
+    );
+    let conns = open_echo(&t, JOIN_CONNS);
+    let moved = Arc::new(AtomicBool::new(false));
+    let m2 = moved.clone();
+    let busy = std::thread::spawn(move || broken_while_busy(conns, || m2.load(Ordering::SeqCst)));
+    std::thread::sleep(Duration::from_millis(500));
+    procs[2].signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || nexthops(&t, &rdir) == two),
+        "lb3's route was not withdrawn within 5 s of SIGTERM: {:?}",
+        nexthops(&t, &rdir)
+    );
+    t.sh(
+        "router",
+        "ip nexthop replace id 9100 group 9011/9012 type resilient buckets 128 idle_timer 10",
+    );
+    // Past lb3's withdraw_wait (3 s), into its drain.
+    std::thread::sleep(Duration::from_secs(4));
+    moved.store(true, Ordering::SeqCst);
+    let (left_broken, _) = busy.join().unwrap();
+    let exit = procs[2].wait_timeout(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "lb3 did not exit cleanly: {exit:?}"
+    );
+    eprintln!(
+        "BENCH LB leaving (resilient group, handoff {}): {left_broken} of {JOIN_CONNS} established connections broken",
+        if handoff { "on" } else { "off" }
+    );
+    if handoff {
+        assert_eq!(
+            left_broken, 0,
+            "connections broken by lb3's planned leave despite handoff"
+        );
+    }
     if bench {
+        // lb3 back for the throughput run, on FRR's plain ECMP route.
+        t.sh(
+            "router",
+            &format!("ip route del {VIP}/32 nhid 9100 metric 5"),
+        );
+        let cfg = lb_yaml(dir, "lb3");
+        procs[2] = t.spawn(
+            "lb3",
+            bin("keel-lb").to_str().unwrap(),
+            &["run", "--config", cfg.to_str().unwrap()],
+        );
+        assert!(
+            wait_until(Duration::from_secs(40), || nexthops(&t, &rdir) == all),
+            "lb3 did not come back: {:?}\nlb3:\n{}\n{}\n{}\nrouter:\n{}",
+            nexthops(&t, &rdir),
+            t.sh(
+                "lb3",
+                "ip -br addr; ip route show table local | grep 198.18.100"
+            ),
+            vtysh(&t, "lb3", &dir.join("frr-lb3"), "show ip route"),
+            vtysh(&t, "lb3", &dir.join("frr-lb3"), "show bgp ipv4 unicast"),
+            vtysh(&t, "router", &rdir, "show bgp ipv4 unicast"),
+        );
         throughput(&t, &rdir);
     }
     stop.store(true, Ordering::SeqCst);
@@ -1013,12 +1086,8 @@ fn three_lbs_share_the_vip_and_a_dead_one_is_routed_around_by_bfd() {
 }
 
 /// Bulk throughput through 1, 2 and 3 LBs (iperf3, 12 streams, client -> VIP -> backend), the
-/// others withdrawn by `POST /handover`. Back on FRR's plain ECMP route.
+/// others withdrawn by `POST /handover`, on FRR's plain ECMP route.
 fn throughput(t: &Topology, rdir: &Path) {
-    t.sh(
-        "router",
-        &format!("ip route del {VIP}/32 nhid 9100 metric 5"),
-    );
     let mut server = t.spawn(
         "backend",
         "iperf3",
