@@ -228,6 +228,13 @@ impl Backend {
         transition
     }
 
+    /// A health check has passed at least once since this backend was configured (it is taken as
+    /// up before its first check; BGP waits for one before announcing).
+    pub fn passed_a_check(&self) -> bool {
+        let log = &self.check.lock().unwrap_or_else(|p| p.into_inner()).1;
+        log.checks > log.failed_checks
+    }
+
     /// What the checks found so far (the status page).
     pub fn check_log(&self) -> CheckLog {
         self.check
@@ -322,6 +329,20 @@ mod tests {
         assert_eq!(s.record(false, 2, 3), None);
         assert_eq!(s.record(true, 2, 3), None);
         assert_eq!(s.record(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn a_backend_is_up_before_its_first_check_but_has_passed_none() {
+        let b = Backend::new_detached("198.18.0.1:80".parse().unwrap(), 1, AdminState::Active);
+        assert!(b.available() && !b.passed_a_check());
+        b.record(Seen::CheckFailed("refused"), 2, 3);
+        assert!(b.available() && !b.passed_a_check());
+        b.record(Seen::CheckPassed, 2, 3);
+        assert!(b.passed_a_check());
+        // Failures short of `fall` keep it available and checked.
+        b.record(Seen::CheckFailed("refused"), 2, 3);
+        b.record(Seen::CheckFailed("refused"), 2, 3);
+        assert!(b.available() && b.passed_a_check());
     }
 
     #[tokio::test]

@@ -80,6 +80,15 @@ impl Pool {
         self.backends.iter().any(|b| b.available())
     }
 
+    /// At least one backend could take a new connection and has passed a health check: a VIP
+    /// announced by BGP waits for this, so a VM that just started (every backend taken as up until
+    /// checked) attracts no traffic it cannot serve.
+    pub fn has_checked_available(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.available() && b.passed_a_check())
+    }
+
     /// A proxied connect failed: it counts against the backend like a failed check.
     pub fn connect_failed(&self, b: &Backend) {
         if let Some(m) = &b.metrics {

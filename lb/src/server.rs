@@ -1044,11 +1044,21 @@ impl Server {
                 return;
             }
         }
+        let up = self.bgp_pool_up();
         if let Some(a) = self.bgp.as_mut() {
-            if let Err(e) = a.sync(&self.pool_up).await {
+            if let Err(e) = a.sync(&up).await {
                 tracing::error!(error = %e, "bgp");
             }
         }
+    }
+
+    /// Pool health as BGP announcements see it: a pool counts once one of its available backends
+    /// passed a health check, not before its first check.
+    fn bgp_pool_up(&self) -> HashMap<String, bool> {
+        self.pools
+            .iter()
+            .map(|(n, rp)| (n.clone(), rp.pool.has_checked_available()))
+            .collect()
     }
 
     fn update_vrrp_gauges(&self) {
@@ -1137,9 +1147,10 @@ impl Server {
     }
 
     async fn handover(&mut self) -> String {
+        let up = self.bgp_pool_up();
         if let Some(a) = self.bgp.as_mut() {
             // Withdrawn, still serving; POST /resume announces again.
-            return match a.set_draining(true, &self.pool_up).await {
+            return match a.set_draining(true, &up).await {
                 Ok(()) => {
                     "bgp routes withdrawn; still serving; POST /resume announces again".into()
                 }
@@ -1162,8 +1173,9 @@ impl Server {
 
     /// Starts the routers again after a handover stopped them (a fresh VRRP with the running config).
     async fn resume(&mut self) -> Result<(), String> {
+        let up = self.bgp_pool_up();
         if let Some(a) = self.bgp.as_mut() {
-            a.set_draining(false, &self.pool_up).await?;
+            a.set_draining(false, &up).await?;
             tracing::info!("bgp: announcing again after a handover");
             if self.vrrp_cfg.is_none() {
                 return Ok(());
@@ -1251,7 +1263,7 @@ impl Server {
         // BGP: withdraw first, keep accepting while the routers converge, then drain.
         let bgp = self.bgp.take();
         if let Some(mut a) = bgp {
-            if let Err(e) = a.set_draining(true, &self.pool_up).await {
+            if let Err(e) = a.set_draining(true, &self.bgp_pool_up()).await {
                 tracing::error!(error = %e, "bgp: withdrawing before shutdown");
             }
             let wait = a.withdraw_wait();

@@ -358,6 +358,10 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
     std::fs::create_dir_all(&rdir).unwrap();
     start_frr(&t, "router", &rdir, &router_frr_conf(&rdir));
     let mut lbs: Vec<Proc> = Vec::new();
+    // lb2 starts with its backend silent (through a next hop that never answers ARP, so checks
+    // time out rather than fail at once): every backend counts as up until checked, but a VIP is
+    // announced only once a check has passed, so lb2 announces nothing until the path is back.
+    t.sh("lb2", "ip route add 198.18.1.21/32 via 198.18.1.99");
     for (lb, id) in [("lb1", "198.18.1.11"), ("lb2", "198.18.1.12")] {
         let d = dir.join(format!("frr-{lb}"));
         std::fs::create_dir_all(&d).unwrap();
@@ -369,6 +373,16 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
             &["run", "--config", cfg.to_str().unwrap()],
         ));
     }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let on = t.sh("lb2", "ip -br addr show dev keel-vips 2>/dev/null || true");
+        assert!(
+            !on.contains(VIP),
+            "lb2 announced {VIP} before any health check passed: {on}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.sh("lb2", "ip route del 198.18.1.21/32 via 198.18.1.99");
 
     // 1. Both LBs announce; the router has two nexthops; the VIP answers through both.
     let both = vec!["198.18.1.11".to_string(), "198.18.1.12".to_string()];
