@@ -177,6 +177,31 @@ fn a_leaving_lbs_connections_keep_working_through_the_one_that_stays_on_both_fam
         assert!(rules.contains("socket mark"), "{rules}");
     }
 
+    // A reload that changes bgp.handoff (here its port) applies the rest of the file and keeps
+    // the running handoff: lb2 still listens for notices where lb1 sends them.
+    let cfg2 = dir.join("lb2.yaml");
+    let text = std::fs::read_to_string(&cfg2).unwrap();
+    std::fs::write(
+        &cfg2,
+        text.replace("  handoff:\n", "  handoff:\n    port: 7948\n"),
+    )
+    .unwrap();
+    let out = t.exec(
+        "lb2",
+        &[
+            "curl",
+            "-s",
+            "-X",
+            "POST",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/reload",
+        ],
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.to_lowercase().contains("fail"), "reload: {out}");
+    assert_eq!(status(&t, "lb2")["bgp"]["handoff"]["port"], 7947);
+
     let mut conns = open(&t, VIP4, 10);
     conns.extend(open(&t, VIP6, 10));
     let left_at = Instant::now();

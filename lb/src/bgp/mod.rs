@@ -272,12 +272,14 @@ impl Announcer {
     }
 
     /// A reloaded `bgp:` section: VIPs gone from it lose their local routes too.
-    pub async fn reconfigure(&mut self, cfg: BgpConfig) -> Result<(), String> {
+    pub async fn reconfigure(&mut self, mut cfg: BgpConfig) -> Result<(), String> {
         if cfg.interface != self.cfg.interface {
             return Err("bgp.interface changes take effect at the next restart".into());
         }
         if cfg.handoff != self.cfg.handoff {
-            return Err("bgp.handoff changes take effect at the next restart".into());
+            // The rest of the section is applied; the running handoff stays as it is.
+            tracing::warn!("bgp.handoff changes take effect at the next restart");
+            cfg.handoff = self.cfg.handoff.clone();
         }
         // The new VIPs' packets are marked before they are held and announced.
         if let Some(h) = &self.handoff {
