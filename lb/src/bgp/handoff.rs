@@ -43,6 +43,8 @@ pub const MAX_NOTICE_TTL: Duration = Duration::from_secs(60);
 const MAGIC: &str = "keel-lb handoff 1";
 const MAX_NOTICE_LEN: usize = 128;
 const NFT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time between two rule changes that notices cause.
+const MIN_APPLY_GAP: Duration = Duration::from_millis(200);
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 
 /// What one LB VM tells the others.
@@ -601,13 +603,22 @@ impl Drop for Handoff {
     }
 }
 
-/// Receives notices and ends forwarding to peers whose notices no longer hold.
+/// Receives notices and ends forwarding to peers whose notices no longer hold. The rules follow
+/// at most every [`MIN_APPLY_GAP`]: notices forged from a peer's address, alternating, cannot make
+/// keel-lb run nft more often than that.
 async fn receive(shared: Arc<Shared>) {
     let mut buf = [0u8; 512];
+    let mut last_apply: Option<Instant> = None;
+    let mut pending = false;
     loop {
-        let next = shared.state.lock().await.leaving.next_expiry();
-        let expire = async {
-            match next {
+        let expiry = shared.state.lock().await.leaving.next_expiry();
+        let due = pending.then(|| last_apply.map_or_else(Instant::now, |t| t + MIN_APPLY_GAP));
+        let wake = match (expiry, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = async {
+            match wake {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
@@ -617,20 +628,20 @@ async fn receive(shared: Arc<Shared>) {
                 Ok((n, from)) => {
                     let mut st = shared.state.lock().await;
                     shared.received(from, &buf[..n], &mut st);
-                    if let Err(e) = shared.apply(&mut st).await {
-                        tracing::error!(error = %e, "bgp handoff");
-                    }
+                    pending = true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "bgp handoff: receiving notices");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = expire => {
+            _ = timer => {
                 let mut st = shared.state.lock().await;
                 if let Err(e) = shared.apply(&mut st).await {
                     tracing::error!(error = %e, "bgp handoff");
                 }
+                last_apply = Some(Instant::now());
+                pending = false;
             }
         }
     }
