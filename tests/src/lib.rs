@@ -82,6 +82,16 @@ pub fn strict() -> bool {
     std::env::var_os("KEEL_TESTS_STRICT").is_some_and(|v| v == "1")
 }
 
+/// The packets an nftables `counter` counted, from `nft list ...` output (0 without one).
+pub fn nft_counted_packets(listing: &str) -> u64 {
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether an external program (haproxy, keepalived, tshark, ...) is on PATH.
 pub fn have(program: &str) -> bool {
     std::process::Command::new("sh")

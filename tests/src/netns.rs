@@ -140,6 +140,12 @@ impl Topology {
             .unwrap_or_else(|e| panic!("ip netns exec {ns} {args:?}: {e}"))
     }
 
+    /// `GET url` from inside a host (curl, 2 s limit); the body, empty when nothing answered.
+    pub fn curl(&self, host: &str, url: &str) -> String {
+        let out = self.exec(host, &["curl", "-s", "--max-time", "2", url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a shell snippet in a host; panics unless it succeeds; returns stdout.
     pub fn sh(&self, host: &str, script: &str) -> String {
         let out = self.exec(host, &["sh", "-c", script]);

@@ -267,31 +267,11 @@ fn through_within(t: &Topology, limit: Duration) -> Result<String, String> {
 
 /// keel-lb's `/v1/status` in `lb`, parsed (Null when it does not answer).
 fn status(t: &Topology, lb: &str) -> serde_json::Value {
-    let out = t.exec(
-        lb,
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9100/v1/status",
-        ],
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    serde_json::from_str(&t.curl(lb, "http://127.0.0.1:9100/v1/status")).unwrap_or_default()
 }
 
 fn metric(t: &Topology, lb: &str, name: &str) -> Option<f64> {
-    let out = t.exec(
-        lb,
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9100/metrics",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout)
+    t.curl(lb, "http://127.0.0.1:9100/metrics")
         .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -566,12 +546,7 @@ fn vips_announced_by_bgp_spread_over_lbs_follow_pool_health_and_leave_without_lo
             "long-lived connections broken across the planned leave"
         );
         // lb2 did forward lb1's packets (20 connections over two LBs: some went through lb1).
-        let packets: u64 = forwarded
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let packets = keel_e2e::nft_counted_packets(&forwarded);
         assert!(packets > 0, "lb2 forwarded nothing:\n{forwarded}");
         // lb1 said it is back (gone): lb2 stops forwarding; lb1 removed its tables at exit.
         assert!(

@@ -49,17 +49,7 @@ bgp:
 }
 
 fn status(t: &Topology, lb: &str) -> serde_json::Value {
-    let out = t.exec(
-        lb,
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9100/v1/status",
-        ],
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    serde_json::from_str(&t.curl(lb, "http://127.0.0.1:9100/v1/status")).unwrap_or_default()
 }
 
 /// `n` echo connections from the client to `vip`, each checked once.
@@ -233,12 +223,7 @@ fn a_leaving_lbs_connections_keep_working_through_the_one_that_stays_on_both_fam
             "lb2",
             &format!("nft list chain {family} keel_lb_handoff away"),
         );
-        let packets: u64 = away
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let packets = keel_e2e::nft_counted_packets(&away);
         assert!(packets > 0, "lb2 forwarded nothing on {family}:\n{away}");
     }
     // New connections are lb2's own, on both families.
