@@ -326,8 +326,8 @@ impl HandoffMetrics {
                 &["peer"],
             )?,
         };
-        for r in RECEIVED {
-            m.notices_received.with_label_values(&[r]);
+        for result in RECEIVED {
+            m.notices_received.with_label_values(&[result]);
         }
         for n in ["leaving", "back"] {
             m.notices_sent.with_label_values(&[n]);
@@ -358,6 +358,8 @@ struct State {
     leaving: Leaving,
     /// The script nft last accepted.
     applied: Option<String>,
+    /// Where that script forwards.
+    forwarding: Vec<IpAddr>,
 }
 
 struct Shared {
@@ -385,26 +387,31 @@ impl Shared {
             let r = run_nft(&self.nft, &script).await;
             if r.is_ok() {
                 st.applied = Some(script);
-                self.metrics.forwarding.reset();
-                for a in to4.map(IpAddr::V4).into_iter().chain(to6.map(IpAddr::V6)) {
+                let now: Vec<IpAddr> = to4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(to6.map(IpAddr::V6))
+                    .collect();
+                for a in now.iter().filter(|a| !st.forwarding.contains(a)) {
                     tracing::info!(peer = %a, "bgp handoff: forwarding connections this VM does not have to the leaving peer");
+                }
+                for a in st.forwarding.iter().filter(|a| !now.contains(a)) {
+                    tracing::info!(peer = %a, "bgp handoff: no longer forwarding to the peer");
+                }
+                self.metrics.forwarding.reset();
+                for a in &now {
                     self.metrics
                         .forwarding
                         .with_label_values(&[&a.to_string()])
                         .set(1);
                 }
+                st.forwarding = now;
             }
             r
         };
         if let Some(v) = self.view.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             v.leaving = st.leaving.peers();
-            if result.is_ok() {
-                v.forwarding_to = to4
-                    .map(IpAddr::V4)
-                    .into_iter()
-                    .chain(to6.map(IpAddr::V6))
-                    .collect();
-            }
+            v.forwarding_to = st.forwarding.clone();
             v.error = result.as_ref().err().cloned();
         }
         result
@@ -527,6 +534,7 @@ impl Handoff {
                 self_leaving: false,
                 leaving: Leaving::default(),
                 applied: None,
+                forwarding: Vec::new(),
             }),
             view,
             metrics,
