@@ -206,6 +206,22 @@ fn a_leaving_lbs_connections_keep_working_through_the_one_that_stays_on_both_fam
     );
     let f = status(&t, "lb2")["bgp"]["handoff"]["forwardingTo"].clone();
     assert_eq!(f, serde_json::json!(["198.18.2.11", "2001:db8:2::11"]));
+    // `keel-lb status` says so too.
+    let cfg2 = cfg2.to_str().unwrap().to_string();
+    let text = t.exec(
+        "lb2",
+        &[
+            bin("keel-lb").to_str().unwrap(),
+            "status",
+            "--config",
+            &cfg2,
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("forwarding to 198.18.2.11, 2001:db8:2::11"),
+        "{text}"
+    );
     // The "router" converges: the VIPs now lead to lb2.
     t.sh("client", &via("lb2"));
     // Through lb1's withdraw_wait (2 s) into its drain, each connection echoing every 200 ms.
