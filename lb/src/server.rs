@@ -133,6 +133,8 @@ pub struct Server {
     told_transitions: HashMap<String, std::time::SystemTime>,
     /// The `bgp:` VIPs on the dummy interface (None without a `bgp:` section).
     bgp: Option<crate::bgp::Announcer>,
+    /// The announcer could not start: the status says why until it does.
+    bgp_failed: Option<crate::bgp::StatusHandle>,
     bgp_metrics: Option<crate::bgp::BgpMetrics>,
 }
 
@@ -179,6 +181,7 @@ impl Server {
             told_transitions: HashMap::new(),
             bgp: None,
             bgp_metrics: None,
+            bgp_failed: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
         if let Some(path) = cfg.services.as_ref().and_then(|c| c.state_file.clone()) {
@@ -236,7 +239,11 @@ impl Server {
             v.vrrp_cfg = self.vrrp_cfg.clone();
             v.vrrp_configured = self.vrrp_cfg.as_ref().map_or(0, |c| c.routers.len());
             v.state_file = self.overrides.path().map(|p| p.to_path_buf());
-            v.bgp = self.bgp.as_ref().map(|a| a.status_handle());
+            v.bgp = self
+                .bgp
+                .as_ref()
+                .map(|a| a.status_handle())
+                .or_else(|| self.bgp_failed.clone());
         });
     }
 
@@ -1036,12 +1043,22 @@ impl Server {
                 .file
                 .as_ref()
                 .and_then(|f| rules::bgp_with(f.bgp.as_ref(), self.parts.values()));
-            if cfg.is_none() {
+            let Some(cfg) = cfg else {
+                return;
+            };
+            if let Err(e) = self.apply_bgp(Some(cfg.clone())).await {
+                // Logged when the reason changes, not every second; the status keeps it.
+                let before = self.bgp_failed.as_ref().and_then(|h| h.start_error());
+                if before.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "bgp: cannot start; nothing is announced (retried every second)");
+                }
+                self.bgp_failed = Some(crate::bgp::StatusHandle::failed(&cfg, e));
+                self.publish_view();
                 return;
             }
-            if let Err(e) = self.apply_bgp(cfg).await {
-                tracing::error!(error = %e, "bgp");
-                return;
+            if self.bgp_failed.take().is_some() {
+                tracing::info!("bgp: started");
+                self.publish_view();
             }
         }
         let up = self.bgp_pool_up();

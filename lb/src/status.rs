@@ -251,6 +251,9 @@ pub struct BgpStatus {
     pub bfd_peers: Vec<BfdPeerStatus>,
     /// `bgp.handoff`; absent when not configured.
     pub handoff: Option<HandoffStatus>,
+    /// keel-lb could not start announcing (e.g. nft missing, no CAP_NET_ADMIN); retried every
+    /// second, nothing is announced meanwhile.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +334,7 @@ pub fn bgp_status(h: &crate::bgp::StatusHandle) -> BgpStatus {
     let (live, frr) = h.read();
     let strings = |v: Vec<std::net::IpAddr>| v.iter().map(|a| a.to_string()).collect();
     BgpStatus {
+        error: live.error.clone(),
         handoff: h.handoff().map(|v| HandoffStatus {
             port: v.port,
             peers: strings(v.peers),

@@ -197,7 +197,7 @@ R.vrrp=function(s){
   return h+'</tbody></table>';
 };
 R.bgp=function(s){
-  var b=s.bgp,f=b.frr,h='<p class="'+(f.state=='ok'?'':'bad')+'" data-frr="'+e(f.state)+'">FRR: '+e(f.state)+(f.readAt!=null?' '+ago(s.now,f.readAt):'')+(f.error?': '+e(f.error):'')+(b.bfd.error?'; BFD: '+e(b.bfd.error):'')+(b.draining?' &middot; <b>withdrawn: leaving</b>':'')+'</p>';
+  var b=s.bgp,f=b.frr,h=(b.error?'<p class="bad" data-bgp-error>not announcing: '+e(b.error)+'</p>':'')+(b.handoff?'<p data-handoff>handoff: forwarding to '+e(b.handoff.forwardingTo.join(', ')||'none')+(b.handoff.error?' <b class="bad">'+e(b.handoff.error)+'</b>':'')+'</p>':'')+'<p class="'+(f.state=='ok'?'':'bad')+'" data-frr="'+e(f.state)+'">FRR: '+e(f.state)+(f.readAt!=null?' '+ago(s.now,f.readAt):'')+(f.error?': '+e(f.error):'')+(b.bfd.error?'; BFD: '+e(b.bfd.error):'')+(b.draining?' &middot; <b>withdrawn: leaving</b>':'')+'</p>';
   h+='<table><thead><tr><th>VIP on '+e(b.interface)+'</th><th>State</th><th>Tracks</th></tr></thead><tbody>';
   b.vips.forEach(function(v){h+='<tr class="st-'+(v.announced?'UP':'DOWN')+'" data-bgp-vip="'+e(v.address)+'"><td>'+e(v.address)+'</td><td class="state">'+(v.announced?'ANNOUNCED':'WITHDRAWN')+'</td><td>'+e(v.trackPools.join(' ')||'-')+'</td></tr>'});
   h+='</tbody></table><table><thead><tr><th>Neighbor</th><th class="n">AS</th><th>State</th><th>BFD</th><th>Up</th><th class="n">Sent</th><th class="n">Received</th></tr></thead><tbody>';
@@ -467,7 +467,32 @@ fn bgp(s: &Snapshot) -> String {
         return String::new();
     };
     let f = &b.frr;
-    let mut h = format!(
+    let mut h = String::new();
+    if let Some(e) = &b.error {
+        let _ = write!(
+            h,
+            "<p class=\"bad\" data-bgp-error>not announcing: {}</p>",
+            esc(e)
+        );
+    }
+    if let Some(ho) = &b.handoff {
+        let to = if ho.forwarding_to.is_empty() {
+            "none".to_string()
+        } else {
+            ho.forwarding_to.join(", ")
+        };
+        let _ = write!(
+            h,
+            "<p data-handoff>handoff: forwarding to {}{}</p>",
+            esc(&to),
+            ho.error
+                .as_ref()
+                .map(|e| format!(" <b class=\"bad\">{}</b>", esc(e)))
+                .unwrap_or_default()
+        );
+    }
+    let _ = write!(
+        h,
         "<p class=\"{}\" data-frr=\"{}\">FRR: {}{}{}{}{}</p>",
         if f.state == "ok" { "" } else { "bad" },
         esc(&f.state),
@@ -797,7 +822,14 @@ mod tests {
                     read_at: Some(999.0),
                 },
                 bfd_peers: vec![],
-                handoff: None,
+                handoff: Some(crate::status::HandoffStatus {
+                    port: 7947,
+                    peers: vec!["198.18.1.11".into()],
+                    leaving: vec![],
+                    forwarding_to: vec![],
+                    error: Some(evil.into()),
+                }),
+                error: Some(evil.into()),
             }),
             events: vec![EventStatus {
                 at: 999.0,

@@ -194,6 +194,9 @@ pub fn render(s: &Snapshot) -> String {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         ));
+        if let Some(e) = &b.error {
+            o.push_str(&format!("NOT ANNOUNCING: {e}\n"));
+        }
         let rows: Vec<Vec<String>> = b
             .neighbors
             .iter()

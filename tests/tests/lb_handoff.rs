@@ -266,3 +266,59 @@ fn a_leaving_lbs_connections_keep_working_through_the_one_that_stays_on_both_fam
     stop.store(true, Ordering::SeqCst);
     let _ = backend.join();
 }
+
+/// Handoff configured but nft missing: keel-lb announces nothing (a VM announcing without the
+/// rules would take its own connections for others'), says why in `/v1/status` and `keel-lb
+/// check`, and keeps serving its listeners.
+#[test]
+fn without_nft_nothing_is_announced_and_the_status_says_why() {
+    require_root!();
+    if !keel_e2e::have("curl") {
+        skip!("curl missing");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Topology::new("lb-hoffx");
+    t.bridge();
+    t.host("lb1", &["198.18.3.11/24"]);
+    let cfg = lb_yaml(tmp.path(), "lb1");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("  handoff:\n", "  handoff:\n    nft: /nonexistent/nft\n"),
+    )
+    .unwrap();
+    let check = t.exec(
+        "lb1",
+        &[
+            bin("keel-lb").to_str().unwrap(),
+            "check",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&check.stderr).to_string()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("bgp.handoff: /nonexistent/nft not found"),
+        "keel-lb check: {said}"
+    );
+    let _lb = t.spawn(
+        "lb1",
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&t, "lb1")["bgp"]
+            ["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/nonexistent/nft not found"))),
+        "the status does not say why nothing is announced: {}",
+        status(&t, "lb1")["bgp"]
+    );
+    let b = status(&t, "lb1")["bgp"].clone();
+    assert_eq!(b["vips"][0]["announced"], false, "{b}");
+    let on = t.sh("lb1", "ip -br addr show dev keel-vips 2>/dev/null || true");
+    assert!(!on.contains(VIP4), "{on}");
+    let tables = t.sh("lb1", "nft list tables 2>/dev/null || true");
+    assert!(!tables.contains("keel_lb_handoff"), "{tables}");
+}

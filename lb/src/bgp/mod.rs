@@ -178,6 +178,8 @@ pub struct Live {
     pub draining: bool,
     /// Every configured VIP, whether it is announced now, and the pools it tracks.
     pub vips: Vec<(IpAddr, bool, Vec<String>)>,
+    /// The announcer could not start (retried every second): nothing is announced.
+    pub error: Option<String>,
 }
 
 /// Read by the status endpoints; written by the announcer and its FRR reader.
@@ -195,6 +197,32 @@ impl StatusHandle {
             self.live.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             self.frr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         )
+    }
+
+    /// What the status shows while the announcer cannot start: the section's VIPs, none
+    /// announced, and why.
+    pub fn failed(cfg: &BgpConfig, error: String) -> StatusHandle {
+        let h = StatusHandle::default();
+        *h.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+            interface: cfg.interface.clone(),
+            draining: false,
+            vips: cfg
+                .vips
+                .iter()
+                .map(|v| (v.addr, false, v.track_pools.clone()))
+                .collect(),
+            error: Some(error),
+        };
+        h
+    }
+
+    /// The start error of a handle made by [`StatusHandle::failed`].
+    pub fn start_error(&self) -> Option<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .clone()
     }
 
     pub fn handoff(&self) -> Option<handoff::HandoffView> {
@@ -368,6 +396,7 @@ impl Announcer {
                 .iter()
                 .map(|v| (v.addr, on.contains(&v.addr), v.track_pools.clone()))
                 .collect(),
+            error: None,
         };
         first_err.map_or(Ok(()), Err)
     }
