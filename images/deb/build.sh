@@ -48,6 +48,11 @@ package() {
     printf '%s (%s) unstable; urgency=medium\n\n  * Built from the Keel repository; see its git history.\n\n -- Keel developers <keel@example.org>  %s\n' \
         "$pkg" "$version" "$(date -u -R -d "@$SOURCE_DATE_EPOCH")" | gzip -9n > "$d/usr/share/doc/$pkg/changelog.gz"
     install -m 0644 "$here/$pkg.lintian-overrides" "$d/usr/share/lintian/overrides/$pkg"
+    # Read at boot by systemd-sysctl (not applied by postinst: an image build's chroot shares the
+    # build host's network namespace).
+    if [ -f "$here/$pkg.sysctl" ]; then
+        install -D -m 0644 "$here/$pkg.sysctl" "$d/usr/lib/sysctl.d/60-$pkg.conf"
+    fi
     for s in postinst prerm postrm; do
         sed -e "s|@PKG@|$pkg|g" -e "s|@CONF@|/etc/keel/$conf|g" -e "s|@TOKEN@|$token|g" \
             -e "s|@STATE@|$state|g" "$here/$s.in" > "$d/DEBIAN/$s"

@@ -41,6 +41,8 @@ if [ -x "$src/keel-lb" ]; then
     # root-only, as the package's postinst does.
     [ -e /etc/keel/lb-admin-token ] || (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >/etc/keel/lb-admin-token)
     unit keel-lb
+    # bgp.handoff needs it and the unit cannot set it (ProtectKernelTunables=yes); read at boot.
+    install -D -m 0644 "$here/../deb/keel-lb.sysctl" /usr/lib/sysctl.d/60-keel-lb.conf
 fi
 
 if [ -d /run/systemd/system ]; then

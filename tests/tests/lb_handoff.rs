@@ -322,3 +322,63 @@ fn without_nft_nothing_is_announced_and_the_status_says_why() {
     let tables = t.sh("lb1", "nft list tables 2>/dev/null || true");
     assert!(!tables.contains("keel_lb_handoff"), "{tables}");
 }
+
+/// Under the packaged unit keel-lb cannot write /proc/sys (`ProtectKernelTunables`): with
+/// `tcp_fwmark_accept` off it must not announce (it would take its own connections for others'
+/// during a peer's leave) and says why; once the sysctl is on (the package's sysctl.d file) it
+/// announces, without a restart.
+#[test]
+fn a_read_only_proc_sys_needs_the_sysctl_set_and_says_so() {
+    require_root!();
+    if !keel_e2e::have("nft") || !keel_e2e::have("curl") || !keel_e2e::have("unshare") {
+        skip!("nft, curl or unshare missing");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Topology::new("lb-hoffro");
+    t.bridge();
+    t.host("lb1", &["198.18.4.11/24"]);
+    t.host("backend", &["198.18.2.21/24"]);
+    let echo = t
+        .thread_in("backend", || TcpListener::bind("198.18.2.21:8001").unwrap())
+        .join()
+        .unwrap();
+    t.sh("lb1", "ip route add 198.18.2.0/24 dev eth0");
+    t.sh("backend", "ip route add 198.18.4.0/24 dev eth0");
+    t.sh("lb1", "sysctl -qw net.ipv4.tcp_fwmark_accept=0");
+    let cfg = lb_yaml(tmp.path(), "lb1");
+    let _lb = t.spawn(
+        "lb1",
+        "unshare",
+        &[
+            "-m",
+            "sh",
+            "-c",
+            &format!(
+                "mount -o bind,ro /proc/sys /proc/sys && exec {} run --config {}",
+                bin("keel-lb").display(),
+                cfg.display()
+            ),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status(&t, "lb1")["bgp"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("net.ipv4.tcp_fwmark_accept must be 1"))
+        }),
+        "the status does not say the sysctl is needed: {}",
+        status(&t, "lb1")["bgp"]
+    );
+    assert_eq!(status(&t, "lb1")["bgp"]["vips"][0]["announced"], false);
+    // What the package's /usr/lib/sysctl.d/60-keel-lb.conf does at boot.
+    t.sh("lb1", "sysctl -qw net.ipv4.tcp_fwmark_accept=1");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let b = status(&t, "lb1")["bgp"].clone();
+            b["error"].is_null() && b["vips"][0]["announced"] == true
+        }),
+        "keel-lb did not announce once the sysctl was set: {}",
+        status(&t, "lb1")["bgp"]
+    );
+    drop(echo);
+}

@@ -63,6 +63,15 @@ fn packages_hold_binary_units_conffiles_and_man_pages() {
         assert!(ok, "{out}");
     }
     let root = dir.path();
+    // bgp.handoff's sysctl, read at boot (the hardened unit cannot write /proc/sys).
+    let sysctl = std::fs::read_to_string(root.join("usr/lib/sysctl.d/60-keel-lb.conf"))
+        .expect("keel-lb ships usr/lib/sysctl.d/60-keel-lb.conf");
+    assert!(
+        sysctl
+            .lines()
+            .any(|l| l.trim() == "net.ipv4.tcp_fwmark_accept = 1"),
+        "{sysctl}"
+    );
     for (bin, conf) in [("keel-lb", "lb.yaml"), ("keel-agent", "agent.yaml")] {
         let (ok, out) = run(Command::new(root.join("usr/bin").join(bin))
             .args(["check", "--config"])

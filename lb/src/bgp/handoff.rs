@@ -258,6 +258,49 @@ fn local_addresses() -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// Whether a connection accepted here inherits the mark of its SYN (`tcp_fwmark_accept`), tried
+/// for real: a SYN marked `mark` to a loopback listener, and the mark of the connection accepted.
+/// /proc/sys may not be readable (systemd's `ProtectKernelTunables`, `ProcSubset=pid`), the
+/// behaviour always is.
+fn marks_are_inherited(mark: u32) -> Result<bool, String> {
+    use socket2::{Domain, Socket, Type};
+    let err = |what: &str, e: std::io::Error| format!("testing tcp_fwmark_accept: {what}: {e}");
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| err("listening on loopback", e))?;
+    let to = listener
+        .local_addr()
+        .map_err(|e| err("listener address", e))?;
+    let client = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| err("socket", e))?;
+    client
+        .set_mark(mark)
+        .map_err(|e| err("SO_MARK (needs CAP_NET_ADMIN)", e))?;
+    client
+        .connect_timeout(&to.into(), Duration::from_secs(2))
+        .map_err(|e| err("connecting on loopback", e))?;
+    let (accepted, _) = listener.accept().map_err(|e| err("accepting", e))?;
+    let got = socket2::SockRef::from(&accepted)
+        .mark()
+        .map_err(|e| err("reading SO_MARK", e))?;
+    Ok(got == mark)
+}
+
+/// Turns `net.ipv4.tcp_fwmark_accept` on if it is not (best effort: the packaged unit cannot
+/// write /proc/sys, the package's sysctl.d file sets it), then checks it works.
+fn ensure_marks_inherited(mark: u32) -> Result<(), String> {
+    if marks_are_inherited(mark)? {
+        return Ok(());
+    }
+    let wrote = std::fs::write(FWMARK_ACCEPT, "1");
+    if marks_are_inherited(mark)? {
+        return Ok(());
+    }
+    Err(format!(
+        "connections accepted here do not inherit their SYN's mark: net.ipv4.tcp_fwmark_accept must be 1 \
+         (keel-lb could not set it{}; the keel-lb package sets it in /usr/lib/sysctl.d/60-keel-lb.conf)",
+        wrote.err().map(|e| format!(": {FWMARK_ACCEPT}: {e}")).unwrap_or_default()
+    ))
+}
+
 async fn run_nft(nft: &Path, script: &str) -> Result<(), String> {
     let mut child = tokio::process::Command::new(nft)
         .args(["-f", "-"])
@@ -510,9 +553,11 @@ impl Handoff {
                 cfg.nft.display()
             )
         })?;
-        std::fs::write(FWMARK_ACCEPT, "1").map_err(|e| {
-            format!("bgp.handoff: cannot set net.ipv4.tcp_fwmark_accept=1 ({FWMARK_ACCEPT}): {e}")
-        })?;
+        let mark = cfg.mark;
+        tokio::task::spawn_blocking(move || ensure_marks_inherited(mark))
+            .await
+            .map_err(|e| format!("bgp.handoff: {e}"))?
+            .map_err(|e| format!("bgp.handoff: {e}"))?;
         let sock = match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, cfg.port)).await {
             Ok(s) => s,
             // A kernel without IPv6: IPv4 notices only.
