@@ -140,6 +140,41 @@ impl Topology {
             .unwrap_or_else(|e| panic!("ip netns exec {ns} {args:?}: {e}"))
     }
 
+    /// A TCP echo server on `addr` in `host` (a thread per connection, until the client closes)
+    /// that stops accepting once `stop` is set.
+    pub fn echo_server(
+        &self,
+        host: &str,
+        addr: &'static str,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{Read, Write};
+        let echo = self
+            .thread_in(host, move || std::net::TcpListener::bind(addr).unwrap())
+            .join()
+            .unwrap();
+        echo.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match echo.accept() {
+                    Ok((mut c, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                            let mut b = [0u8; 64];
+                            while let Ok(n @ 1..) = c.read(&mut b) {
+                                if c.write_all(&b[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    }
+
     /// `GET url` from inside a host (curl, 2 s limit); the body, empty when nothing answered.
     pub fn curl(&self, host: &str, url: &str) -> String {
         let out = self.exec(host, &["curl", "-s", "--max-time", "2", url]);

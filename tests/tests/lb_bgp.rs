@@ -1142,30 +1142,7 @@ const JOIN_CONNS: usize = 40;
 /// through some LB); the sockets stay usable from any thread.
 /// The backend's echo port (198.18.1.21:8001): echoes until the client closes.
 fn echo_backend(t: &Topology, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let echo = t
-        .thread_in("backend", || TcpListener::bind("198.18.1.21:8001").unwrap())
-        .join()
-        .unwrap();
-    echo.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            match echo.accept() {
-                Ok((mut c, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
-                        let mut b = [0u8; 64];
-                        while let Ok(n @ 1..) = c.read(&mut b) {
-                            if c.write_all(&b[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    })
+    t.echo_server("backend", "198.18.1.21:8001", stop)
 }
 
 fn open_echo(t: &Topology, n: usize) -> Vec<TcpStream> {

@@ -114,31 +114,7 @@ fn a_leaving_lbs_connections_keep_working_through_the_one_that_stays_on_both_fam
     t.sh("client", &via("lb1"));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let echo = t
-        .thread_in("backend", || TcpListener::bind("198.18.2.21:8001").unwrap())
-        .join()
-        .unwrap();
-    echo.set_nonblocking(true).unwrap();
-    let s2 = stop.clone();
-    let backend = std::thread::spawn(move || {
-        while !s2.load(Ordering::SeqCst) {
-            match echo.accept() {
-                Ok((mut c, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
-                        let mut b = [0u8; 64];
-                        while let Ok(n @ 1..) = c.read(&mut b) {
-                            if c.write_all(&b[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
+    let backend = t.echo_server("backend", "198.18.2.21:8001", stop.clone());
 
     let mut lbs = Vec::new();
     for lb in ["lb1", "lb2"] {
