@@ -77,6 +77,7 @@ pub struct RawFrontend {
     pub max_connections: Option<u64>,
     pub proxy_protocol: Option<String>,
     pub splice: Option<String>,
+    pub mode: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub udp: Option<RawUdp>,
@@ -138,6 +139,17 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+/// Who carries a frontend's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// keel-lb accepts each connection and opens one to a backend (a full proxy).
+    #[default]
+    Proxy,
+    /// The kernel forwards packets: DNAT to a backend, SNAT to this VM's address (`nat.rs`);
+    /// keel-lb only writes the rules. No process on the data path.
+    Nat,
 }
 
 /// How a TCP frontend moves bytes once a connection is set up.
@@ -261,6 +273,7 @@ pub struct Frontend {
     pub max_connections: usize,
     pub proxy_protocol: bool,
     pub splice: Splice,
+    pub mode: Mode,
     pub timeouts: Timeouts,
     pub udp: Udp,
 }
@@ -364,6 +377,89 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
         format!("{text:?} is not an address with a port, e.g. 127.0.0.1:8080 or [::1]:8080")
     })
+}
+
+/// `mode: nat` takes only what the kernel's NAT can do; everything else is refused here, naming
+/// the field, rather than silently not applied.
+fn validate_mode(
+    rf: &RawFrontend,
+    field: &str,
+    listen: Option<SocketAddr>,
+    pool: Option<&Pool>,
+    diag: &mut Diagnostics,
+) -> Mode {
+    match rf.mode.as_deref() {
+        None | Some("proxy") => return Mode::Proxy,
+        Some("nat") => {}
+        Some(other) => {
+            diag.error(
+                format!("{field}.mode"),
+                format!("{other:?} is not supported; the values are \"proxy\" and \"nat\""),
+            );
+            return Mode::Proxy;
+        }
+    }
+    let why = "with mode: nat the kernel forwards packets and no process sees the connection";
+    if rf.proxy_protocol.is_some() {
+        diag.error(
+            format!("{field}.proxy_protocol"),
+            format!("needs mode: proxy ({why}, so nothing can write the header)"),
+        );
+    }
+    if rf.splice.is_some() {
+        diag.error(
+            format!("{field}.splice"),
+            format!("applies to mode: proxy only ({why})"),
+        );
+    }
+    if rf.max_connections.is_some() {
+        diag.error(
+            format!("{field}.max_connections"),
+            format!("is not enforced with mode: nat ({why}); remove it"),
+        );
+    }
+    if rf.udp.is_some() {
+        diag.error(
+            format!("{field}.udp"),
+            format!("applies to mode: proxy only ({why}); timeouts.udp_session still applies"),
+        );
+    }
+    for (name, set) in [
+        ("keepalive", rf.timeouts.keepalive.is_some()),
+        ("user_timeout", rf.timeouts.user_timeout.is_some()),
+    ] {
+        if set {
+            diag.error(
+                format!("{field}.timeouts.{name}"),
+                format!("is a socket option of mode: proxy ({why}); the backend's own applies"),
+            );
+        }
+    }
+    if let Some(pool) = pool {
+        if pool.balance == Balance::LeastConn {
+            diag.error(
+                format!("{field}.mode"),
+                format!(
+                    "pool {:?} balances least_conn, which the kernel cannot (it keeps no counts per backend); use round_robin or maglev",
+                    pool.name
+                ),
+            );
+        }
+        if let Some(l) = listen {
+            for b in &pool.backends {
+                if b.addr.is_ipv4() != l.is_ipv4() {
+                    diag.error(
+                        format!("{field}.mode"),
+                        format!(
+                            "pool {:?} has backend {}, of the other address family than {l}; NAT cannot translate between IPv4 and IPv6",
+                            pool.name, b.addr
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Mode::Nat
 }
 
 fn validate_timeouts(
@@ -723,6 +819,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
             &mut diag,
         );
         let udp = validate_udp(rf, &field, &mut diag);
+        let mode = validate_mode(rf, &field, listen, pools.get(&rf.pool), &mut diag);
         if let Some(listen) = listen {
             frontends.push(Frontend {
                 name: rf.name.clone(),
@@ -732,6 +829,7 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
                 max_connections,
                 proxy_protocol,
                 splice,
+                mode,
                 timeouts,
                 udp,
             });
@@ -1065,6 +1163,18 @@ impl Config {
                 }
             }
         }
+        let nat: Vec<&str> = self
+            .frontends
+            .iter()
+            .filter(|f| f.mode == Mode::Nat)
+            .map(|f| f.name.as_str())
+            .collect();
+        if !nat.is_empty() && crate::nft::find(std::path::Path::new("nft")).is_none() {
+            w.push(format!(
+                "frontends {}: mode: nat needs nft, which is not installed: they will not be forwarded (install nftables)",
+                nat.join(", ")
+            ));
+        }
         w
     }
 
@@ -1250,6 +1360,64 @@ pools:
             .to_string();
         assert!(e.contains("lb.yaml:4: frontends[0].splice"), "{e}");
         assert!(e.contains("\"user\" and \"kernel\""), "{e}");
+    }
+
+    #[test]
+    fn mode_nat_takes_only_what_the_kernels_nat_can_do() {
+        let cfg = |fe: &str, pool: &str| {
+            format!("frontends:\n  - name: d\n    listen: 198.18.0.10:80\n    mode: nat\n{fe}    pool: p\npools:\n  p:\n{pool}    backends: [{{address: \"198.18.1.2:80\"}}]\n")
+        };
+        let ok = check(&cfg("", "")).unwrap();
+        assert_eq!(ok.frontends[0].mode, Mode::Nat);
+        assert_eq!(
+            check(&cfg("", "    balance: maglev\n")).unwrap().frontends[0].mode,
+            Mode::Nat
+        );
+        for (fe, pool, field, says) in [
+            (
+                "    proxy_protocol: v2\n",
+                "",
+                "lb.yaml:5: frontends[0].proxy_protocol",
+                "needs mode: proxy",
+            ),
+            (
+                "    splice: kernel\n",
+                "",
+                "lb.yaml:5: frontends[0].splice",
+                "mode: proxy only",
+            ),
+            (
+                "    max_connections: 10\n",
+                "",
+                "lb.yaml:5: frontends[0].max_connections",
+                "not enforced",
+            ),
+            (
+                "    timeouts: {keepalive: 10s}\n",
+                "",
+                "frontends[0].timeouts.keepalive",
+                "socket option",
+            ),
+            (
+                "",
+                "    balance: least_conn\n",
+                "frontends[0].mode",
+                "least_conn",
+            ),
+        ] {
+            let e = check(&cfg(fe, pool)).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(says), "{fe}{pool}: {e}");
+        }
+        let v6 = cfg("", "").replace("198.18.1.2:80", "[2001:db8::2]:80");
+        let e = check(&v6).unwrap_err().to_string();
+        assert!(e.contains("other address family"), "{e}");
+        let e = check(&cfg("", "").replace("mode: nat", "mode: dsr"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lb.yaml:4: frontends[0].mode") && e.contains("\"proxy\" and \"nat\""),
+            "{e}"
+        );
     }
 
     #[test]

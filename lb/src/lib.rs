@@ -13,6 +13,8 @@ pub mod frontend;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod nat;
+pub mod nft;
 pub mod overrides;
 pub mod pool;
 pub mod proxy_protocol;

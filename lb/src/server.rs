@@ -136,6 +136,8 @@ pub struct Server {
     /// The announcer could not start: the status says why until it does.
     bgp_failed: Option<crate::bgp::StatusHandle>,
     bgp_metrics: Option<crate::bgp::BgpMetrics>,
+    /// The `mode: nat` frontends' nftables table.
+    nat: crate::nat::Nat,
 }
 
 impl Server {
@@ -181,6 +183,7 @@ impl Server {
             told_transitions: HashMap::new(),
             bgp: None,
             bgp_metrics: None,
+            nat: crate::nat::Nat::default(),
             bgp_failed: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
@@ -198,6 +201,7 @@ impl Server {
             s.state_writer = Some(crate::services::state::Writer::spawn(path));
         }
         s.apply(cfg).await?;
+        s.sync_nat().await;
         if let Some(f) = &s.file {
             s.events
                 .push(Kind::Reload, f.path.display().to_string(), "started");
@@ -244,6 +248,7 @@ impl Server {
                 .as_ref()
                 .map(|a| a.status_handle())
                 .or_else(|| self.bgp_failed.clone());
+            v.nat = self.nat.status();
         });
     }
 
@@ -452,6 +457,11 @@ impl Server {
 
     /// What to put and take out so the running state becomes `fronts` + `pools`.
     fn diff(&self, fronts: Vec<config::Frontend>, pools: Vec<config::Pool>) -> Delta {
+        // `mode: nat` frontends have no listener: the nat table carries them (`sync_nat`).
+        let fronts: Vec<config::Frontend> = fronts
+            .into_iter()
+            .filter(|f| f.mode == config::Mode::Proxy)
+            .collect();
         let want_pools: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let want_keys: HashSet<ListenKey> = fronts.iter().map(|f| (f.protocol, f.listen)).collect();
         let pools_gone = self
@@ -1069,6 +1079,48 @@ impl Server {
         }
     }
 
+    /// The `mode: nat` frontends of the file with their pools' backends that may take new
+    /// connections now.
+    fn nat_frontends(&self) -> Vec<crate::nat::NatFrontend> {
+        let Some(file) = &self.file else {
+            return Vec::new();
+        };
+        file.frontends
+            .iter()
+            .filter(|f| f.mode == config::Mode::Nat)
+            .map(|f| {
+                let pool = self.pools.get(&f.pool).map(|p| &p.pool);
+                crate::nat::NatFrontend {
+                    name: f.name.clone(),
+                    listen: f.listen,
+                    protocol: f.protocol,
+                    hash_source: pool.is_some_and(|p| p.cfg.balance == config::Balance::Maglev),
+                    connect: f.timeouts.connect,
+                    idle: f.timeouts.idle,
+                    udp_session: f.timeouts.udp_session,
+                    backends: pool
+                        .map(|p| {
+                            p.backends
+                                .iter()
+                                .filter(|b| b.available())
+                                .map(|b| (b.addr, b.weight()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Brings the nat table to the config and backend health (cheap when nothing changed: the
+    /// script is compared before nft runs).
+    async fn sync_nat(&mut self) {
+        let fronts = self.nat_frontends();
+        if self.nat.sync(&fronts).await {
+            self.publish_view();
+        }
+    }
+
     /// Pool health as BGP announcements see it: a pool counts once one of its available backends
     /// passed a health check, not before its first check.
     fn bgp_pool_up(&self) -> HashMap<String, bool> {
@@ -1225,14 +1277,17 @@ impl Server {
                 _ = vrrp_tick.tick() => {
                     self.vrrp_tick().await;
                     self.sync_bgp().await;
+                    self.sync_nat().await;
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
                     let _ = self.reload().await;
+                    self.sync_nat().await;
                 }
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload(reply) => {
                         let r = self.reload().await;
+                        self.sync_nat().await;
                         let _ = reply.send(r);
                     }
                     Command::Handover(reply) => {
@@ -1245,12 +1300,14 @@ impl Server {
                     }
                     Command::Backend { pool, addr, change, reply } => {
                         let r = self.set_backend(&pool, addr, change).await;
+                        self.sync_nat().await;
                         let _ = reply.send(r);
                     }
                 },
                 _ = self.health_changed.notified() => {
                     self.publish_pool_health(false, None);
                     self.sync_bgp().await;
+                    self.sync_nat().await;
                 }
                 Some(rules) = next_rules(&mut self.services) => self.apply_cluster(rules).await,
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
@@ -1311,6 +1368,8 @@ impl Server {
         if let Some(a) = self.bgp.take() {
             a.release().await;
         }
+        // Flows NATed here end with the table (after a handover their packets arrive elsewhere).
+        self.nat.remove().await;
     }
 }
 

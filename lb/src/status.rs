@@ -32,6 +32,7 @@ pub struct View {
     pub vrrp_configured: usize,
     pub state_file: Option<PathBuf>,
     pub bgp: Option<crate::bgp::StatusHandle>,
+    pub nat: Option<crate::nat::NatStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +125,9 @@ pub struct Snapshot {
     /// Absent without a `bgp:` section (or before its announcer started).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub bgp: Option<BgpStatus>,
+    /// Absent without `mode: nat` frontends.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nat: Option<crate::nat::NatStatus>,
     /// Newest first, at most 100.
     pub events: Vec<EventStatus>,
 }
@@ -557,6 +561,7 @@ pub fn collect(src: &Source, services: Option<serde_json::Value>) -> Snapshot {
         vrrp,
         services,
         bgp: view.bgp.as_ref().map(bgp_status),
+        nat: view.nat.clone(),
         events: src.events.recent().into_iter().map(event).collect(),
     }
 }

@@ -131,6 +131,7 @@ function render(s){
   $('pools').innerHTML=R.pools(s);
   var v=$('vrrp-sec');v.hidden=!s.vrrp;if(s.vrrp)$('vrrp').innerHTML=R.vrrp(s);
   var bg=$('bgp-sec');bg.hidden=!s.bgp;if(s.bgp)$('bgp').innerHTML=R.bgp(s);
+  var nt=$('nat-sec');nt.hidden=!s.nat;if(s.nat)$('nat').innerHTML=R.nat(s);
   var sv=$('svc-sec');sv.hidden=!s.services;if(s.services)$('svc').innerHTML=R.services(s);
   $('ev').innerHTML=R.events(s);
   // How long a refresh takes in this browser (the benchmark reads it from the DOM).
@@ -206,6 +207,12 @@ R.bgp=function(s){
     h+='<tr class="st-'+(up?'UP':'DOWN')+'" data-bgp-peer="'+e(n.peer)+'"><td>'+e(n.peer)+'</td><td class="n">'+(n.remoteAs==null?'-':n.remoteAs)+'</td><td class="state">'+e(n.state)+'</td><td>'+e(n.bfd||'-')+'</td><td>'+(up?dur(n.uptimeSeconds):'-')+'</td><td class="n">'+num(n.prefixesSent)+'</td><td class="n">'+num(n.prefixesReceived)+'</td></tr>';
   });
   if(!b.neighbors.length)h+='<tr><td colspan="7" class="empty">no BGP neighbors read from FRR</td></tr>';
+  return h+'</tbody></table>';
+};
+R.nat=function(s){
+  var n=s.nat,h='<p class="'+(n.error?'bad':'')+'" data-nat="'+(n.installed?'installed':'missing')+'">rules '+(n.installed?'installed':'NOT installed')+(n.error?': '+e(n.error):'')+'</p>';
+  h+='<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th></tr></thead><tbody>';
+  n.frontends.forEach(function(f){h+='<tr class="st-'+(f.backends.length?'UP':'DOWN')+'" data-nat-frontend="'+e(f.name)+'"><td>'+e(f.name)+'</td><td>'+e(f.listen)+'</td><td>'+e(f.protocol)+'</td><td>'+(f.backends.length?e(f.backends.join(', ')):'none: refused')+'</td></tr>'});
   return h+'</tbody></table>';
 };
 R.services=function(s){
@@ -462,6 +469,47 @@ fn vrrp(s: &Snapshot) -> String {
     h
 }
 
+fn nat(s: &Snapshot) -> String {
+    let Some(n) = &s.nat else {
+        return String::new();
+    };
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<p class=\"{}\" data-nat=\"{}\">rules {}{}</p>",
+        if n.error.is_some() { "bad" } else { "" },
+        if n.installed { "installed" } else { "missing" },
+        if n.installed {
+            "installed"
+        } else {
+            "NOT installed"
+        },
+        n.error
+            .as_ref()
+            .map(|e| format!(": {}", esc(e)))
+            .unwrap_or_default()
+    );
+    h.push_str("<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th></tr></thead><tbody>");
+    for f in &n.frontends {
+        let _ = write!(
+            h,
+            "<tr class=\"st-{}\" data-nat-frontend=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if f.backends.is_empty() { "DOWN" } else { "UP" },
+            esc(&f.name),
+            esc(&f.name),
+            esc(&f.listen),
+            esc(&f.protocol),
+            if f.backends.is_empty() {
+                "none: refused".to_string()
+            } else {
+                esc(&f.backends.join(", "))
+            }
+        );
+    }
+    h.push_str("</tbody></table>");
+    h
+}
+
 fn bgp(s: &Snapshot) -> String {
     let Some(b) = &s.bgp else {
         return String::new();
@@ -695,6 +743,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     let _ = write!(
         h,
+        "<section id=\"nat-sec\"{}><h2>NAT <small>mode: nat frontends, forwarded by the kernel</small></h2><div class=\"scroll\" id=\"nat\">{}</div></section>",
+        if s.nat.is_some() { "" } else { " hidden" },
+        nat(s)
+    );
+    let _ = write!(
+        h,
         "<section id=\"svc-sec\"{}><h2>Services <small>type LoadBalancer, from the cluster</small></h2><div class=\"scroll\" id=\"svc\">{}</div></section>",
         if s.services.is_some() { "" } else { " hidden" },
         if s.services.is_some() { services(s) } else { String::new() }
@@ -831,6 +885,16 @@ mod tests {
                 }),
                 error: Some(evil.into()),
             }),
+            nat: Some(crate::nat::NatStatus {
+                installed: false,
+                error: Some(evil.into()),
+                frontends: vec![crate::nat::NatFrontendStatus {
+                    name: evil.into(),
+                    listen: "198.18.100.10:80".into(),
+                    protocol: "tcp".into(),
+                    backends: vec![evil.into()],
+                }],
+            }),
             events: vec![EventStatus {
                 at: 999.0,
                 kind: "backend".into(),
@@ -863,6 +927,8 @@ mod tests {
         assert!(page.contains("<tr class=\"st-UP\" data-bgp-peer=\"web\">"));
         assert!(page.contains("data-bgp-vip=\"198.18.100.10\""));
         assert!(page.contains("data-frr=\"error\""));
+        assert!(page.contains("<tr class=\"st-UP\" data-nat-frontend=\"web\">"));
+        assert!(page.contains("data-nat=\"missing\""));
         assert!(page.contains("1m"), "downtime 65 s shows as 1m");
         assert!(page.contains("runtime"), "an override is marked");
     }

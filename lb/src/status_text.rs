@@ -236,6 +236,37 @@ pub fn render(s: &Snapshot) -> String {
             ));
         }
     }
+    if let Some(n) = &s.nat {
+        o.push_str(&format!(
+            "\nNAT (mode: nat frontends; the kernel forwards): {}\n",
+            match (&n.error, n.installed) {
+                (Some(e), true) => format!("installed; ERROR {e}"),
+                (Some(e), false) => format!("NOT INSTALLED: {e}"),
+                (None, _) => "installed".into(),
+            }
+        ));
+        let rows: Vec<Vec<String>> = n
+            .frontends
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name.clone(),
+                    f.listen.clone(),
+                    f.protocol.clone(),
+                    if f.backends.is_empty() {
+                        "none (refused)".into()
+                    } else {
+                        f.backends.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["NAME", "LISTEN", "PROTO", "NEW CONNECTIONS TO"],
+            &rows,
+        );
+    }
     if let Some(list) = s.services.as_ref().and_then(|v| v["services"].as_array()) {
         o.push_str("\nSERVICES\n");
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();

@@ -324,14 +324,7 @@ impl HandoffConfig {
     /// Where nft is: the configured path, or the first match in PATH, /usr/sbin or /sbin (a
     /// service's PATH may lack the sbin directories). None: nftables is not installed.
     pub fn find_nft(&self) -> Option<PathBuf> {
-        if self.nft.components().count() > 1 {
-            return self.nft.is_file().then(|| self.nft.clone());
-        }
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-            .map(|d| d.join(&self.nft))
-            .find(|p| p.is_file())
+        crate::nft::find(&self.nft)
     }
 }
 

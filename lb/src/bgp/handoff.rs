@@ -23,12 +23,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 
 use super::config::HandoffConfig;
@@ -42,7 +41,6 @@ pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_NOTICE_TTL: Duration = Duration::from_secs(60);
 const MAGIC: &str = "keel-lb handoff 1";
 const MAX_NOTICE_LEN: usize = 128;
-const NFT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time between two rule changes that notices cause.
 const MIN_APPLY_GAP: Duration = Duration::from_millis(200);
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
@@ -301,38 +299,6 @@ fn ensure_marks_inherited(mark: u32) -> Result<(), String> {
     ))
 }
 
-async fn run_nft(nft: &Path, script: &str) -> Result<(), String> {
-    let mut child = tokio::process::Command::new(nft)
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", nft.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| format!("{}: writing the rules: {e}", nft.display()))?;
-    }
-    let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| format!("{} did not finish within {NFT_TIMEOUT:?}", nft.display()))?
-        .map_err(|e| format!("{}: {e}", nft.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!(
-            "{} refused the rules ({}): {}",
-            nft.display(),
-            out.status,
-            err.trim().chars().take(500).collect::<String>()
-        ))
-    }
-}
-
 /// Metrics, registered once with the other BGP ones.
 #[derive(Clone)]
 pub struct HandoffMetrics {
@@ -427,7 +393,7 @@ impl Shared {
         let result = if st.applied.as_deref() == Some(script.as_str()) {
             Ok(())
         } else {
-            let r = run_nft(&self.nft, &script).await;
+            let r = crate::nft::run(&self.nft, &script).await;
             if r.is_ok() {
                 st.applied = Some(script);
                 let now: Vec<IpAddr> = to4
@@ -641,7 +607,7 @@ impl Handoff {
             self.shared.send(Notice::Back).await;
         }
         self.receiver.abort();
-        if let Err(e) = run_nft(&self.shared.nft, &removal()).await {
+        if let Err(e) = crate::nft::run(&self.shared.nft, &removal()).await {
             tracing::error!(error = %e, "bgp handoff: removing the nftables tables at exit");
         }
     }

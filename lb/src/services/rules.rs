@@ -274,6 +274,7 @@ pub fn render_service(
                 max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
                 proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
                 splice: crate::config::Splice::User,
+                mode: crate::config::Mode::Proxy,
                 timeouts: limits.timeouts,
                 udp: crate::config::Udp::default(),
             })

@@ -1,0 +1,519 @@
+//! `mode: nat` frontends: the kernel carries the traffic. keel-lb writes one nftables table,
+//! `inet keel_lb_nat`, and rewrites it whenever a frontend, a pool or a backend's health changes:
+//!
+//! - a new connection (or UDP flow) to the frontend's address is DNATed to one of the pool's
+//!   available backends (`numgen inc` over weighted slots for round_robin, `jhash` of the client
+//!   address for maglev: the same client lands on the same backend while the set is unchanged);
+//! - its conntrack entry gets a mark bit, and postrouting masquerades marked connections, so the
+//!   backend answers this VM (full NAT, as the proxy: backends need no route back to clients);
+//! - conntrack holds every established flow to the backend it was given: a backend drained or
+//!   taken out of the table keeps its flows, only new ones go elsewhere;
+//! - `timeouts.connect`, `timeouts.idle` and `timeouts.udp_session` become a conntrack timeout
+//!   policy (`ct timeout`) set on the frontend's new conntrack entries.
+//!
+//! A frontend with no available backend has no rule: its packets reach the local stack, where no
+//! socket listens, and the client gets a TCP reset or an ICMP port unreachable at once.
+//! Prior art: Linux Virtual Server's NAT method, kube-proxy's nftables mode.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Protocol;
+
+pub const TABLE: &str = "keel_lb_nat";
+/// The conntrack mark bit of connections this table translated (postrouting masquerades those and
+/// nothing else, whatever other tables on the host DNAT).
+pub const CT_MARK: u32 = 0x4b00;
+/// A pool's weights become at most this many slots (each backend keeps at least one).
+pub const MAX_SLOTS: u32 = 1024;
+/// jhash's seed: every keel-lb uses the same, so equal backend sets hash a client alike.
+const HASH_SEED: u32 = 0x6b65_656c;
+
+/// One `mode: nat` frontend as the rules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatFrontend {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    /// Pick by a hash of the client's address (maglev) instead of in turn.
+    pub hash_source: bool,
+    pub connect: Duration,
+    pub idle: Duration,
+    pub udp_session: Duration,
+    /// The backends that may take new connections, with their weights, in the pool's order.
+    pub backends: Vec<(SocketAddr, u32)>,
+}
+
+/// The whole table, replaced in one nft transaction (created first so that deleting it cannot
+/// fail on a host where it does not exist yet).
+pub fn ruleset(fronts: &[NatFrontend]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    for (i, f) in fronts.iter().enumerate() {
+        let (proto, policy) = match f.protocol {
+            Protocol::Tcp => {
+                let c = secs(f.connect);
+                (
+                    "tcp",
+                    format!(
+                        "syn_sent: {c}, syn_recv: {c}, established: {}",
+                        secs(f.idle)
+                    ),
+                )
+            }
+            Protocol::Udp => {
+                let u = secs(f.udp_session);
+                ("udp", format!("unreplied: {u}, replied: {u}"))
+            }
+        };
+        let l3 = if f.listen.is_ipv4() { "ip" } else { "ip6" };
+        let _ = writeln!(
+            s,
+            "  ct timeout f{i} {{\n    protocol {proto}\n    l3proto {l3}\n    policy = {{ {policy} }}\n  }}"
+        );
+    }
+    // After conntrack (-200), which has made the entry this sets the policy of, and before
+    // dstnat (-100). At `raw` there is no entry yet and the setting is lost.
+    let base = [
+        ("timeout_pre", "type filter hook prerouting priority -150"),
+        ("timeout_out", "type filter hook output priority -150"),
+    ];
+    for (chain, hook) in base {
+        let _ = writeln!(s, "  chain {chain} {{\n    {hook}; policy accept;");
+        for (i, f) in fronts.iter().enumerate() {
+            let _ = writeln!(s, "    {} ct timeout set \"f{i}\"", matcher(f));
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    for (chain, hook) in [
+        ("pre", "type nat hook prerouting priority dstnat"),
+        ("out", "type nat hook output priority -100"),
+    ] {
+        let _ = writeln!(s, "  chain {chain} {{\n    {hook}; policy accept;");
+        for (i, f) in fronts.iter().enumerate() {
+            if !f.backends.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "    {} jump f{i} comment \"{}\"",
+                    matcher(f),
+                    comment(&f.name)
+                );
+            }
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    let _ = writeln!(
+        s,
+        "  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct mark and {CT_MARK:#x} == {CT_MARK:#x} masquerade\n  }}"
+    );
+    for (i, f) in fronts.iter().enumerate() {
+        if f.backends.is_empty() {
+            continue;
+        }
+        let weights: Vec<u32> = f.backends.iter().map(|b| b.1).collect();
+        let order = slots(&weights);
+        let pick = if f.hash_source {
+            let saddr = if f.listen.is_ipv4() { "ip" } else { "ip6" };
+            format!(
+                "jhash {saddr} saddr mod {} seed {HASH_SEED:#x}",
+                order.len()
+            )
+        } else {
+            format!("numgen inc mod {}", order.len())
+        };
+        let map: Vec<String> = order
+            .iter()
+            .enumerate()
+            .map(|(slot, b)| format!("{slot} : jump f{i}_b{b}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  chain f{i} {{\n    ct mark set ct mark or {CT_MARK:#x}\n    {pick} vmap {{ {} }}\n  }}",
+            map.join(", ")
+        );
+        let proto = match f.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        for (j, (addr, _)) in f.backends.iter().enumerate() {
+            let to = match addr {
+                SocketAddr::V4(a) => format!("ip to {}:{}", a.ip(), a.port()),
+                SocketAddr::V6(a) => format!("ip6 to [{}]:{}", a.ip(), a.port()),
+            };
+            // The counter sees a connection's first packet only (nat chains see nothing else):
+            // it counts connections given to this backend.
+            let _ = writeln!(
+                s,
+                "  chain f{i}_b{j} {{\n    meta l4proto {proto} counter dnat {to} comment \"{addr}\"\n  }}"
+            );
+        }
+    }
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// Removes the table (and nothing else); succeeds whether or not it exists.
+pub fn removal() -> String {
+    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+}
+
+/// What selects a frontend's packets: its address (any local address when unspecified), protocol
+/// and port.
+fn matcher(f: &NatFrontend) -> String {
+    let proto = match f.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    let port = f.listen.port();
+    match f.listen {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            format!("meta nfproto ipv4 fib daddr type local {proto} dport {port}")
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            format!("meta nfproto ipv6 fib daddr type local {proto} dport {port}")
+        }
+        SocketAddr::V4(a) => format!("ip daddr {} {proto} dport {port}", a.ip()),
+        SocketAddr::V6(a) => format!("ip6 daddr {} {proto} dport {port}", a.ip()),
+    }
+}
+
+/// nft comments are quoted strings of at most 128 bytes: anything else becomes `_`.
+fn comment(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._:/-[]".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+/// Conntrack timeouts are whole seconds; a sub-second setting rounds up, never to 0.
+fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The weighted order of backends over the slots: weights reduced by their greatest common divisor
+/// (and scaled to at most [`MAX_SLOTS`]), spread by smooth weighted round robin (nginx's), so
+/// consecutive slots alternate rather than run in blocks.
+pub fn slots(weights: &[u32]) -> Vec<usize> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().fold(0, |g, &w| gcd(g, w.max(1)));
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g)).collect();
+    let total: u64 = w.iter().sum();
+    if total > u64::from(MAX_SLOTS) {
+        for x in &mut w {
+            *x = (*x * u64::from(MAX_SLOTS) / total).max(1);
+        }
+    }
+    let total: i64 = w.iter().map(|&x| x as i64).sum();
+    let mut current = vec![0i64; w.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, c) in current.iter_mut().enumerate() {
+            *c += w[i] as i64;
+        }
+        for i in 1..current.len() {
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best);
+    }
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The installed table and why it is not what was asked, if it is not.
+#[derive(Default)]
+pub struct Nat {
+    /// The script nft last accepted (None: no table of ours is installed).
+    applied: Option<String>,
+    /// The last attempt failed: the rules in place are the previous ones (or none).
+    error: Option<String>,
+    /// Packets from other hosts are not forwarded (ip_forward is off and cannot be set).
+    forwarding: Option<String>,
+    /// What the last sync asked for.
+    fronts: Vec<NatFrontend>,
+}
+
+/// `/v1/status` `nat`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatStatus {
+    /// The rules are installed as the config and health say.
+    pub installed: bool,
+    /// Why not, or what else keeps them from working.
+    pub error: Option<String>,
+    pub frontends: Vec<NatFrontendStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatFrontendStatus {
+    pub name: String,
+    pub listen: String,
+    pub protocol: String,
+    /// Backends new connections go to now (available ones), with their weights.
+    pub backends: Vec<String>,
+}
+
+impl Nat {
+    pub fn status(&self) -> Option<NatStatus> {
+        (!self.fronts.is_empty() || self.error.is_some()).then(|| NatStatus {
+            installed: self.error.is_none() && self.applied.is_some(),
+            error: self.error.clone().or_else(|| self.forwarding.clone()),
+            frontends: self
+                .fronts
+                .iter()
+                .map(|f| NatFrontendStatus {
+                    name: f.name.clone(),
+                    listen: f.listen.to_string(),
+                    protocol: match f.protocol {
+                        Protocol::Tcp => "tcp",
+                        Protocol::Udp => "udp",
+                    }
+                    .into(),
+                    backends: f.backends.iter().map(|(a, _)| a.to_string()).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Brings the table to `fronts` (nothing to do when it already is). Returns whether the status
+    /// changed.
+    pub async fn sync(&mut self, fronts: &[NatFrontend]) -> bool {
+        let before = self.status();
+        self.fronts = fronts.to_vec();
+        if fronts.is_empty() {
+            if self.applied.is_some() || self.error.is_some() {
+                self.remove().await;
+            }
+            self.forwarding = None;
+            return before != self.status();
+        }
+        self.forwarding = ensure_forwarding(fronts);
+        let script = ruleset(fronts);
+        if self.applied.as_deref() == Some(script.as_str()) && self.error.is_none() {
+            return before != self.status();
+        }
+        let r = match find_nft() {
+            Some(nft) => crate::nft::run(&nft, &script).await,
+            None => Err(format!(
+                "nft not found (install nftables): {} mode: nat frontend(s) not forwarded",
+                fronts.len()
+            )),
+        };
+        match r {
+            Ok(()) => {
+                if self.error.take().is_some() {
+                    tracing::info!("nat: rules installed");
+                }
+                self.applied = Some(script);
+            }
+            Err(e) => {
+                if self.error.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "nat: cannot install the rules; the previous ones stay (retried every second)");
+                }
+                self.error = Some(e);
+            }
+        }
+        if let Some(f) = &self.forwarding {
+            if before.as_ref().and_then(|s| s.error.as_ref()) != Some(f) && self.error.is_none() {
+                tracing::error!(error = %f, "nat");
+            }
+        }
+        before != self.status()
+    }
+
+    /// Removes the table (at exit, or when no frontend is `mode: nat` any more).
+    pub async fn remove(&mut self) {
+        self.fronts.clear();
+        self.error = None;
+        if self.applied.take().is_none() {
+            return;
+        }
+        let Some(nft) = find_nft() else {
+            return;
+        };
+        match crate::nft::run(&nft, &removal()).await {
+            Ok(()) => tracing::info!("nat: rules removed"),
+            Err(e) => tracing::error!(error = %e, "nat: removing the rules"),
+        }
+    }
+}
+
+fn find_nft() -> Option<PathBuf> {
+    crate::nft::find(Path::new("nft"))
+}
+
+/// Packets from other hosts reach a backend only if this host forwards: turned on here when it
+/// is off (a NAT load balancer is a router; IPVS asks the same), and the reason when it cannot be.
+fn ensure_forwarding(fronts: &[NatFrontend]) -> Option<String> {
+    let mut problems = Vec::new();
+    for (v4, file, name) in [
+        (true, "/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+        (
+            false,
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
+    ] {
+        if !fronts.iter().any(|f| f.listen.is_ipv4() == v4) {
+            continue;
+        }
+        match std::fs::read_to_string(file) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => match std::fs::write(file, "1\n") {
+                Ok(()) => tracing::info!("nat: turned {name} on (mode: nat frontends forward)"),
+                Err(e) => problems.push(format!(
+                    "{name} is 0 and cannot be set ({e}): packets from other hosts to mode: nat frontends are dropped; set {name} = 1 in /etc/sysctl.d"
+                )),
+            },
+            Err(e) => problems.push(format!("{file}: {e}")),
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fe(listen: &str, protocol: Protocol, backends: &[(&str, u32)]) -> NatFrontend {
+        NatFrontend {
+            name: "web \"x\"".into(),
+            listen: listen.parse().unwrap(),
+            protocol,
+            hash_source: false,
+            connect: Duration::from_millis(2500),
+            idle: Duration::from_secs(3600),
+            udp_session: Duration::from_secs(60),
+            backends: backends
+                .iter()
+                .map(|(a, w)| (a.parse().unwrap(), *w))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn weights_become_interleaved_slots() {
+        assert_eq!(slots(&[]), Vec::<usize>::new());
+        assert_eq!(slots(&[1, 1, 1]), vec![0, 1, 2]);
+        assert_eq!(slots(&[2, 1]), vec![0, 1, 0]);
+        // Reduced by the gcd: 200:100 is 2:1.
+        assert_eq!(slots(&[200, 100]), vec![0, 1, 0]);
+        let s = slots(&[5, 1]);
+        assert_eq!(s.len(), 6);
+        assert_eq!(s.iter().filter(|&&b| b == 1).count(), 1);
+        // Never more than MAX_SLOTS, and every backend keeps a slot.
+        let many: Vec<u32> = (0..1000).map(|i| if i == 0 { 256 } else { 255 }).collect();
+        let s = slots(&many);
+        assert!(s.len() <= MAX_SLOTS as usize + many.len(), "{}", s.len());
+        for b in 0..many.len() {
+            assert!(s.contains(&b), "backend {b} has no slot");
+        }
+    }
+
+    #[test]
+    fn the_ruleset_dnats_new_flows_and_masquerades_only_its_own() {
+        let f = [
+            fe(
+                "198.18.0.10:80",
+                Protocol::Tcp,
+                &[("198.18.1.2:8080", 2), ("198.18.1.3:8080", 1)],
+            ),
+            fe(
+                "[2001:db8::10]:53",
+                Protocol::Udp,
+                &[("[2001:db8::2]:53", 1)],
+            ),
+            fe("0.0.0.0:443", Protocol::Tcp, &[]),
+        ];
+        let s = ruleset(&f);
+        assert!(s.starts_with("table inet keel_lb_nat {}\ndelete table inet keel_lb_nat\n"));
+        assert!(
+            s.contains("policy = { syn_sent: 3, syn_recv: 3, established: 3600 }"),
+            "{s}"
+        );
+        assert!(s.contains("policy = { unreplied: 60, replied: 60 }"), "{s}");
+        assert!(s.contains("ip daddr 198.18.0.10 tcp dport 80 ct timeout set \"f0\""));
+        assert!(s.contains("ip daddr 198.18.0.10 tcp dport 80 jump f0 comment \"web _x_\""));
+        assert!(
+            s.contains("numgen inc mod 3 vmap { 0 : jump f0_b0, 1 : jump f0_b1, 2 : jump f0_b0 }")
+        );
+        assert!(s.contains("meta l4proto tcp counter dnat ip to 198.18.1.2:8080"));
+        assert!(s.contains("ip6 daddr 2001:db8::10 udp dport 53 jump f1"));
+        assert!(s.contains("meta l4proto udp counter dnat ip6 to [2001:db8::2]:53"));
+        // No backend: no jump (the local stack answers with a reset), but the timeout stays.
+        assert!(!s.contains("jump f2 "), "{s}");
+        assert!(s.contains(
+            "meta nfproto ipv4 fib daddr type local tcp dport 443 ct timeout set \"f2\""
+        ));
+        assert!(s.contains("ct mark and 0x4b00 == 0x4b00 masquerade"));
+        let mut h = f[0].clone();
+        h.hash_source = true;
+        assert!(ruleset(&[h]).contains("jhash ip saddr mod 3 seed 0x6b65656c vmap"));
+    }
+
+    fn skip(why: &str) {
+        assert!(
+            std::env::var_os("KEEL_TESTS_STRICT").is_none(),
+            "cannot run under KEEL_TESTS_STRICT: {why}"
+        );
+        eprintln!("skipped: {why}");
+    }
+
+    /// The script as nft itself reads it (`nft -c`: checked against the kernel, nothing changed).
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        let Some(nft) = find_nft() else {
+            return skip("nft is not installed (apt-get install nftables)");
+        };
+        let f = [
+            fe(
+                "198.18.0.10:80",
+                Protocol::Tcp,
+                &[("198.18.1.2:8080", 2), ("198.18.1.3:8080", 1)],
+            ),
+            fe("[::]:53", Protocol::Udp, &[("[2001:db8::2]:53", 1)]),
+        ];
+        let mut h = f[0].clone();
+        h.hash_source = true;
+        h.listen = "198.18.0.11:80".parse().unwrap();
+        let script = ruleset(&[f[0].clone(), f[1].clone(), h]);
+        let out = std::process::Command::new(&nft)
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Operation not permitted") {
+            return skip("nft -c needs CAP_NET_ADMIN");
+        }
+        assert!(out.status.success(), "nft refused:\n{err}\n{script}");
+    }
+}

@@ -1,0 +1,396 @@
+//! `mode: nat` frontends: the kernel forwards (DNAT to a backend, masquerade to the LB's address)
+//! from nftables rules keel-lb writes; no keel-lb socket is on the data path. Real clients and
+//! backends in namespaces, real conntrack; the backends say who they are and whom they see.
+//!
+//! ```text
+//!   client 198.18.5.100 / 2001:db8:5::100 --route--> lb .11 --> b1 .21, b2 .22 (port 8001, UDP 5353)
+//!   VIPs 198.18.105.10 (tcp 80, udp 53) and 2001:db8:105::10 (tcp 80), on the lb's lo
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_e2e::netns::{wait_until, Topology};
+use keel_e2e::{bin, require_root, skip};
+
+const VIP4: &str = "198.18.105.10";
+const VIP6: &str = "2001:db8:105::10";
+
+fn lb_yaml(dir: &Path, pool: &str, extra: &str) -> PathBuf {
+    let p = dir.join("lb.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "admin: {{listen: 127.0.0.1:9100}}
+shutdown: {{drain: 1s}}
+frontends:
+  - {{name: web4, listen: {VIP4}:80, pool: {pool}, mode: nat, timeouts: {{idle: 30s}}}}
+  - {{name: web6, listen: \"[{VIP6}]:80\", pool: web6, mode: nat}}
+  - {{name: dns, listen: {VIP4}:53, protocol: udp, pool: dns, mode: nat}}
+{extra}pools:
+  web:
+    health: {{type: tcp, interval: 200ms, timeout: 200ms, fall: 1}}
+    backends: [{{address: 198.18.5.21:8001}}, {{address: 198.18.5.22:8001}}]
+  web-b2:
+    health: {{type: tcp, interval: 200ms, timeout: 200ms, fall: 1}}
+    backends: [{{address: 198.18.5.22:8001}}]
+  web6:
+    health: {{type: tcp, interval: 200ms, timeout: 200ms}}
+    backends: [{{address: \"[2001:db8:5::21]:8001\"}}]
+  dns:
+    backends: [{{address: 198.18.5.21:5353}}]
+"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn status(t: &Topology) -> serde_json::Value {
+    serde_json::from_str(&t.curl("lb", "http://127.0.0.1:9100/v1/status")).unwrap_or_default()
+}
+
+/// A backend that greets each connection with its name and the peer it sees, then echoes.
+fn greeter(t: &Topology, host: &str, addr: &'static str, stop: Arc<AtomicBool>) {
+    let l = t
+        .thread_in(host, move || TcpListener::bind(addr).unwrap())
+        .join()
+        .unwrap();
+    l.set_nonblocking(true).unwrap();
+    let name = host.to_string();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut c, peer)) => {
+                    let name = name.clone();
+                    std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                        if writeln!(c, "{name} {}", peer.ip()).is_err() {
+                            return;
+                        }
+                        let mut b = [0u8; 256];
+                        while let Ok(n @ 1..) = c.read(&mut b) {
+                            if c.write_all(&b[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        // The client half-closed: answer once more, then close our side.
+                        let _ = c.write_all(b"bye\n");
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        // Dropping the listener here: the port refuses from now on.
+    });
+}
+
+/// Connects from the client and reads the greeting: (backend, the address it saw).
+fn hello(t: &Topology, to: SocketAddr) -> (TcpStream, String) {
+    t.thread_in("client", move || {
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{to}: no greeting: {e}"));
+        (s, line.trim().to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ping"
+}
+
+fn greetings(t: &Topology, to: SocketAddr, n: usize) -> Vec<String> {
+    (0..n).map(|_| hello(t, to).1).collect()
+}
+
+#[test]
+fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
+    require_root!();
+    for tool in ["nft", "curl", "ss"] {
+        if !keel_e2e::have(tool) {
+            skip!("{tool} missing (apt-get install nftables curl iproute2)");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut t = Topology::new("lb-nat");
+    t.bridge();
+    t.host("lb", &["198.18.5.11/24", "2001:db8:5::11/64"]);
+    t.host("b1", &["198.18.5.21/24", "2001:db8:5::21/64"]);
+    t.host("b2", &["198.18.5.22/24"]);
+    t.host("client", &["198.18.5.100/24", "2001:db8:5::100/64"]);
+    t.sh(
+        "client",
+        &format!(
+            "ip route add {VIP4}/32 via 198.18.5.11 && ip -6 route add {VIP6}/128 via 2001:db8:5::11"
+        ),
+    );
+    t.sh(
+        "lb",
+        &format!("ip addr add {VIP4}/32 dev lo && ip addr add {VIP6}/128 dev lo"),
+    );
+    // A fresh namespace does not forward: keel-lb turns it on (it runs as root here).
+    assert_eq!(t.sh("lb", "sysctl -n net.ipv4.ip_forward").trim(), "0");
+
+    let stop1 = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::new(AtomicBool::new(false));
+    greeter(&t, "b1", "198.18.5.21:8001", stop1.clone());
+    greeter(&t, "b1", "[2001:db8:5::21]:8001", stop1.clone());
+    greeter(&t, "b2", "198.18.5.22:8001", stop2.clone());
+    let udp = t
+        .thread_in("b1", || UdpSocket::bind("198.18.5.21:5353").unwrap())
+        .join()
+        .unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let udp_stop = stop1.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while !udp_stop.load(Ordering::SeqCst) {
+            if let Ok((n, peer)) = udp.recv_from(&mut b) {
+                let reply = format!("b1 {} {}", peer.ip(), String::from_utf8_lossy(&b[..n]));
+                let _ = udp.send_to(reply.as_bytes(), peer);
+            }
+        }
+    });
+
+    let cfg = lb_yaml(dir, "web", "");
+    let mut lb = t.spawn(
+        "lb",
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&t)["nat"]["installed"]
+            == true),
+        "the nat rules are not installed: {}",
+        status(&t)["nat"]
+    );
+    let st = status(&t)["nat"].clone();
+    assert!(st["error"].is_null(), "{st}");
+    assert_eq!(st["frontends"].as_array().map(Vec::len), Some(3), "{st}");
+    assert_eq!(t.sh("lb", "sysctl -n net.ipv4.ip_forward").trim(), "1");
+    // No keel-lb socket carries the traffic: nothing listens on the VIP's ports.
+    let listening = t.sh("lb", "ss -Htuln");
+    assert!(
+        !listening.contains(":80 ") && !listening.contains(":53 "),
+        "{listening}"
+    );
+
+    // Round robin over both backends; each sees the LB's address (masquerade), not the client's.
+    let web4: SocketAddr = format!("{VIP4}:80").parse().unwrap();
+    let seen = greetings(&t, web4, 10);
+    let (on1, on2) = (
+        seen.iter().filter(|g| *g == "b1 198.18.5.11").count(),
+        seen.iter().filter(|g| *g == "b2 198.18.5.11").count(),
+    );
+    assert_eq!((on1, on2), (5, 5), "{seen:?}");
+    // IPv6.
+    let web6: SocketAddr = format!("[{VIP6}]:80").parse().unwrap();
+    let (mut c6, g6) = hello(&t, web6);
+    assert_eq!(g6, "b1 2001:db8:5::11");
+    assert!(echoes(&mut c6));
+    // UDP: the reply comes back from the VIP.
+    let (from, reply) = t
+        .thread_in("client", || {
+            let s = UdpSocket::bind("198.18.5.100:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.send_to(b"query", format!("{VIP4}:53")).unwrap();
+            let mut b = [0u8; 512];
+            let (n, from) = s.recv_from(&mut b).expect("no UDP reply through nat");
+            (from, String::from_utf8_lossy(&b[..n]).to_string())
+        })
+        .join()
+        .unwrap();
+    assert_eq!(from.to_string(), format!("{VIP4}:53"));
+    assert_eq!(reply, "b1 198.18.5.11 query");
+
+    // Half-close goes end to end: the backend still answers after the client's FIN.
+    let (mut c, g) = hello(&t, web4);
+    assert!(echoes(&mut c), "{g}");
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+
+    // The conntrack timeout of an established flow is the frontend's `timeouts.idle` (30 s), not
+    // the kernel's five days.
+    let (kept, g) = hello(&t, web4);
+    let mut kept = kept;
+    let ct = t.sh("lb", "cat /proc/net/nf_conntrack");
+    let line = ct
+        .lines()
+        .find(|l| l.contains("ESTABLISHED") && l.contains(&format!("dst={VIP4} ")))
+        .unwrap_or_else(|| panic!("no established flow to the VIP:\n{ct}"));
+    let timeout: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(timeout <= 30 && timeout > 20, "{line}");
+
+    // b2 stops: after its health check fails, new connections all go to b1; b1's established
+    // connection keeps working through the table's rewrite.
+    stop2.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&t)["nat"]["frontends"]
+            [0]["backends"]
+            == serde_json::json!(["198.18.5.21:8001"])),
+        "b2 is still in the table: {}",
+        status(&t)["nat"]
+    );
+    let seen = greetings(&t, web4, 6);
+    assert!(seen.iter().all(|g| g == "b1 198.18.5.11"), "{seen:?}");
+    if g.starts_with("b1") {
+        assert!(echoes(&mut kept), "b1's connection broke when b2 went down");
+    }
+
+    // A reload moves web4 to the pool of b2 alone (down now): no backend, so the client is
+    // refused at once by the LB's own stack, while the established connection to b1 stays
+    // (conntrack keeps it).
+    let (mut on_b1, g) = hello(&t, web4);
+    assert!(g.starts_with("b1"), "{g}");
+    lb_yaml(dir, "web-b2", "");
+    let out = t.sh(
+        "lb",
+        "curl -s -X POST --max-time 5 http://127.0.0.1:9100/reload",
+    );
+    assert!(!out.to_lowercase().contains("fail"), "reload: {out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || status(&t)["nat"]["frontends"][0]
+            ["backends"]
+            == serde_json::json!([])),
+        "{}",
+        status(&t)["nat"]
+    );
+    let refused = t
+        .thread_in("client", move || {
+            TcpStream::connect_timeout(&web4, Duration::from_secs(2)).map_err(|e| e.kind())
+        })
+        .join()
+        .unwrap();
+    assert_eq!(
+        refused.err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a frontend without backends must refuse"
+    );
+    assert!(
+        echoes(&mut on_b1),
+        "the established flow did not survive the reload"
+    );
+
+    // A bad reload changes nothing: the rules stay as they were.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "mode: nat, timeouts",
+            "mode: nat, max_connections: 5, timeouts",
+        ),
+    )
+    .unwrap();
+    let out = t.exec(
+        "lb",
+        &[
+            "curl",
+            "-s",
+            "-X",
+            "POST",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/reload",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("max_connections"), "reload: {said}");
+    assert!(status(&t)["nat"]["installed"] == true);
+    std::fs::write(&cfg, good).unwrap();
+
+    // `keel-lb status` names the nat frontends.
+    let text = t.exec(
+        "lb",
+        &[
+            bin("keel-lb").to_str().unwrap(),
+            "status",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("NAT (mode: nat") && text.contains("web4"),
+        "{text}"
+    );
+
+    // Exit: the table goes with keel-lb.
+    lb.signal(libc::SIGTERM);
+    let exit = lb.wait_timeout(Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "keel-lb did not exit cleanly: {exit:?}"
+    );
+    let tables = t.sh("lb", "nft list tables");
+    assert!(!tables.contains("keel_lb_nat"), "{tables}");
+    drop(c6);
+    stop1.store(true, Ordering::SeqCst);
+}
+
+/// Under the packaged unit keel-lb cannot write /proc/sys: with forwarding off, the rules are
+/// installed (the LB's own connections work) but the status says that other hosts' packets are
+/// dropped, and what to set.
+#[test]
+fn forwarding_off_and_not_settable_is_said_in_the_status() {
+    require_root!();
+    for tool in ["nft", "curl", "unshare"] {
+        if !keel_e2e::have(tool) {
+            skip!("{tool} missing");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Topology::new("lb-natro");
+    t.bridge();
+    t.host("lb", &["198.18.6.11/24", "2001:db8:6::11/64"]);
+    let cfg = lb_yaml(tmp.path(), "web", "");
+    let _lb = t.spawn(
+        "lb",
+        "unshare",
+        &[
+            "-m",
+            "sh",
+            "-c",
+            &format!(
+                "mount -o bind,ro /proc/sys /proc/sys && exec {} run --config {}",
+                bin("keel-lb").display(),
+                cfg.display()
+            ),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&t)["nat"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("net.ipv4.ip_forward is 0")
+                && e.contains("net.ipv6.conf.all.forwarding is 0"))),
+        "the status does not say forwarding is off: {}",
+        status(&t)["nat"]
+    );
+    assert!(t.sh("lb", "nft list tables").contains("keel_lb_nat"));
+    // Once set (what a sysctl.d file does at boot), the error goes without a restart.
+    t.sh(
+        "lb",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || status(&t)["nat"]["error"]
+            .is_null()),
+        "{}",
+        status(&t)["nat"]
+    );
+}
