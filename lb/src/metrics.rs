@@ -33,6 +33,10 @@ pub struct Metrics {
     pub last_reload_ok: IntGauge,
     pub vrrp_configured: IntGauge,
     pub vrrp_running: IntGauge,
+    /// `mode: nat`: 1 when the nftables table is as the config and health say.
+    pub nat_installed: IntGauge,
+    /// `mode: nat`: connections (UDP flows) given to each backend, from the rules' counters.
+    pub nat_connections: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -252,6 +256,19 @@ impl Metrics {
                     "VRRP routers the config asks for.",
                 )
                 .expect("static metric definition"),
+            ),
+            nat_installed: reg(
+                &r,
+                IntGauge::new(
+                    "keel_lb_nat_rules_installed",
+                    "1 when the mode: nat frontends' nftables rules are installed as the config and backend health say (also 1 without such frontends); 0 when nft failed or is missing (the previous rules stay) or forwarding is off.",
+                )
+                .expect("static metric definition"),
+            ),
+            nat_connections: cv(
+                "keel_lb_nat_connections_total",
+                "Connections (UDP flows) the kernel gave to a backend of a mode: nat frontend, read from the rules' counters every second (those in the second before a rule change can be missed).",
+                &["frontend", "backend"],
             ),
             vrrp_running: reg(
                 &r,

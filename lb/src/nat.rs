@@ -252,6 +252,10 @@ pub struct Nat {
     forwarding: Option<String>,
     /// What the last sync asked for.
     fronts: Vec<NatFrontend>,
+    /// What the installed table holds (chain `f{i}_b{j}` is `installed[i].backends[j]`).
+    installed: Vec<NatFrontend>,
+    /// Connections already counted per chain of the installed table (its counters start at 0).
+    counted: std::collections::HashMap<(usize, usize), u64>,
 }
 
 /// `/v1/status` `nat`.
@@ -327,6 +331,8 @@ impl Nat {
                     tracing::info!("nat: rules installed");
                 }
                 self.applied = Some(script);
+                self.installed = fronts.to_vec();
+                self.counted.clear();
             }
             Err(e) => {
                 if self.error.as_deref() != Some(e.as_str()) {
@@ -343,9 +349,39 @@ impl Nat {
         before != self.status()
     }
 
+    /// New connections per (frontend, backend) since the last call, from the installed table's
+    /// counters.
+    pub async fn new_connections(&mut self) -> Vec<(String, SocketAddr, u64)> {
+        if self.applied.is_none() {
+            return Vec::new();
+        }
+        let Some(nft) = find_nft() else {
+            return Vec::new();
+        };
+        let json = match crate::nft::output(&nft, &["-j", "list", "table", "inet", TABLE]).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::debug!(error = %e, "nat: reading the counters");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for ((i, j), packets) in counters(&json) {
+            let Some((addr, _)) = self.installed.get(i).and_then(|f| f.backends.get(j)) else {
+                continue;
+            };
+            let before = self.counted.insert((i, j), packets).unwrap_or(0);
+            if packets > before {
+                out.push((self.installed[i].name.clone(), *addr, packets - before));
+            }
+        }
+        out
+    }
+
     /// Removes the table (at exit, or when no frontend is `mode: nat` any more).
     pub async fn remove(&mut self) {
         self.fronts.clear();
+        self.installed.clear();
         self.error = None;
         if self.applied.take().is_none() {
             return;
@@ -358,6 +394,33 @@ impl Nat {
             Err(e) => tracing::error!(error = %e, "nat: removing the rules"),
         }
     }
+}
+
+/// The backend chains' counters in `nft -j list table` output: (frontend index, backend index) →
+/// packets (a nat chain sees the first packet of each connection only).
+fn counters(json: &str) -> Vec<((usize, usize), u64)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let Some(items) = v["nftables"].as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|it| {
+            let rule = it.get("rule")?;
+            let (f, b) = rule["chain"]
+                .as_str()?
+                .strip_prefix('f')?
+                .split_once("_b")?;
+            let key = (f.parse().ok()?, b.parse().ok()?);
+            let packets = rule["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())?;
+            Some((key, packets))
+        })
+        .collect()
 }
 
 fn find_nft() -> Option<PathBuf> {
@@ -376,7 +439,11 @@ fn ensure_forwarding(fronts: &[NatFrontend]) -> Option<String> {
             "net.ipv6.conf.all.forwarding",
         ),
     ] {
-        if !fronts.iter().any(|f| f.listen.is_ipv4() == v4) {
+        // Frontends on loopback only serve this host: nothing to forward.
+        if !fronts
+            .iter()
+            .any(|f| f.listen.is_ipv4() == v4 && !f.listen.ip().is_loopback())
+        {
             continue;
         }
         match std::fs::read_to_string(file) {
@@ -471,6 +538,22 @@ mod tests {
         let mut h = f[0].clone();
         h.hash_source = true;
         assert!(ruleset(&[h]).contains("jhash ip saddr mod 3 seed 0x6b65656c vmap"));
+    }
+
+    #[test]
+    fn counters_are_read_from_nfts_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"table": {"family": "inet", "name": "keel_lb_nat", "handle": 1}},
+          {"rule": {"family": "inet", "table": "keel_lb_nat", "chain": "pre", "handle": 9,
+            "expr": [{"jump": {"target": "f0"}}]}},
+          {"rule": {"family": "inet", "table": "keel_lb_nat", "chain": "f0_b1", "handle": 12,
+            "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                     {"counter": {"packets": 7, "bytes": 420}}, {"dnat": {"family": "ip", "addr": "198.18.1.3", "port": 8080}}]}},
+          {"rule": {"family": "inet", "table": "keel_lb_nat", "chain": "f2_b0", "handle": 14,
+            "expr": [{"counter": {"packets": 0, "bytes": 0}}]}}]}"#;
+        assert_eq!(counters(json), vec![((0, 1), 7), ((2, 0), 0)]);
+        assert!(counters("not json").is_empty());
+        assert!(counters("{}").is_empty());
     }
 
     fn skip(why: &str) {

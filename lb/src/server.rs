@@ -1119,6 +1119,17 @@ impl Server {
         if self.nat.sync(&fronts).await {
             self.publish_view();
         }
+        let st = self.nat.status();
+        // 1 also without nat frontends (nothing to install): 0 always means something is wrong.
+        self.metrics.nat_installed.set(i64::from(
+            st.as_ref().is_none_or(|s| s.installed && s.error.is_none()),
+        ));
+        for (fe, backend, n) in self.nat.new_connections().await {
+            self.metrics
+                .nat_connections
+                .with_label_values(&[&fe, &backend.to_string()])
+                .inc_by(n);
+        }
     }
 
     /// Pool health as BGP announcements see it: a pool counts once one of its available backends

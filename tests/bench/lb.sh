@@ -6,9 +6,17 @@
 # The rounds interleave the three targets so that load from anything else on the machine hits all of
 # them alike; each figure in the table is the median over the rounds.
 #
-# keel-lb is measured twice: its default relay and `splice: kernel` (a second pair of frontends in the
-# same process, "keel-lb spliced"). Needs root for the spliced figures (CAP_BPF); otherwise that column
-# measures the fallback (the footer prints how many connections were spliced).
+# keel-lb is measured three ways: its default relay, `splice: kernel` (a second pair of frontends in the
+# same process, "keel-lb spliced"), and `mode: nat` ("keel-lb nat": the kernel forwards, DNAT +
+# masquerade from keel-lb's nftables table; a separate keel-lb process that runs only while its own
+# figures are taken, so that conntrack, which NAT switches on for the whole namespace, costs the other
+# columns nothing). Needs root: nft for the nat column, CAP_BPF for the spliced one (without it that
+# column measures the fallback; the footer prints how many connections were spliced).
+#
+# Everything runs over loopback: the LB is not a separate hop. That leaves out, for every LB alike, the
+# device receive and transmit a real LB VM pays on its NIC for each packet in and out; what remains is
+# each LB's own work: two TCP endpoints and the proxy for HAProxy and the relay, conntrack and NAT for
+# mode: nat.
 #
 # Layout (2-core machine): each load balancer runs ONE worker thread pinned to CPU 1 (keel-lb
 # `--workers 1`, HAProxy `nbthread 1`); nginx (1 worker), wrk (1 thread), iperf3 and the idle-connection
@@ -34,7 +42,8 @@ IDLE=${IDLE:-9500}               # idle connections for the RSS figure (see the 
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
-for t in nginx haproxy wrk iperf3 python3 taskset ss curl; do
+[ "$(id -u)" = 0 ] || { echo "run as root (nft for the nat column, CAP_BPF for the spliced one)" >&2; exit 1; }
+for t in nginx haproxy wrk iperf3 python3 taskset ss curl nft; do
   command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
 done
 
@@ -43,11 +52,16 @@ echo "building keel-lb (release)..." >&2
 cargo build --release -p keel-lb --quiet
 KEEL="$TARGET/release/keel-lb"
 
+FORWARD_BEFORE=$(cat /proc/sys/net/ipv4/ip_forward)
 WORK=$(mktemp -d /tmp/keel-lb-bench.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # keel-lb removes its table at exit; this is for a keel-lb that could not.
+  nft delete table inet keel_lb_nat 2>/dev/null || true
+  # Loopback nat frontends need no forwarding and keel-lb leaves it alone; restored all the same.
+  sysctl -qw "net.ipv4.ip_forward=$FORWARD_BEFORE" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -56,6 +70,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 NGINX=$(port); IPERF=$(port)
 HA=$(port); HA_BULK=$(port); KEEL_P=$(port); KEEL_BULK=$(port); KEEL_ADMIN=$(port)
 KSP=$(port); KSP_BULK=$(port)   # keel-lb's splice: kernel frontends
+KN=$(port); KN_BULK=$(port); KN_ADMIN=$(port)   # keel-lb's mode: nat frontends (own process)
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -138,31 +153,65 @@ pools:
     backends: [{ address: "127.0.0.1:$IPERF" }]
 EOF
 "$KEEL" check --config "$WORK/keel-lb.yaml" >/dev/null
+cat > "$WORK/keel-lb-nat.yaml" <<EOF
+admin:
+  listen: 127.0.0.1:$KN_ADMIN
+shutdown:
+  drain: 1s
+frontends:
+  - name: web-nat
+    listen: 127.0.0.1:$KN
+    pool: nginx
+    mode: nat
+  - name: bulk-nat
+    listen: 127.0.0.1:$KN_BULK
+    pool: iperf
+    mode: nat
+pools:
+  nginx:
+    health: { type: tcp, interval: 5s }
+    backends: [{ address: "127.0.0.1:$NGINX" }]
+  iperf:
+    health: { type: tcp, interval: 5s }
+    backends: [{ address: "127.0.0.1:$IPERF" }]
+EOF
+"$KEEL" check --config "$WORK/keel-lb-nat.yaml" >/dev/null
 
 start_haproxy() { taskset -c "$LB_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & HA_PID=$!; PIDS+=($HA_PID); wait_port "$HA"; }
 start_keel() { RUST_LOG=warn taskset -c "$LB_CPU" "$KEEL" run --workers 1 --config "$WORK/keel-lb.yaml" 2>"$WORK/keel.log" & KEEL_PID=$!; PIDS+=($KEEL_PID); wait_port "$KEEL_P"; }
+start_nat() {
+  RUST_LOG=warn taskset -c "$LB_CPU" "$KEEL" run --workers 1 --config "$WORK/keel-lb-nat.yaml" 2>"$WORK/keel-nat.log" & NAT_PID=$!; PIDS+=($NAT_PID)
+  for _ in $(seq 100); do
+    curl -s "127.0.0.1:$KN_ADMIN/v1/status" | grep -q '"installed":true' && return 0
+    sleep 0.1
+  done
+  echo "keel-lb mode: nat never installed its rules: $(curl -s "127.0.0.1:$KN_ADMIN/v1/status") $(cat "$WORK/keel-nat.log")" >&2; exit 1
+}
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# Kernel memory of conntrack entries (mode: nat keeps one per connection): active objects x size.
+ct_kb() { awk '$1 == "nf_conntrack" { printf "%d", $2 * $4 / 1024 } END { if (!NR) print 0 }' /proc/slabinfo; }
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 nginx_established() { ss -Htn state established "( sport = :$NGINX )" | wc -l; }
 
 # --- RSS with idle connections (fresh processes) ------------------------------------------------
-idle_rss() { # pid port -> "baseline_kb loaded_kb"
-  local pid=$1 p=$2 base
-  base=$(rss_kb "$pid")
+idle_rss() { # pid port -> "baseline_kb loaded_kb established proxied conntrack_kb_added"
+  local pid=$1 p=$2 base ct0
+  base=$(rss_kb "$pid"); ct0=$(ct_kb)
   coproc IDLER { taskset -c "$LOAD_CPU" python3 tests/bench/lb_idle.py 127.0.0.1 "$p" "$IDLE"; }
   local line; read -r line <&"${IDLER[0]}"
   for _ in $(seq 100); do [ "$(nginx_established)" -ge "$IDLE" ] && break; sleep 0.2; done
   local proxied; proxied=$(nginx_established)
   sleep 1
-  echo "$base $(rss_kb "$pid") ${line#ready } $proxied"
+  echo "$base $(rss_kb "$pid") ${line#ready } $proxied $(( $(ct_kb) - ct0 ))"
   kill "$IDLER_PID" 2>/dev/null || true; wait "$IDLER_PID" 2>/dev/null || true
   sleep 1
 }
 echo "measuring RSS with $IDLE idle connections..." >&2
-start_haproxy; read -r HA_RSS0 HA_RSS HA_IDLE_OK HA_IDLE_PROXIED < <(idle_rss "$HA_PID" "$HA"); stop "$HA_PID"
-start_keel;    read -r K_RSS0 K_RSS K_IDLE_OK K_IDLE_PROXIED < <(idle_rss "$KEEL_PID" "$KEEL_P"); stop "$KEEL_PID"
-start_keel;    read -r KS_RSS0 KS_RSS KS_IDLE_OK KS_IDLE_PROXIED < <(idle_rss "$KEEL_PID" "$KSP"); stop "$KEEL_PID"
+start_haproxy; read -r HA_RSS0 HA_RSS HA_IDLE_OK HA_IDLE_PROXIED _ < <(idle_rss "$HA_PID" "$HA"); stop "$HA_PID"
+start_keel;    read -r K_RSS0 K_RSS K_IDLE_OK K_IDLE_PROXIED _ < <(idle_rss "$KEEL_PID" "$KEEL_P"); stop "$KEEL_PID"
+start_keel;    read -r KS_RSS0 KS_RSS KS_IDLE_OK KS_IDLE_PROXIED _ < <(idle_rss "$KEEL_PID" "$KSP"); stop "$KEEL_PID"
+start_nat;     read -r N_RSS0 N_RSS N_IDLE_OK N_IDLE_PROXIED N_CT < <(idle_rss "$NAT_PID" "$KN"); stop "$NAT_PID"
 
 # --- throughput -----------------------------------------------------------------------------------
 to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
@@ -225,6 +274,7 @@ for r in $(seq "$ROUNDS"); do
   measure haproxy "$HA" "$HA_BULK" "$r" "$HA_PID"
   measure keel "$KEEL_P" "$KEEL_BULK" "$r" "$KEEL_PID"
   measure keelsp "$KSP" "$KSP_BULK" "$r" "$KEEL_PID"
+  start_nat; measure nat "$KN" "$KN_BULK" "$r" "$NAT_PID"; stop "$NAT_PID"
 done
 SPLICED=$(curl -s "127.0.0.1:$KEEL_ADMIN/metrics" | awk '/^keel_lb_frontend_spliced_total\{frontend="web-splice"\}/ {print $2}')
 SPLICE_FALLBACKS=$(curl -s "127.0.0.1:$KEEL_ADMIN/metrics" | awk '/^keel_lb_frontend_splice_fallbacks_total\{frontend="web-splice"\}/ {print $2}')
@@ -249,6 +299,7 @@ SC_HA_CC=$(syscalls "$HA" close "$HA_PID"); SC_K_CC=$(syscalls "$KEEL_P" close "
 SC_HA_KA=$(syscalls "$HA" keep "$HA_PID"); SC_K_KA=$(syscalls "$KEEL_P" keep "$KEEL_PID")
 SC_KS_CC=$(syscalls "$KSP" close "$KEEL_PID"); SC_KS_KA=$(syscalls "$KSP" keep "$KEEL_PID")
 stop "$HA_PID"; stop "$KEEL_PID"
+start_nat; SC_N_CC=$(syscalls "$KN" close "$NAT_PID"); SC_N_KA=$(syscalls "$KN" keep "$NAT_PID"); stop "$NAT_PID"
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 RAW=""
 for k in "${!R[@]}"; do
@@ -257,36 +308,57 @@ for k in "${!R[@]}"; do
   R[$k]=$(median "${R[$k]}")
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
+R[haproxy,rss0]=$(mb "$HA_RSS0"); R[keel,rss0]=$(mb "$K_RSS0"); R[keelsp,rss0]=$(mb "$KS_RSS0"); R[nat,rss0]=$(mb "$N_RSS0")
+R[haproxy,rss]=$(mb "$HA_RSS"); R[keel,rss]=$(mb "$K_RSS"); R[keelsp,rss]=$(mb "$KS_RSS"); R[nat,rss]=$(mb "$N_RSS")
+# mode: nat keeps no socket: its per-connection state is a conntrack entry, kernel memory that RSS
+# does not show (nor does it show the proxies' sockets, two per connection). Counted here beside it.
+R[nat,rssct]=$(mb "$(( N_RSS + N_CT ))"); R[nat,ct]=$(mb "$N_CT")
+row() { # label key direct-cell(yes|net|no)
+  local k=$2 d=- dk=- dn=-
+  case $3 in
+    yes) d=${R[direct,$k]}; dk=$(ratio "${R[keel,$k]:--}" "$d"); dn=$(ratio "${R[nat,$k]:--}" "$d");;
+    net) d="${R[direct,$k]} (not net)";;
+  esac
+  echo "| $1 | $d | ${R[haproxy,$k]:--} | ${R[keel,$k]:--} | ${R[keelsp,$k]:--} | ${R[nat,$k]:--} | $(ratio "${R[keel,$k]:--}" "${R[haproxy,$k]:--}") | $(ratio "${R[keelsp,$k]:--}" "${R[haproxy,$k]:--}") | $(ratio "${R[nat,$k]:--}" "${R[haproxy,$k]:--}") | $dk | $dn |"
+}
+table() {
+  echo "| | direct | HAProxy | keel-lb | keel-lb spliced | keel-lb nat | keel-lb / HAProxy | spliced / HAProxy | nat / HAProxy | keel-lb / direct | nat / direct |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  row "requests/s, keep-alive" ka yes
+  row "p99 latency, keep-alive (ms)" ka99 yes
+  row "connections/s, Connection: close" cc yes
+  row "p99 latency, Connection: close (ms)" cc99 yes
+  row "machine CPU per request, keep-alive, minus direct (us)" kam net
+  row "machine CPU per connection, close, minus direct (us)" ccm net
+  row "LB process CPU per request, keep-alive (us)" kacpu no
+  row "LB process CPU per connection, close (us)" cccpu no
+  row "bulk, iperf3 (Gbit/s)" bulk yes
+  row "RSS idle (MiB)" rss0 no
+  row "RSS with $IDLE idle connections (MiB)" rss no
+  row "nat: + conntrack entries' kernel memory (MiB)" ct no
+  R[haproxy,rssct]=${R[haproxy,rss]}
+  row "nat: RSS + conntrack, against HAProxy's RSS (MiB)" rssct no
+}
 
 cat <<EOF
 
 keel-lb benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),
 $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS -d${DURATION}s; each LB one thread on CPU $LB_CPU; load on CPU $LOAD_CPU.
 
-| | direct | HAProxy | keel-lb | keel-lb spliced | keel-lb / HAProxy | spliced / HAProxy | keel-lb / direct | spliced / direct |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|
-| requests/s, keep-alive | ${R[direct,ka]} | ${R[haproxy,ka]} | ${R[keel,ka]} | ${R[keelsp,ka]} | $(ratio "${R[keel,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keelsp,ka]}" "${R[haproxy,ka]}") | $(ratio "${R[keel,ka]}" "${R[direct,ka]}") | $(ratio "${R[keelsp,ka]}" "${R[direct,ka]}") |
-| p99 latency, keep-alive (ms) | ${R[direct,ka99]} | ${R[haproxy,ka99]} | ${R[keel,ka99]} | ${R[keelsp,ka99]} | $(ratio "${R[keel,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keelsp,ka99]}" "${R[haproxy,ka99]}") | $(ratio "${R[keel,ka99]}" "${R[direct,ka99]}") | $(ratio "${R[keelsp,ka99]}" "${R[direct,ka99]}") |
-| connections/s, Connection: close | ${R[direct,cc]} | ${R[haproxy,cc]} | ${R[keel,cc]} | ${R[keelsp,cc]} | $(ratio "${R[keel,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keelsp,cc]}" "${R[haproxy,cc]}") | $(ratio "${R[keel,cc]}" "${R[direct,cc]}") | $(ratio "${R[keelsp,cc]}" "${R[direct,cc]}") |
-| p99 latency, Connection: close (ms) | ${R[direct,cc99]} | ${R[haproxy,cc99]} | ${R[keel,cc99]} | ${R[keelsp,cc99]} | $(ratio "${R[keel,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keelsp,cc99]}" "${R[haproxy,cc99]}") | $(ratio "${R[keel,cc99]}" "${R[direct,cc99]}") | $(ratio "${R[keelsp,cc99]}" "${R[direct,cc99]}") |
-| machine CPU per request, keep-alive, minus direct (us) | ${R[direct,kam]} (not net) | ${R[haproxy,kam]} | ${R[keel,kam]} | ${R[keelsp,kam]} | $(ratio "${R[keel,kam]}" "${R[haproxy,kam]}") | $(ratio "${R[keelsp,kam]}" "${R[haproxy,kam]}") | - | - |
-| machine CPU per connection, close, minus direct (us) | ${R[direct,ccm]} (not net) | ${R[haproxy,ccm]} | ${R[keel,ccm]} | ${R[keelsp,ccm]} | $(ratio "${R[keel,ccm]}" "${R[haproxy,ccm]}") | $(ratio "${R[keelsp,ccm]}" "${R[haproxy,ccm]}") | - | - |
-| LB process CPU per request, keep-alive (us) | - | ${R[haproxy,kacpu]} | ${R[keel,kacpu]} | ${R[keelsp,kacpu]} | $(ratio "${R[keel,kacpu]}" "${R[haproxy,kacpu]}") | $(ratio "${R[keelsp,kacpu]}" "${R[haproxy,kacpu]}") | - | - |
-| LB process CPU per connection, close (us) | - | ${R[haproxy,cccpu]} | ${R[keel,cccpu]} | ${R[keelsp,cccpu]} | $(ratio "${R[keel,cccpu]}" "${R[haproxy,cccpu]}") | $(ratio "${R[keelsp,cccpu]}" "${R[haproxy,cccpu]}") | - | - |
-| bulk, iperf3 (Gbit/s) | ${R[direct,bulk]} | ${R[haproxy,bulk]} | ${R[keel,bulk]} | ${R[keelsp,bulk]} | $(ratio "${R[keel,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keelsp,bulk]}" "${R[haproxy,bulk]}") | $(ratio "${R[keel,bulk]}" "${R[direct,bulk]}") | $(ratio "${R[keelsp,bulk]}" "${R[direct,bulk]}") |
-| RSS idle (MiB) | - | $(mb "$HA_RSS0") | $(mb "$K_RSS0") | $(mb "$KS_RSS0") | $(ratio "$K_RSS0" "$HA_RSS0") | $(ratio "$KS_RSS0" "$HA_RSS0") | - | - |
-| RSS with $IDLE idle connections (MiB) | - | $(mb "$HA_RSS") | $(mb "$K_RSS") | $(mb "$KS_RSS") | $(ratio "$K_RSS" "$HA_RSS") | $(ratio "$KS_RSS" "$HA_RSS") | - | - |
+$(table)
 
 Syscalls per connection (Connection: close), strace -c -f, wrk -c10 2s:
   HAProxy ${SC_HA_CC}
   keel-lb ${SC_K_CC}
   keel-lb spliced ${SC_KS_CC}
+  keel-lb nat (the process; the kernel forwards) ${SC_N_CC}
 Syscalls per request (keep-alive):
   HAProxy ${SC_HA_KA}
   keel-lb ${SC_K_KA}
   keel-lb spliced ${SC_KS_KA}
+  keel-lb nat ${SC_N_KA}
 Spliced connections on web-splice: ${SPLICED:-0}, relayed instead (fallbacks): ${SPLICE_FALLBACKS:-0}.
 
 Medians of $ROUNDS interleaved rounds. On a 2-CPU machine the load CPU (wrk + nginx) saturates before
@@ -294,8 +366,8 @@ the LB's CPU does, so requests/s mostly measures the latency each LB adds; CPU p
 efficiency figure: "machine ... minus direct" (all cores' busy time from /proc/stat / requests, less
 the direct connection's in the same round) counts kernel work in softirq and kworkers that "LB process"
 (its utime+stime / requests) misses. Load average before the run: $LOAD_BEFORE (the machine figure
-assumes nothing else ran). wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}.
-Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED, spliced $KS_IDLE_OK/$KS_IDLE_PROXIED.
+assumes nothing else ran). wrk errors (socket errors + non-2xx, all rounds): direct ${R[direct,err]}, HAProxy ${R[haproxy,err]}, keel-lb ${R[keel,err]}, spliced ${R[keelsp,err]}, nat ${R[nat,err]}.
+Idle connections established/proxied to nginx: HAProxy $HA_IDLE_OK/$HA_IDLE_PROXIED, keel-lb $K_IDLE_OK/$K_IDLE_PROXIED, spliced $KS_IDLE_OK/$KS_IDLE_PROXIED, nat $N_IDLE_OK/$N_IDLE_PROXIED.
 
 Per-round values:
 $(sort <<<"$RAW")

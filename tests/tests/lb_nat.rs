@@ -141,8 +141,12 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
         "lb",
         &format!("ip addr add {VIP4}/32 dev lo && ip addr add {VIP6}/128 dev lo"),
     );
-    // A fresh namespace does not forward: keel-lb turns it on (it runs as root here).
-    assert_eq!(t.sh("lb", "sysctl -n net.ipv4.ip_forward").trim(), "0");
+    // Forwarding off (a new namespace copies IPv4's from the host's): keel-lb turns it on (it
+    // runs as root here).
+    t.sh(
+        "lb",
+        "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0",
+    );
 
     let stop1 = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::new(AtomicBool::new(false));
@@ -197,6 +201,27 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
         seen.iter().filter(|g| *g == "b2 198.18.5.11").count(),
     );
     assert_eq!((on1, on2), (5, 5), "{seen:?}");
+    // The rules' counters reach Prometheus (read every second).
+    let counted = |t: &Topology, backend: &str| -> u64 {
+        let m = t.curl("lb", "http://127.0.0.1:9100/metrics");
+        let series =
+            format!("keel_lb_nat_connections_total{{backend=\"{backend}\",frontend=\"web4\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || counted(&t, "198.18.5.21:8001")
+            == 5
+            && counted(&t, "198.18.5.22:8001") == 5),
+        "keel_lb_nat_connections_total: {} and {}",
+        counted(&t, "198.18.5.21:8001"),
+        counted(&t, "198.18.5.22:8001")
+    );
+    assert!(t
+        .curl("lb", "http://127.0.0.1:9100/metrics")
+        .contains("keel_lb_nat_rules_installed 1"));
     // IPv6.
     let web6: SocketAddr = format!("[{VIP6}]:80").parse().unwrap();
     let (mut c6, g6) = hello(&t, web6);
@@ -358,6 +383,10 @@ fn forwarding_off_and_not_settable_is_said_in_the_status() {
     let mut t = Topology::new("lb-natro");
     t.bridge();
     t.host("lb", &["198.18.6.11/24", "2001:db8:6::11/64"]);
+    t.sh(
+        "lb",
+        "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0",
+    );
     let cfg = lb_yaml(tmp.path(), "web", "");
     let _lb = t.spawn(
         "lb",
