@@ -250,6 +250,58 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
     c.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "bye\n");
 
+    // Bulk both ways, intact, through the kernel's translation.
+    let (bulk, _) = hello(&t, web4);
+    let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut writer = bulk.try_clone().unwrap();
+    let to_send = sent.clone();
+    let w = std::thread::spawn(move || writer.write_all(&to_send));
+    let mut got = vec![0u8; sent.len()];
+    let mut r = bulk;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r.read_exact(&mut got).unwrap();
+    w.join().unwrap().unwrap();
+    assert!(got == sent, "bulk data changed on the way");
+
+    // Drained at run time (the admin API): new connections leave b1, its established ones stay.
+    let (mut on_b1, g) = loop {
+        let (c, g) = hello(&t, web4);
+        if g.starts_with("b1") {
+            break (c, g);
+        }
+    };
+    let drain = |state: &str| {
+        let out = t.sh(
+            "lb",
+            &format!("curl -s -X POST --max-time 5 -d state={state} http://127.0.0.1:9100/v1/backends/web/198.18.5.21:8001"),
+        );
+        assert!(!out.to_lowercase().contains("error"), "{out}");
+    };
+    drain("drain");
+    assert!(
+        wait_until(Duration::from_secs(5), || status(&t)["nat"]["frontends"][0]
+            ["backends"]
+            == serde_json::json!(["198.18.5.22:8001"])),
+        "{}",
+        status(&t)["nat"]
+    );
+    let seen = greetings(&t, web4, 4);
+    assert!(seen.iter().all(|g| g == "b2 198.18.5.11"), "{seen:?}");
+    assert!(
+        echoes(&mut on_b1),
+        "{g}: the drained backend's connection broke"
+    );
+    drain("ready");
+    assert!(
+        wait_until(Duration::from_secs(5), || status(&t)["nat"]["frontends"][0]
+            ["backends"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)),
+        "{}",
+        status(&t)["nat"]
+    );
+    drop(on_b1);
+
     // The conntrack timeout of an established flow is the frontend's `timeouts.idle` (30 s), not
     // the kernel's five days.
     let (kept, g) = hello(&t, web4);
