@@ -77,6 +77,9 @@ Homepage: https://github.com/keel/keel
 Description: $8
 $(printf '%s\n' "$9" | sed 's/^/ /')
 CONTROL
+    # keel-lb runs nft for `mode: nat` frontends and `bgp.handoff`; without it those say why and
+    # do nothing.
+    if [ "$pkg" = keel-lb ]; then sed -i '/^Depends:/a Recommends: nftables' "$d/DEBIAN/control"; fi
     (cd "$d" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
         xargs -0 md5sum > DEBIAN/md5sums)
     find "$d" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

@@ -43,7 +43,7 @@ export SOURCE_DATE_EPOCH
 [ "$(id -u)" = 0 ] || { echo "build-image.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
 
 case $role in
-lb)   pkgs=keel-lb;    extra= ;;
+lb)   pkgs=keel-lb;    extra=nftables ;;   # mode: nat frontends and bgp.handoff run nft
 node) pkgs=keel-agent; extra=containerd ;;
 *)    echo "build-image.sh: role is lb or node, not $role" >&2; exit 2 ;;
 esac

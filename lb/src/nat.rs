@@ -256,6 +256,8 @@ pub struct Nat {
     installed: Vec<NatFrontend>,
     /// Connections already counted per chain of the installed table (its counters start at 0).
     counted: std::collections::HashMap<(usize, usize), u64>,
+    /// A table left by a keel-lb that could not remove it (killed) was looked for.
+    swept: bool,
 }
 
 /// `/v1/status` `nat`.
@@ -309,6 +311,9 @@ impl Nat {
         if fronts.is_empty() {
             if self.applied.is_some() || self.error.is_some() {
                 self.remove().await;
+            } else if !self.swept {
+                self.swept = true;
+                sweep().await;
             }
             self.forwarding = None;
             return before != self.status();
@@ -421,6 +426,31 @@ fn counters(json: &str) -> Vec<((usize, usize), u64)> {
             Some((key, packets))
         })
         .collect()
+}
+
+/// Removes a table a killed keel-lb left behind (it would forward to backends nobody checks any
+/// more), where nft is installed and this keel-lb may run it; quiet otherwise.
+async fn sweep() {
+    let Some(nft) = find_nft() else {
+        return;
+    };
+    let Ok(tables) = crate::nft::output(&nft, &["list", "tables", "inet"]).await else {
+        return;
+    };
+    if !tables
+        .lines()
+        .any(|l| l.trim() == format!("table inet {TABLE}"))
+    {
+        return;
+    }
+    match crate::nft::run(&nft, &removal()).await {
+        Ok(()) => tracing::warn!(
+            "nat: removed a {TABLE} table left by an earlier keel-lb; no frontend is mode: nat"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "nat: a {TABLE} table left by an earlier keel-lb could not be removed")
+        }
+    }
 }
 
 fn find_nft() -> Option<PathBuf> {

@@ -416,6 +416,37 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
     );
     let tables = t.sh("lb", "nft list tables");
     assert!(!tables.contains("keel_lb_nat"), "{tables}");
+
+    // A keel-lb killed outright leaves its table; the next one, without nat frontends, removes it
+    // (nobody would check those backends any more).
+    let mut lb = t.spawn(
+        "lb",
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    assert!(wait_until(Duration::from_secs(10), || status(&t)["nat"]
+        ["installed"]
+        == true));
+    lb.signal(libc::SIGKILL);
+    let _ = lb.wait_timeout(Duration::from_secs(5));
+    assert!(t.sh("lb", "nft list tables").contains("keel_lb_nat"));
+    let plain = dir.join("plain.yaml");
+    std::fs::write(
+        &plain,
+        "admin: {listen: 127.0.0.1:9100}\nfrontends: [{name: p, listen: 127.0.0.1:8081, pool: p}]\npools: {p: {backends: [{address: 198.18.5.21:8001}]}}\n",
+    )
+    .unwrap();
+    let _lb = t.spawn(
+        "lb",
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", plain.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !t
+            .sh("lb", "nft list tables")
+            .contains("keel_lb_nat")),
+        "the table left by the killed keel-lb is still there"
+    );
     drop(c6);
     stop1.store(true, Ordering::SeqCst);
 }

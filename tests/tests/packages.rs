@@ -54,6 +54,13 @@ fn packages_hold_binary_units_conffiles_and_man_pages() {
         assert_eq!(conffiles.trim(), format!("/etc/keel/{conf}"));
         let (ok, control) = run(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"));
         assert!(ok && control.contains("libc6"), "Depends: {control}");
+        let (_, rec) = run(Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .arg("Recommends"));
+        if deb.to_string_lossy().contains("keel-lb") {
+            assert_eq!(rec.trim(), "nftables", "keel-lb Recommends");
+        }
     }
 
     // The packaged defaults pass the packaged binaries' own check.
