@@ -94,14 +94,22 @@ pub fn ruleset(fronts: &[NatFrontend]) -> String {
     ] {
         let _ = writeln!(s, "  chain {chain} {{\n    {hook}; policy accept;");
         for (i, f) in fronts.iter().enumerate() {
-            if !f.backends.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "    {} jump f{i} comment \"{}\"",
-                    matcher(f),
-                    comment(&f.name)
-                );
+            if f.backends.is_empty() {
+                continue;
             }
+            // Only flows that start here: a packet of a connection already under way that
+            // conntrack picks up mid-stream (one a proxy listener holds while the mode changes, or
+            // another LB's after a failover) is not sent to a backend that never saw its start.
+            let syn = match f.protocol {
+                Protocol::Tcp => " tcp flags & (syn | ack) == syn",
+                Protocol::Udp => "",
+            };
+            let _ = writeln!(
+                s,
+                "    {}{syn} jump f{i} comment \"{}\"",
+                matcher(f),
+                comment(&f.name)
+            );
         }
         let _ = writeln!(s, "  }}");
     }
@@ -266,6 +274,8 @@ pub struct Nat {
 pub struct NatStatus {
     /// The rules are installed as the config and health say.
     pub installed: bool,
+    /// No rules could be installed yet: keel-lb's proxy serves these frontends meanwhile.
+    pub proxied: bool,
     /// Why not, or what else keeps them from working.
     pub error: Option<String>,
     pub frontends: Vec<NatFrontendStatus>,
@@ -285,6 +295,7 @@ impl Nat {
     pub fn status(&self) -> Option<NatStatus> {
         (!self.fronts.is_empty() || self.error.is_some()).then(|| NatStatus {
             installed: self.error.is_none() && self.applied.is_some(),
+            proxied: self.fallback(),
             error: self.error.clone().or_else(|| self.forwarding.clone()),
             frontends: self
                 .fronts
@@ -303,6 +314,12 @@ impl Nat {
         })
     }
 
+    /// No rules are in place and none could be installed (nft missing or refusing, forwarding off):
+    /// the proxy serves the nat frontends until they can be.
+    pub fn fallback(&self) -> bool {
+        !self.fronts.is_empty() && self.applied.is_none() && self.error.is_some()
+    }
+
     /// Brings the table to `fronts` (nothing to do when it already is). Returns whether the status
     /// changed.
     pub async fn sync(&mut self, fronts: &[NatFrontend]) -> bool {
@@ -318,17 +335,27 @@ impl Nat {
             self.forwarding = None;
             return before != self.status();
         }
-        self.forwarding = ensure_forwarding(fronts);
+        if self.applied.is_none() {
+            // Nothing installed yet: rules that other hosts' packets cannot pass would take the
+            // frontends from the proxy for nothing, so without forwarding the proxy keeps them.
+            if let Some(f) = ensure_forwarding(fronts) {
+                if self.error.as_deref() != Some(f.as_str()) {
+                    tracing::error!(error = %f, "nat: rules not installed; the proxy serves the mode: nat frontends meanwhile (checked every second)");
+                }
+                self.error = Some(f);
+                return before != self.status();
+            }
+        } else {
+            // Turned off after the rules went in: said, the rules stay.
+            self.forwarding = ensure_forwarding(fronts);
+        }
         let script = ruleset(fronts);
         if self.applied.as_deref() == Some(script.as_str()) && self.error.is_none() {
             return before != self.status();
         }
         let r = match find_nft() {
             Some(nft) => crate::nft::run(&nft, &script).await,
-            None => Err(format!(
-                "nft not found (install nftables): {} mode: nat frontend(s) not forwarded",
-                fronts.len()
-            )),
+            None => Err("nft not found (install nftables)".to_string()),
         };
         match r {
             Ok(()) => {
@@ -341,7 +368,7 @@ impl Nat {
             }
             Err(e) => {
                 if self.error.as_deref() != Some(e.as_str()) {
-                    tracing::error!(error = %e, "nat: cannot install the rules; the previous ones stay (retried every second)");
+                    tracing::error!(error = %e, "nat: cannot install the rules (retried every second); the previous ones stay, or, if there are none, the proxy serves the mode: nat frontends");
                 }
                 self.error = Some(e);
             }
@@ -552,12 +579,17 @@ mod tests {
         );
         assert!(s.contains("policy = { unreplied: 60, replied: 60 }"), "{s}");
         assert!(s.contains("ip daddr 198.18.0.10 tcp dport 80 ct timeout set \"f0\""));
-        assert!(s.contains("ip daddr 198.18.0.10 tcp dport 80 jump f0 comment \"web _x_\""));
+        assert!(s.contains(
+            "ip daddr 198.18.0.10 tcp dport 80 tcp flags & (syn | ack) == syn jump f0 comment \"web _x_\""
+        ));
         assert!(
             s.contains("numgen inc mod 3 vmap { 0 : jump f0_b0, 1 : jump f0_b1, 2 : jump f0_b0 }")
         );
         assert!(s.contains("meta l4proto tcp counter dnat ip to 198.18.1.2:8080"));
-        assert!(s.contains("ip6 daddr 2001:db8::10 udp dport 53 jump f1"));
+        assert!(
+            s.contains("ip6 daddr 2001:db8::10 udp dport 53 jump f1"),
+            "{s}"
+        );
         assert!(s.contains("meta l4proto udp counter dnat ip6 to [2001:db8::2]:53"));
         // No backend: no jump (the local stack answers with a reset), but the timeout stays.
         assert!(!s.contains("jump f2 "), "{s}");

@@ -138,6 +138,8 @@ pub struct Server {
     bgp_metrics: Option<crate::bgp::BgpMetrics>,
     /// The `mode: nat` frontends' nftables table.
     nat: crate::nat::Nat,
+    /// No nat rules could be installed: the nat frontends have proxy listeners meanwhile.
+    nat_fallback: bool,
 }
 
 impl Server {
@@ -184,6 +186,7 @@ impl Server {
             bgp: None,
             bgp_metrics: None,
             nat: crate::nat::Nat::default(),
+            nat_fallback: false,
             bgp_failed: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
@@ -457,10 +460,11 @@ impl Server {
 
     /// What to put and take out so the running state becomes `fronts` + `pools`.
     fn diff(&self, fronts: Vec<config::Frontend>, pools: Vec<config::Pool>) -> Delta {
-        // `mode: nat` frontends have no listener: the nat table carries them (`sync_nat`).
+        // `mode: nat` frontends have no listener: the nat table carries them (`sync_nat`), unless
+        // no rules could be installed; then the proxy serves them.
         let fronts: Vec<config::Frontend> = fronts
             .into_iter()
-            .filter(|f| f.mode == config::Mode::Proxy)
+            .filter(|f| f.mode == config::Mode::Proxy || self.nat_fallback)
             .collect();
         let want_pools: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let want_keys: HashSet<ListenKey> = fronts.iter().map(|f| (f.protocol, f.listen)).collect();
@@ -1117,6 +1121,22 @@ impl Server {
     async fn sync_nat(&mut self) {
         let fronts = self.nat_frontends();
         if self.nat.sync(&fronts).await {
+            self.publish_view();
+        }
+        let fallback = self.nat.fallback();
+        if fallback != self.nat_fallback {
+            self.nat_fallback = fallback;
+            if fallback {
+                tracing::warn!("nat: no rules in place; the proxy serves the mode: nat frontends until they are");
+            } else {
+                tracing::info!("nat: rules installed; the mode: nat frontends leave the proxy (its connections drain)");
+            }
+            if let Some(file) = self.file.clone() {
+                let cluster = self.cluster.clone();
+                if let Err(e) = self.apply_full(file, &cluster, false).await {
+                    tracing::error!(error = %e, "nat: moving the mode: nat frontends");
+                }
+            }
             self.publish_view();
         }
         let st = self.nat.status();

@@ -210,7 +210,7 @@ R.bgp=function(s){
   return h+'</tbody></table>';
 };
 R.nat=function(s){
-  var n=s.nat,h='<p class="'+(n.error?'bad':'')+'" data-nat="'+(n.installed?'installed':'missing')+'">rules '+(n.installed?'installed':'NOT installed')+(n.error?': '+e(n.error):'')+'</p>';
+  var n=s.nat,h='<p class="'+(n.error?'bad':'')+'" data-nat="'+(n.installed?'installed':'missing')+'">rules '+(n.installed?'installed':n.proxied?'NOT installed: served by the proxy meanwhile':'NOT installed')+(n.error?': '+e(n.error):'')+'</p>';
   h+='<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th></tr></thead><tbody>';
   n.frontends.forEach(function(f){h+='<tr class="st-'+(f.backends.length?'UP':'DOWN')+'" data-nat-frontend="'+e(f.name)+'"><td>'+e(f.name)+'</td><td>'+e(f.listen)+'</td><td>'+e(f.protocol)+'</td><td>'+(f.backends.length?e(f.backends.join(', ')):'none: refused')+'</td></tr>'});
   return h+'</tbody></table>';
@@ -481,6 +481,8 @@ fn nat(s: &Snapshot) -> String {
         if n.installed { "installed" } else { "missing" },
         if n.installed {
             "installed"
+        } else if n.proxied {
+            "NOT installed: served by the proxy meanwhile"
         } else {
             "NOT installed"
         },
@@ -887,6 +889,7 @@ mod tests {
             }),
             nat: Some(crate::nat::NatStatus {
                 installed: false,
+                proxied: true,
                 error: Some(evil.into()),
                 frontends: vec![crate::nat::NatFrontendStatus {
                     name: evil.into(),

@@ -241,6 +241,9 @@ pub fn render(s: &Snapshot) -> String {
             "\nNAT (mode: nat frontends; the kernel forwards): {}\n",
             match (&n.error, n.installed) {
                 (Some(e), true) => format!("installed; ERROR {e}"),
+                (Some(e), false) if n.proxied => {
+                    format!("NOT INSTALLED, served by the proxy meanwhile: {e}")
+                }
                 (Some(e), false) => format!("NOT INSTALLED: {e}"),
                 (None, _) => "installed".into(),
             }

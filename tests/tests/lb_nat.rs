@@ -451,13 +451,15 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
     stop1.store(true, Ordering::SeqCst);
 }
 
-/// Under the packaged unit keel-lb cannot write /proc/sys: with forwarding off, the rules are
-/// installed (the LB's own connections work) but the status says that other hosts' packets are
-/// dropped, and what to set.
+/// Under the packaged unit keel-lb cannot write /proc/sys: with forwarding off, rules would take
+/// the frontends for nothing (other hosts' packets would be dropped), so none are installed, the
+/// proxy serves the nat frontends meanwhile, and the status says why and what to set. Once
+/// forwarding is on (what a sysctl.d file does at boot) the rules go in and the proxy lets go.
+/// The same fallback covers nft missing or refusing.
 #[test]
-fn forwarding_off_and_not_settable_is_said_in_the_status() {
+fn without_forwarding_the_proxy_serves_nat_frontends_until_it_is_on() {
     require_root!();
-    for tool in ["nft", "curl", "unshare"] {
+    for tool in ["nft", "curl", "unshare", "ss"] {
         if !keel_e2e::have(tool) {
             skip!("{tool} missing");
         }
@@ -486,23 +488,48 @@ fn forwarding_off_and_not_settable_is_said_in_the_status() {
         ],
     );
     assert!(
-        wait_until(Duration::from_secs(10), || status(&t)["nat"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("net.ipv4.ip_forward is 0")
-                && e.contains("net.ipv6.conf.all.forwarding is 0"))),
-        "the status does not say forwarding is off: {}",
+        wait_until(Duration::from_secs(10), || {
+            let n = status(&t)["nat"].clone();
+            n["proxied"] == true
+                && n["error"].as_str().is_some_and(|e| {
+                    e.contains("net.ipv4.ip_forward is 0")
+                        && e.contains("net.ipv6.conf.all.forwarding is 0")
+                })
+        }),
+        "the status does not say forwarding is off and the proxy serves: {}",
         status(&t)["nat"]
     );
-    assert!(t.sh("lb", "nft list tables").contains("keel_lb_nat"));
-    // Once set (what a sysctl.d file does at boot), the error goes without a restart.
+    assert_eq!(status(&t)["nat"]["installed"], false);
+    assert!(!t.sh("lb", "nft list tables").contains("keel_lb_nat"));
+    let listening = |t: &Topology| t.sh("lb", "ss -Htuln");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let l = listening(&t);
+            l.contains(&format!("{VIP4}:80")) && l.contains(&format!("{VIP4}:53"))
+        }),
+        "the proxy does not serve the nat frontends: {}",
+        listening(&t)
+    );
+    assert!(t
+        .curl("lb", "http://127.0.0.1:9100/metrics")
+        .contains("keel_lb_nat_rules_installed 0"));
     t.sh(
         "lb",
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
     );
     assert!(
-        wait_until(Duration::from_secs(5), || status(&t)["nat"]["error"]
-            .is_null()),
+        wait_until(Duration::from_secs(5), || {
+            let n = status(&t)["nat"].clone();
+            n["error"].is_null() && n["installed"] == true && n["proxied"] == false
+        }),
         "{}",
         status(&t)["nat"]
+    );
+    assert!(t.sh("lb", "nft list tables").contains("keel_lb_nat"));
+    assert!(
+        wait_until(Duration::from_secs(5), || !listening(&t)
+            .contains(&format!("{VIP4}:80"))),
+        "the proxy listener stayed: {}",
+        listening(&t)
     );
 }
