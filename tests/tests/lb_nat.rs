@@ -314,6 +314,41 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
     let timeout: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
     assert!(timeout <= 30 && timeout > 20, "{line}");
 
+    // Reloads under load: the table is replaced in one transaction, so a connection opened at
+    // any moment of it lands on a backend of one version or the other, never on nothing.
+    let load = t.thread_in("client", move || {
+        let mut failed = Vec::new();
+        for i in 0..300 {
+            let r = TcpStream::connect_timeout(&web4, Duration::from_secs(2)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line)?;
+                let mut b = [0u8; 4];
+                s.write_all(b"ping")?;
+                s.read_exact(&mut b)?;
+                Ok(line)
+            });
+            if let Err(e) = r {
+                failed.push(format!("{i}: {e}"));
+            }
+        }
+        failed
+    });
+    for pool in ["web-b2", "web", "web-b2", "web", "web-b2", "web"] {
+        lb_yaml(dir, pool, "");
+        let out = t.sh(
+            "lb",
+            "curl -s -X POST --max-time 5 http://127.0.0.1:9100/reload",
+        );
+        assert!(!out.to_lowercase().contains("fail"), "reload: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failed = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "connections failed across reloads: {failed:?}"
+    );
+
     // b2 stops: after its health check fails, new connections all go to b1; b1's established
     // connection keeps working through the table's rewrite.
     stop2.store(true, Ordering::SeqCst);
