@@ -79,3 +79,39 @@ pub async fn output(nft: &Path, args: &[&str]) -> Result<String, String> {
     String::from_utf8(out.stdout)
         .map_err(|e| format!("{}: output is not UTF-8: {e}", nft.display()))
 }
+
+/// For tests of rule builders: `nft -c` reads `script` as nft itself does, against the kernel,
+/// changing nothing. Skipped (with the reason) where nft is missing or lacks CAP_NET_ADMIN, and
+/// under KEEL_TESTS_STRICT a skip fails.
+#[cfg(test)]
+pub fn assert_accepted(script: &str) {
+    let skip = |why: &str| {
+        assert!(
+            std::env::var_os("KEEL_TESTS_STRICT").is_none(),
+            "cannot run here, and KEEL_TESTS_STRICT forbids skipping: {why}"
+        );
+        eprintln!("skipped: {why}");
+    };
+    let Some(nft) = find(Path::new("nft")) else {
+        return skip("nft is not installed (apt-get install nftables)");
+    };
+    let out = std::process::Command::new(&nft)
+        .args(["-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(script.as_bytes())?;
+            }
+            c.wait_with_output()
+        })
+        .expect("running nft -c");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Without CAP_NET_ADMIN nft cannot even check against the kernel.
+    if err.contains("Operation not permitted") {
+        return skip("nft -c needs CAP_NET_ADMIN");
+    }
+    assert!(out.status.success(), "nft refused:\n{err}\n{script}");
+}

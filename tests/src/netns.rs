@@ -197,6 +197,17 @@ impl Topology {
         self.spawn_with(host, program, args, &[])
     }
 
+    /// As `spawn`, with /proc/sys read-only for the program (its own mount namespace): what a
+    /// systemd unit with `ProtectKernelTunables=yes` sees. The program and its arguments must not
+    /// need shell quoting.
+    pub fn spawn_with_read_only_proc_sys(&self, host: &str, program: &str, args: &[&str]) -> Proc {
+        let script = format!(
+            "mount -o bind,ro /proc/sys /proc/sys && exec {program} {}",
+            args.join(" ")
+        );
+        self.spawn(host, "unshare", &["-m", "sh", "-c", &script])
+    }
+
     /// As `spawn`, with extra environment variables.
     pub fn spawn_with(
         &self,

@@ -322,19 +322,10 @@ fn a_read_only_proc_sys_needs_the_sysctl_set_and_says_so() {
     t.sh("backend", "ip route add 198.18.4.0/24 dev eth0");
     t.sh("lb1", "sysctl -qw net.ipv4.tcp_fwmark_accept=0");
     let cfg = lb_yaml(tmp.path(), "lb1");
-    let _lb = t.spawn(
+    let _lb = t.spawn_with_read_only_proc_sys(
         "lb1",
-        "unshare",
-        &[
-            "-m",
-            "sh",
-            "-c",
-            &format!(
-                "mount -o bind,ro /proc/sys /proc/sys && exec {} run --config {}",
-                bin("keel-lb").display(),
-                cfg.display()
-            ),
-        ],
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
     );
     assert!(
         wait_until(Duration::from_secs(10), || {

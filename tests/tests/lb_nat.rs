@@ -348,6 +348,19 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
         failed.is_empty(),
         "connections failed across reloads: {failed:?}"
     );
+    // Rewrites keep the flows' timeout policy: deleting it would have reset every established
+    // flow to the kernel's default of five days (from its next packet on: hence the echo).
+    assert!(echoes(&mut kept), "a flow broke across the reloads");
+    let ct = t.sh("lb", "cat /proc/net/nf_conntrack");
+    let established: Vec<&str> = ct
+        .lines()
+        .filter(|l| l.contains("ESTABLISHED") && l.contains(&format!("dst={VIP4} ")))
+        .collect();
+    assert!(!established.is_empty());
+    for l in &established {
+        let timeout: u64 = l.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert!(timeout <= 30, "a rewrite reset this flow's timeout: {l}");
+    }
 
     // b2 stops: after its health check fails, new connections all go to b1; b1's established
     // connection keeps working through the table's rewrite.
@@ -508,19 +521,10 @@ fn without_forwarding_the_proxy_serves_nat_frontends_until_it_is_on() {
         "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0",
     );
     let cfg = lb_yaml(tmp.path(), "web", "");
-    let _lb = t.spawn(
+    let _lb = t.spawn_with_read_only_proc_sys(
         "lb",
-        "unshare",
-        &[
-            "-m",
-            "sh",
-            "-c",
-            &format!(
-                "mount -o bind,ro /proc/sys /proc/sys && exec {} run --config {}",
-                bin("keel-lb").display(),
-                cfg.display()
-            ),
-        ],
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
     );
     assert!(
         wait_until(Duration::from_secs(10), || {

@@ -797,26 +797,9 @@ mod tests {
     }
 
     /// A skip fails under `KEEL_TESTS_STRICT` (CI): an early return would pass as `ok`.
-    fn skip(why: &str) {
-        assert!(
-            std::env::var_os("KEEL_TESTS_STRICT").is_none(),
-            "cannot run here, and KEEL_TESTS_STRICT forbids skipping: {why}"
-        );
-        eprintln!("skipped: {why}");
-    }
-
     /// The script as nft itself reads it (`nft -c`: checked, nothing changed).
     #[test]
     fn nft_accepts_the_ruleset() {
-        let Some(nft) = HandoffConfig {
-            peers: vec![],
-            port: 1,
-            mark: 1,
-            nft: "nft".into(),
-        }
-        .find_nft() else {
-            return skip("nft is not installed (apt-get install nftables)");
-        };
         let vips: BTreeSet<IpAddr> = ["198.18.100.10", "2001:db8::10"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -827,22 +810,6 @@ mod tests {
             Some("198.18.1.12".parse().unwrap()),
             Some("2001:db8::12".parse().unwrap()),
         );
-        let out = std::process::Command::new(&nft)
-            .args(["-c", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(script.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        // Without CAP_NET_ADMIN nft cannot even check against the kernel.
-        if err.contains("Operation not permitted") {
-            return skip("nft -c needs CAP_NET_ADMIN");
-        }
-        assert!(out.status.success(), "nft refused:\n{err}\n{script}");
+        crate::nft::assert_accepted(&script);
     }
 }
