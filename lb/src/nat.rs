@@ -676,7 +676,7 @@ mod tests {
         );
         let mut one = two.clone();
         one.backends.truncate(1);
-        let u = update(&[one.clone()], &[two.clone()]);
+        let u = update(&[one.clone()], std::slice::from_ref(&two));
         assert!(
             u.starts_with("table inet keel_lb_nat {}\nflush table inet keel_lb_nat\n"),
             "{u}"
@@ -689,7 +689,7 @@ mod tests {
         let u = update(&[none], &[one]);
         assert!(u.contains("delete chain inet keel_lb_nat f0\n"), "{u}");
         assert!(u.contains("delete chain inet keel_lb_nat f0_b0\n"), "{u}");
-        assert!(!update(&[two.clone()], &[two]).contains("delete chain"));
+        assert!(!update(std::slice::from_ref(&two), &[two]).contains("delete chain"));
     }
 
     #[test]
