@@ -689,7 +689,10 @@ mod tests {
         let u = update(&[none], &[one]);
         assert!(u.contains("delete chain inet keel_lb_nat f0\n"), "{u}");
         assert!(u.contains("delete chain inet keel_lb_nat f0_b0\n"), "{u}");
-        assert!(!update(std::slice::from_ref(&two), &[two]).contains("delete chain"));
+        assert!(
+            !update(std::slice::from_ref(&two), std::slice::from_ref(&two))
+                .contains("delete chain")
+        );
     }
 
     #[test]
