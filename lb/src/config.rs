@@ -885,6 +885,27 @@ pub fn validate(raw: &RawFile, src: &Source) -> Result<Config, ConfigErrors> {
         )
     });
 
+    // bgp.handoff forwards every packet to a VIP that has no local socket to a leaving peer: the
+    // packets of this VM's own NAT flows have none, so they would be sent away too.
+    if let Some(b) = bgp.as_ref().filter(|b| b.handoff.is_some()) {
+        for f in frontends.iter().filter(|f| f.mode == Mode::Nat) {
+            let ip = f.listen.ip();
+            if ip.is_unspecified() || b.vips.iter().any(|v| v.addr == ip) {
+                let i = raw
+                    .frontends
+                    .iter()
+                    .position(|r| r.name == f.name)
+                    .unwrap_or_default();
+                diag.error(
+                    format!("frontends[{i}].mode"),
+                    format!(
+                        "nat on {ip}, a bgp VIP, cannot go with bgp.handoff (handoff forwards packets without a local socket to a leaving peer, and NAT flows have none); use mode: proxy or drop bgp.handoff"
+                    ),
+                );
+            }
+        }
+    }
+
     diag.finish(Config {
         bgp,
         path: src.path.clone(),
@@ -1411,6 +1432,15 @@ pools:
         let v6 = cfg("", "").replace("198.18.1.2:80", "[2001:db8::2]:80");
         let e = check(&v6).unwrap_err().to_string();
         assert!(e.contains("other address family"), "{e}");
+        let handoff = format!(
+            "{}bgp:\n  vips: [{{address: 198.18.0.10}}]\n  handoff:\n    peers: [198.18.1.11, 198.18.1.12]\n",
+            cfg("", "")
+        );
+        let e = check(&handoff).unwrap_err().to_string();
+        assert!(
+            e.contains("frontends[0].mode") && e.contains("bgp.handoff"),
+            "{e}"
+        );
         let e = check(&cfg("", "").replace("mode: nat", "mode: dsr"))
             .unwrap_err()
             .to_string();

@@ -34,6 +34,7 @@
 # Not part of the default test suite. Needs: nginx, haproxy, wrk, iperf3, python3, taskset, ss, curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/common.sh
 
 DURATION=${DURATION:-6}          # seconds per wrk run
 ROUNDS=${ROUNDS:-3}              # rounds of (direct, HAProxy, keel-lb); the table shows medians
@@ -75,24 +76,7 @@ KN=$(port); KN_BULK=$(port); KN_ADMIN=$(port)   # keel-lb's mode: nat frontends 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # --- backend: nginx, one worker, tiny response -------------------------------------------------
-mkdir -p "$WORK/nginx/logs"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-master_process off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 19000; multi_accept on; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
-  server { listen 127.0.0.1:$NGINX backlog=4096; location / { return 200 "ok\n"; } }
-}
-EOF
+nginx_conf "$WORK/nginx" "127.0.0.1:$NGINX"
 taskset -c "$LOAD_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
 PIDS+=($!)
 taskset -c "$LOAD_CPU" iperf3 -s -p "$IPERF" >/dev/null 2>&1 &
@@ -214,13 +198,7 @@ start_keel;    read -r KS_RSS0 KS_RSS KS_IDLE_OK KS_IDLE_PROXIED _ < <(idle_rss 
 start_nat;     read -r N_RSS0 N_RSS N_IDLE_OK N_IDLE_PROXIED N_CT < <(idle_rss "$NAT_PID" "$KN"); stop "$NAT_PID"
 
 # --- throughput -----------------------------------------------------------------------------------
-to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s
-  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
-}
-TCK=$(getconf CLK_TCK)
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-# Busy ticks of the whole machine: user nice system idle iowait irq softirq steal, all but idle/iowait.
-machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 run_wrk() { # port close|keep pid-to-account -> "rps p99ms errors cpu_us_per_request machine_us_per_request"
   local extra=() out
   [ "$2" = close ] && extra=(-H "Connection: close")
@@ -300,7 +278,6 @@ SC_HA_KA=$(syscalls "$HA" keep "$HA_PID"); SC_K_KA=$(syscalls "$KEEL_P" keep "$K
 SC_KS_CC=$(syscalls "$KSP" close "$KEEL_PID"); SC_KS_KA=$(syscalls "$KSP" keep "$KEEL_PID")
 stop "$HA_PID"; stop "$KEEL_PID"
 start_nat; SC_N_CC=$(syscalls "$KN" close "$NAT_PID"); SC_N_KA=$(syscalls "$KN" keep "$NAT_PID"); stop "$NAT_PID"
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 RAW=""
 for k in "${!R[@]}"; do
   case $k in *,err) continue;; esac
@@ -308,7 +285,6 @@ for k in "${!R[@]}"; do
   R[$k]=$(median "${R[$k]}")
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
 R[haproxy,rss0]=$(mb "$HA_RSS0"); R[keel,rss0]=$(mb "$K_RSS0"); R[keelsp,rss0]=$(mb "$KS_RSS0"); R[nat,rss0]=$(mb "$N_RSS0")
 R[haproxy,rss]=$(mb "$HA_RSS"); R[keel,rss]=$(mb "$K_RSS"); R[keelsp,rss]=$(mb "$KS_RSS"); R[nat,rss]=$(mb "$N_RSS")

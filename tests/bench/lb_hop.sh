@@ -19,6 +19,7 @@
 # wherever the packet was sent from, mostly CPU 0). Addresses from 198.18.0.0/15 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/common.sh
 
 DURATION=${DURATION:-6}
 ROUNDS=${ROUNDS:-3}
@@ -66,24 +67,7 @@ wait_tcp() { # ns addr port
   echo "$2:$3 never answered from $1" >&2; exit 1
 }
 
-mkdir -p "$WORK/nginx/logs"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-master_process off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 19000; multi_accept on; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
-  server { listen $BACKEND:80 backlog=4096; location / { return 200 "ok\n"; } }
-}
-EOF
+nginx_conf "$WORK/nginx" "$BACKEND:80"
 nsx "$B" taskset -c "$LOAD_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
 PIDS+=($!)
 nsx "$B" taskset -c "$LOAD_CPU" iperf3 -s -B "$BACKEND" -p 5201 >/dev/null 2>&1 &
@@ -152,9 +136,6 @@ start_nat() {
 }
 stop_nat() { kill "$NAT_PID" 2>/dev/null || true; wait "$NAT_PID" 2>/dev/null || true; }
 
-to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
-TCK=$(getconf CLK_TCK)
-machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 run_wrk() { # addr:port close|keep -> "rps p99ms errors machine_us_per_request"
   local extra=() out m0 m1
   [ "$2" = close ] && extra=(-H "Connection: close")
@@ -204,14 +185,12 @@ for r in $(seq "$ROUNDS"); do
   start_nat; measure nat "$VIP:8082" "$VIP" 5204; stop_nat
 done
 
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 RAW=""
 for k in "${!R[@]}"; do
   case $k in *,err) continue;; esac
   RAW+="$k: ${R[$k]}"$'\n'
   R[$k]=$(median "${R[$k]}")
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 == 0) print "-"; else printf "%.2fx", a/b }'; }
 row() { # label key with-direct(yes|net)
   local k=$2 d dk=- dn=-
   if [ "$3" = yes ]; then d=${R[direct,$k]}; dk=$(ratio "${R[keel,$k]}" "$d"); dn=$(ratio "${R[nat,$k]}" "$d"); else d="${R[direct,$k]} (not net)"; fi
