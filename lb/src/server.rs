@@ -584,11 +584,15 @@ impl Server {
         // Two rounds at most: as rendered, then (bind failed) without any of it.
         for _ in 0..2 {
             let new_pools: HashSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
-            let new_keys: HashSet<ListenKey> = new
+            // Only frontends that get a listener (`mode: nat` ones are the nat table's).
+            let listened: Vec<config::Frontend> = new
                 .frontends
                 .iter()
-                .map(|f| (f.protocol, f.listen))
+                .filter(|f| f.mode == config::Mode::Proxy || self.nat_fallback)
+                .cloned()
                 .collect();
+            let new_keys: HashSet<ListenKey> =
+                listened.iter().map(|f| (f.protocol, f.listen)).collect();
             let delta = Delta {
                 pools_put: new.pools.clone(),
                 pools_gone: old
@@ -597,7 +601,7 @@ impl Server {
                     .filter(|p| !new_pools.contains(p.name.as_str()))
                     .map(|p| p.name.clone())
                     .collect(),
-                fronts_put: new.frontends.clone(),
+                fronts_put: listened,
                 fronts_gone: old
                     .frontends
                     .iter()
@@ -1083,14 +1087,21 @@ impl Server {
         }
     }
 
-    /// The `mode: nat` frontends of the file with their pools' backends that may take new
-    /// connections now.
+    /// The `mode: nat` frontends of the file and the Services with their pools' backends that may
+    /// take new connections now.
     fn nat_frontends(&self) -> Vec<crate::nat::NatFrontend> {
         let Some(file) = &self.file else {
             return Vec::new();
         };
+        // The file's, then the Services' (in a stable order: the table is compared as text).
+        let mut keys: Vec<&String> = self.parts.keys().collect();
+        keys.sort();
         file.frontends
             .iter()
+            .chain(
+                keys.into_iter()
+                    .flat_map(|k| self.parts[k].frontends.iter()),
+            )
             .filter(|f| f.mode == config::Mode::Nat)
             .map(|f| {
                 let pool = self.pools.get(&f.pool).map(|p| &p.pool);
@@ -1340,7 +1351,10 @@ impl Server {
                     self.sync_bgp().await;
                     self.sync_nat().await;
                 }
-                Some(rules) = next_rules(&mut self.services) => self.apply_cluster(rules).await,
+                Some(rules) = next_rules(&mut self.services) => {
+                    self.apply_cluster(rules).await;
+                    self.sync_nat().await;
+                }
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             }

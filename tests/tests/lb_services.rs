@@ -553,3 +553,73 @@ fn a_shrunk_pool_keeps_its_live_address_says_so_and_pool_metrics_count() {
             .then_some(())
     });
 }
+
+/// An address pool with `mode: nat`: its Services are forwarded by the kernel (nothing listens on
+/// their addresses), every node answers through the address, and the status lists them under
+/// `nat`. A Service of the default pool on the same LB stays proxied.
+#[test]
+fn a_nat_pool_has_the_kernel_forward_its_services() {
+    require_root!();
+    if !keel_e2e::have("nft") {
+        keel_e2e::skip!("nft missing (apt-get install nftables)");
+    }
+    let mut lab = Lab::new("svc-nat", &["lb1"]);
+    lab.nodes(&[30080, 30081], &[], &[]);
+    let _lb1 = lab.keel_with(
+        "lb1",
+        200,
+        "    - name: nat\n      addresses: [\"198.18.2.110-198.18.2.111\"]\n      vrrp_routers: [svc4]\n      auto_assign: false\n      mode: nat\n",
+    );
+    lab.create(&service(
+        "default",
+        "fast",
+        &[("http", "TCP", 80, 30080)],
+        "",
+        "lb.keel.io/address-pool: nat",
+    ));
+    lab.create(&service(
+        "default",
+        "web",
+        &[("http", "TCP", 80, 30081)],
+        "",
+        "",
+    ));
+    let ips = lab.wait("fast gets an address of the nat pool", SOON, || {
+        let i = lab.ingress("default", "fast");
+        (!i.is_empty()).then_some(i)
+    });
+    assert_eq!(ips, vec!["198.18.2.110".to_string()]);
+    let seen: BTreeSet<String> = lab.wait(
+        "all three nodes answer through the nat address",
+        SOON,
+        || {
+            let s: BTreeSet<String> = (0..12)
+                .filter_map(|_| lab.tcp("198.18.2.110", 80))
+                .collect();
+            (s.len() == 3).then_some(s)
+        },
+    );
+    assert_eq!(seen.len(), 3);
+    lab.wait("web answers through the proxy", SOON, || {
+        lab.tcp(POOL_FIRST, 80).map(|_| ())
+    });
+    let st: serde_json::Value = serde_json::from_str(&lab.admin("lb1", "/v1/status")).unwrap();
+    let nat = &st["nat"];
+    assert_eq!(nat["installed"], true, "{nat}");
+    assert_eq!(
+        nat["frontends"][0]["name"], "default/fast:80/TCP@198.18.2.110",
+        "{nat}"
+    );
+    assert_eq!(
+        nat["frontends"][0]["backends"].as_array().map(Vec::len),
+        Some(3),
+        "{nat}"
+    );
+    assert_eq!(nat["frontends"].as_array().map(Vec::len), Some(1), "{nat}");
+    let listening = lab.t.sh("lb1", "ss -Htln");
+    assert!(!listening.contains("198.18.2.110:80"), "{listening}");
+    assert!(
+        listening.contains(&format!("{POOL_FIRST}:80")),
+        "{listening}"
+    );
+}

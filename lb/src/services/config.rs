@@ -81,6 +81,8 @@ pub struct RawAddressPool {
     pub proxy_protocol: Option<String>,
     #[serde(default)]
     pub balance: Balance,
+    /// `proxy` (default) or `nat`: as `frontends[].mode`, for this pool's Services.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -157,6 +159,8 @@ pub struct AddressPool {
     pub router_v6: Option<String>,
     pub proxy_protocol: bool,
     pub balance: Balance,
+    /// The kernel forwards this pool's Services (`mode: nat`).
+    pub nat: bool,
 }
 
 impl AddressPool {
@@ -611,6 +615,31 @@ pub fn validate(
                 false
             }
         };
+        let nat = match rp.mode.as_deref() {
+            None | Some("proxy") => false,
+            Some("nat") => {
+                if proxy_protocol {
+                    diag.error(
+                        format!("{pf}.proxy_protocol"),
+                        "needs mode: proxy (with mode: nat the kernel forwards packets and nothing writes the header)",
+                    );
+                }
+                if rp.balance == Balance::LeastConn {
+                    diag.error(
+                        format!("{pf}.balance"),
+                        "least_conn cannot go with mode: nat (the kernel keeps no counts per backend); use round_robin or maglev",
+                    );
+                }
+                true
+            }
+            Some(o) => {
+                diag.error(
+                    format!("{pf}.mode"),
+                    format!("{o:?} is not supported; the values are \"proxy\" and \"nat\""),
+                );
+                false
+            }
+        };
         pools.push(AddressPool {
             name: rp.name.clone(),
             ranges,
@@ -621,6 +650,7 @@ pub fn validate(
             router_v6,
             proxy_protocol,
             balance: rp.balance,
+            nat,
         });
     }
     (diag_len(diag) == before).then(|| ServicesConfig {
@@ -678,6 +708,26 @@ mod tests {
         for want in [
             "lb.yaml:6: services.address_pools[0].vrrp_routers: a pool announced by bgp names no VRRP routers",
             "lb.yaml:7: services.address_pools[1].announce: \"ospf\" is not an announcement mode",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn a_pool_in_mode_nat_takes_no_proxy_header_and_no_least_conn() {
+        let bgp = "bgp: {}\n";
+        let ok = check(&format!(
+            "  address_pools:\n    - {{name: p, addresses: [198.18.10.0/28], announce: bgp, mode: nat}}\n{bgp}"
+        ))
+        .unwrap();
+        assert!(ok.services.unwrap().pools[0].nat);
+        let e = check(&format!("  address_pools:\n    - {{name: p, addresses: [198.18.10.0/28], announce: bgp, mode: nat, proxy_protocol: v2, balance: least_conn}}\n    - {{name: q, addresses: [198.18.11.0/28], announce: bgp, mode: dsr}}\n{bgp}"))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "services.address_pools[0].proxy_protocol: needs mode: proxy",
+            "services.address_pools[0].balance: least_conn cannot go with mode: nat",
+            "services.address_pools[1].mode: \"dsr\" is not supported",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }

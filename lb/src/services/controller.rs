@@ -463,6 +463,7 @@ impl Ctx {
             ports,
             local,
             proxy_protocol: pool.is_some_and(|p| p.proxy_protocol),
+            nat: pool.is_some_and(|p| p.nat),
             balance: pool
                 .map(|p| p.balance.into())
                 .unwrap_or(super::rules::BalanceName::RoundRobin),

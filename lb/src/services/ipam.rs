@@ -442,6 +442,7 @@ mod tests {
             router_v4: None,
             router_v6: None,
             proxy_protocol: false,
+            nat: false,
             balance: Balance::RoundRobin,
         }
     }

@@ -62,6 +62,9 @@ pub struct SvcRule {
     pub local: Option<Local>,
     pub proxy_protocol: bool,
     pub balance: BalanceName,
+    /// The kernel forwards (the address pool's `mode: nat`); absent in state files written before.
+    #[serde(default)]
+    pub nat: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,20 +264,36 @@ pub fn render_service(
         if port.node_port == 0 {
             continue;
         }
+        let v4_front = rule.ips.first().is_some_and(|(ip, _)| ip.is_ipv4());
         let fronts: Vec<Frontend> = rule
             .ips
             .iter()
             .map(|(ip, _)| SocketAddr::new(*ip, port.port))
             .filter(|listen| !limits.listeners.contains(&(proto, *listen)))
+            .filter(|listen| {
+                // NAT cannot translate between families: the pool is of the first address's.
+                let ok = !rule.nat || listen.is_ipv4() == v4_front;
+                if !ok {
+                    out.problems.push(format!(
+                        "{}: mode: nat serves one address family per Service (the first address's); not served",
+                        listen.ip()
+                    ));
+                }
+                ok
+            })
             .map(|listen| Frontend {
                 name: frontend_name(key, port, listen.ip()),
                 listen,
                 protocol: proto,
                 pool: pool_name(key, port),
                 max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-                proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp,
+                proxy_protocol: rule.proxy_protocol && proto == Protocol::Tcp && !rule.nat,
                 splice: crate::config::Splice::User,
-                mode: crate::config::Mode::Proxy,
+                mode: if rule.nat {
+                    crate::config::Mode::Nat
+                } else {
+                    crate::config::Mode::Proxy
+                },
                 timeouts: limits.timeouts,
                 udp: crate::config::Udp::default(),
             })
@@ -282,7 +301,6 @@ pub fn render_service(
         if fronts.is_empty() {
             continue;
         }
-        let v4_front = rule.ips.first().is_some_and(|(ip, _)| ip.is_ipv4());
         let mut backends = Vec::new();
         for (node, addrs) in nodes {
             if let Some(l) = &rule.local {
@@ -290,11 +308,13 @@ pub fn render_service(
                     continue;
                 }
             }
-            // Same family first; a full proxy may cross families when a node has only the other.
-            let ip = if v4_front {
-                addrs.v4.or(addrs.v6)
-            } else {
-                addrs.v6.or(addrs.v4)
+            // Same family first; a full proxy may cross families when a node has only the other,
+            // NAT may not.
+            let ip = match (v4_front, rule.nat) {
+                (true, false) => addrs.v4.or(addrs.v6),
+                (false, false) => addrs.v6.or(addrs.v4),
+                (true, true) => addrs.v4,
+                (false, true) => addrs.v6,
             };
             if let Some(ip) = ip {
                 backends.push(Backend {
@@ -511,6 +531,7 @@ mod tests {
                 .collect(),
             local: None,
             proxy_protocol: false,
+            nat: false,
             balance: BalanceName::RoundRobin,
         }
     }
@@ -546,6 +567,32 @@ mod tests {
             p.vips,
             vec![("198.18.5.1".parse().unwrap(), "vi".to_string())]
         );
+    }
+
+    /// An address pool's `mode: nat`: the kernel forwards, so no family crossing (a node with only
+    /// the other family is left out, a second-family address is reported) and no PROXY header.
+    #[test]
+    fn nat_services_stay_in_one_family() {
+        let mut r = rule(&["198.18.5.1", "2001:db8:5::1"], &[(Proto::TCP, 80, 30080)]);
+        r.nat = true;
+        r.proxy_protocol = true;
+        let p = render_service("ns/web", &r, &nodes(), &limits(&[], &["vi"]));
+        assert_eq!(p.frontends.len(), 1, "{:?}", p.frontends);
+        assert_eq!(p.frontends[0].mode, crate::config::Mode::Nat);
+        assert!(!p.frontends[0].proxy_protocol);
+        assert!(
+            p.problems
+                .iter()
+                .any(|x| x.contains("2001:db8:5::1") && x.contains("one address family")),
+            "{:?}",
+            p.problems
+        );
+        assert!(
+            p.pools[0].backends.iter().all(|b| b.addr.is_ipv4()),
+            "{:?}",
+            p.pools[0].backends
+        );
+        assert_eq!(p.pools[0].backends.len(), 2, "n3 has only IPv6: left out");
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
                 }],
                 local: None,
                 proxy_protocol: false,
+                nat: false,
                 balance: BalanceName::RoundRobin,
             }),
         );
