@@ -342,7 +342,7 @@ pub struct NatFrontendStatus {
     pub name: String,
     pub listen: String,
     pub protocol: String,
-    /// Backends new connections go to now (available ones), with their weights.
+    /// Where new connections go now: the available backends.
     pub backends: Vec<String>,
 }
 
