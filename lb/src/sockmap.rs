@@ -105,6 +105,19 @@ pub fn verdict_program(peers_fd: RawFd) -> [Insn; 11] {
     ]
 }
 
+/// BPF_PROG_LOAD, again on EAGAIN: the verifier gives up when a signal is pending for the loading
+/// thread (a SIGCHLD from any child of the process will do, e.g. nft run at start), as libbpf's
+/// loader also retries (five times).
+fn prog_load(a: &mut ProgLoad) -> io::Result<libc::c_long> {
+    let mut tries = 0;
+    loop {
+        match bpf(BPF_PROG_LOAD, a) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 5 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, valid for its size; the
     // kernel reads (and for some commands writes) only that many bytes.
@@ -205,7 +218,7 @@ impl Splicer {
             license: license.as_ptr() as u64,
             ..Default::default()
         };
-        let prog_fd = match bpf(BPF_PROG_LOAD, &mut a) {
+        let prog_fd = match prog_load(&mut a) {
             Ok(r) => fd(r),
             Err(e) => {
                 // Load again with the verifier's log, only to say why.
