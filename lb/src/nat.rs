@@ -321,6 +321,8 @@ pub struct Nat {
     counted: std::collections::HashMap<(usize, usize), u64>,
     /// A table left by a keel-lb that could not remove it (killed) was looked for.
     swept: bool,
+    /// `nft`, once found (looked for again while missing: it may be installed later).
+    nft: Option<PathBuf>,
 }
 
 /// `/v1/status` `nat`.
@@ -369,6 +371,21 @@ impl Nat {
         })
     }
 
+    /// Everything is as the config asks: no nat frontends, or their rules installed with nothing
+    /// in the way (`keel_lb_nat_rules_installed`).
+    pub fn as_configured(&self) -> bool {
+        self.fronts.is_empty()
+            || (self.applied.is_some() && self.error.is_none() && self.forwarding.is_none())
+    }
+
+    /// `nft`'s path, found once.
+    fn nft(&mut self) -> Option<PathBuf> {
+        if self.nft.is_none() {
+            self.nft = find_nft();
+        }
+        self.nft.clone()
+    }
+
     /// No rules are in place and none could be installed (nft missing or refusing, forwarding off):
     /// the proxy serves the nat frontends until they can be.
     pub fn fallback(&self) -> bool {
@@ -412,7 +429,7 @@ impl Nat {
             None => ruleset(fronts),
             Some(_) => update(fronts, &self.installed),
         };
-        let r = match find_nft() {
+        let r = match self.nft() {
             Some(nft) => crate::nft::run(&nft, &script).await,
             None => Err("nft not found (install nftables)".to_string()),
         };
@@ -446,7 +463,7 @@ impl Nat {
         if self.applied.is_none() {
             return Vec::new();
         }
-        let Some(nft) = find_nft() else {
+        let Some(nft) = self.nft() else {
             return Vec::new();
         };
         let json = match crate::nft::output(&nft, &["-j", "list", "table", "inet", TABLE]).await {
@@ -477,7 +494,7 @@ impl Nat {
         if self.applied.take().is_none() {
             return;
         }
-        let Some(nft) = find_nft() else {
+        let Some(nft) = self.nft() else {
             return;
         };
         match crate::nft::run(&nft, &removal()).await {

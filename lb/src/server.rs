@@ -464,7 +464,7 @@ impl Server {
         // no rules could be installed; then the proxy serves them.
         let fronts: Vec<config::Frontend> = fronts
             .into_iter()
-            .filter(|f| f.mode == config::Mode::Proxy || self.nat_fallback)
+            .filter(|f| self.gets_listener(f))
             .collect();
         let want_pools: HashSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let want_keys: HashSet<ListenKey> = fronts.iter().map(|f| (f.protocol, f.listen)).collect();
@@ -588,7 +588,7 @@ impl Server {
             let listened: Vec<config::Frontend> = new
                 .frontends
                 .iter()
-                .filter(|f| f.mode == config::Mode::Proxy || self.nat_fallback)
+                .filter(|f| self.gets_listener(f))
                 .cloned()
                 .collect();
             let new_keys: HashSet<ListenKey> =
@@ -1087,6 +1087,12 @@ impl Server {
         }
     }
 
+    /// A frontend has a proxy listener: `mode: proxy`, or `mode: nat` while no rules could be
+    /// installed (the nat table carries the rest).
+    fn gets_listener(&self, f: &config::Frontend) -> bool {
+        f.mode == config::Mode::Proxy || self.nat_fallback
+    }
+
     /// The `mode: nat` frontends of the file and the Services with their pools' backends that may
     /// take new connections now.
     fn nat_frontends(&self) -> Vec<crate::nat::NatFrontend> {
@@ -1150,11 +1156,10 @@ impl Server {
             }
             self.publish_view();
         }
-        let st = self.nat.status();
         // 1 also without nat frontends (nothing to install): 0 always means something is wrong.
-        self.metrics.nat_installed.set(i64::from(
-            st.as_ref().is_none_or(|s| s.installed && s.error.is_none()),
-        ));
+        self.metrics
+            .nat_installed
+            .set(i64::from(self.nat.as_configured()));
         for (fe, backend, n) in self.nat.new_connections().await {
             self.metrics
                 .nat_connections
