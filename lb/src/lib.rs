@@ -6,6 +6,7 @@ pub mod backend;
 pub mod balance;
 pub mod bgp;
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod demo;
 pub mod events;

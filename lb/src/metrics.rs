@@ -37,6 +37,7 @@ pub struct Metrics {
     pub nat_installed: IntGauge,
     /// `mode: nat`: connections (UDP flows) given to each backend, from the rules' counters.
     pub nat_connections: IntCounterVec,
+    pub nat_flows_cut: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -268,6 +269,11 @@ impl Metrics {
             nat_connections: cv(
                 "keel_lb_nat_connections_total",
                 "Connections (UDP flows) the kernel gave to a backend of a mode: nat frontend, read from the rules' counters every second (those in the second before a rule change can be missed).",
+                &["frontend", "backend"],
+            ),
+            nat_flows_cut: cv(
+                "keel_lb_nat_flows_cut_total",
+                "Times the established flows a mode: nat frontend gave a backend were ended (conntrack entries deleted): UDP when the backend went down, was drained or removed; TCP after shutdown_sessions_on_down.",
                 &["frontend", "backend"],
             ),
             vrrp_running: reg(

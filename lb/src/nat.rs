@@ -4,10 +4,15 @@
 //! - a new connection (or UDP flow) to the frontend's address is DNATed to one of the pool's
 //!   available backends (`numgen inc` over weighted slots for round_robin, `jhash` of the client
 //!   address for maglev: the same client lands on the same backend while the set is unchanged);
-//! - its conntrack entry gets a mark bit, and postrouting masquerades marked connections, so the
-//!   backend answers this VM (full NAT, as the proxy: backends need no route back to clients);
-//! - conntrack holds every established flow to the backend it was given: a backend drained or
-//!   taken out of the table keeps its flows, only new ones go elsewhere;
+//! - its conntrack entry gets the mark of its (frontend, backend) pair, and postrouting masquerades
+//!   marked connections, so the backend answers this VM (full NAT, as the proxy: backends need no
+//!   route back to clients);
+//! - conntrack holds every established flow to the backend it was given: a TCP backend drained or
+//!   taken out of the table keeps its flows, only new ones go elsewhere. Where the proxy would move
+//!   or cut them, the pair's conntrack entries are deleted by mark (`crate::conntrack`): a UDP
+//!   backend's flows as soon as it is down, drained or removed (their next datagram is a new flow,
+//!   sent to an available backend; kube-proxy deletes UDP entries for the same reason), a TCP
+//!   backend's once it has been down for the pool's `shutdown_sessions_on_down`;
 //! - `timeouts.connect`, `timeouts.idle` and `timeouts.udp_session` become a conntrack timeout
 //!   policy (`ct timeout`) set on the frontend's new conntrack entries.
 //!
@@ -15,17 +20,21 @@
 //! socket listens, and the client gets a TCP reset or an ICMP port unreachable at once.
 //! Prior art: Linux Virtual Server's NAT method, kube-proxy's nftables mode.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Protocol;
 
 pub const TABLE: &str = "keel_lb_nat";
-/// The conntrack mark bit of connections this table translated (postrouting masquerades those and
-/// nothing else, whatever other tables on the host DNAT).
-pub const CT_MARK: u32 = 0x4b00;
+/// The conntrack mark bits this table owns. A flow it translated carries its (frontend, backend)
+/// pair's id there (never 0): postrouting masquerades those flows and nothing else (whatever other
+/// tables on the host DNAT), and one pair's flows can be deleted at once. The low 16 bits are left
+/// to others.
+pub const MARK_MASK: u32 = 0xffff_0000;
+const MARK_SHIFT: u32 = 16;
 /// A pool's weights become at most this many slots (each backend keeps at least one).
 pub const MAX_SLOTS: u32 = 1024;
 /// jhash's seed: every keel-lb uses the same, so equal backend sets hash a client alike.
@@ -44,15 +53,180 @@ pub struct NatFrontend {
     pub udp_session: Duration,
     /// The backends that may take new connections, with their weights, in the pool's order.
     pub backends: Vec<(SocketAddr, u32)>,
+    /// The pool's other backends, and whether health checks mark them down (else drained or
+    /// disabled).
+    pub unavailable: Vec<(SocketAddr, bool)>,
+    /// TCP: cut the flows of a backend down this long (the pool's `shutdown_sessions_on_down`).
+    pub cut_down_after: Option<Duration>,
+}
+
+/// A (frontend, backend) pair: what a conntrack mark stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pair {
+    pub frontend: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    pub backend: SocketAddr,
+}
+
+impl NatFrontend {
+    fn pair(&self, backend: SocketAddr) -> Pair {
+        Pair {
+            frontend: self.name.clone(),
+            listen: self.listen,
+            protocol: self.protocol,
+            backend,
+        }
+    }
+}
+
+/// The marks of the configured pairs. An id stays with its pair while the pair is configured, and
+/// ids are handed out in turn, so a freed one comes back only after all others were used: the
+/// flows a removed pair left (TCP keeps them) are not cut with a new pair's for a long while.
+#[derive(Debug, Default)]
+pub struct Marks {
+    ids: HashMap<Pair, u16>,
+    last: u16,
+    full_said: bool,
+}
+
+/// Shared by every pair once all 65,535 ids are taken: cutting one then cuts them all.
+const OVERFLOW_ID: u16 = u16::MAX;
+
+impl Marks {
+    /// The conntrack mark of a pair (0 for one not assigned: not translated).
+    pub fn mark(&self, p: &Pair) -> u32 {
+        self.ids.get(p).map_or(0, |&id| u32::from(id) << MARK_SHIFT)
+    }
+
+    /// Gives every pair of `fronts` an id (those that have one keep it) and forgets the others;
+    /// returns the forgotten pairs with their marks.
+    fn assign(&mut self, fronts: &[NatFrontend]) -> Vec<(Pair, u32)> {
+        let mut want: Vec<Pair> = Vec::new();
+        for f in fronts {
+            want.extend(f.backends.iter().map(|b| f.pair(b.0)));
+            want.extend(f.unavailable.iter().map(|b| f.pair(b.0)));
+        }
+        let keep: std::collections::HashSet<&Pair> = want.iter().collect();
+        let gone: Vec<(Pair, u32)> = self
+            .ids
+            .keys()
+            .filter(|p| !keep.contains(p))
+            .map(|p| (p.clone(), self.mark(p)))
+            .collect();
+        for (p, _) in &gone {
+            self.ids.remove(p);
+        }
+        let mut taken: std::collections::HashSet<u16> = self.ids.values().copied().collect();
+        for p in want {
+            if self.ids.contains_key(&p) {
+                continue;
+            }
+            let id = self.free_id(&taken);
+            taken.insert(id);
+            self.ids.insert(p, id);
+        }
+        gone
+    }
+
+    fn free_id(&mut self, taken: &std::collections::HashSet<u16>) -> u16 {
+        for step in 0..u32::from(OVERFLOW_ID - 1) {
+            // 1..=65534 in turn, starting after the last one given.
+            let id = ((u32::from(self.last) + step) % u32::from(OVERFLOW_ID - 1) + 1) as u16;
+            if !taken.contains(&id) {
+                self.last = id;
+                return id;
+            }
+        }
+        if !self.full_said {
+            self.full_said = true;
+            tracing::warn!("nat: more than 65,534 (frontend, backend) pairs: the rest share one conntrack mark, and cutting one's flows cuts all of theirs");
+        }
+        OVERFLOW_ID
+    }
+}
+
+/// What a pair's flows went through since the last pass.
+#[derive(Debug, Default, Clone)]
+struct PairState {
+    /// It could take new flows at the last pass.
+    available: bool,
+    /// Health checks mark it down since then (TCP with a grace only).
+    down_since: Option<Instant>,
+    /// Its flows were cut in this down span.
+    cut: bool,
+}
+
+/// Which pairs' flows to delete now (conntrack marks), and the state for the next pass. Pure:
+/// `now` is given.
+fn cuts(
+    fronts: &[NatFrontend],
+    gone: &[(Pair, u32)],
+    marks: &Marks,
+    states: &mut HashMap<Pair, PairState>,
+    now: Instant,
+) -> Vec<(Pair, u32)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in fronts {
+        for (addr, _) in &f.backends {
+            let p = f.pair(*addr);
+            states.insert(
+                p.clone(),
+                PairState {
+                    available: true,
+                    ..PairState::default()
+                },
+            );
+            seen.insert(p);
+        }
+        for &(addr, down) in &f.unavailable {
+            let p = f.pair(addr);
+            let st = states.entry(p.clone()).or_default();
+            match f.protocol {
+                // As the proxy: a session's next datagram goes to another backend.
+                Protocol::Udp => {
+                    if st.available {
+                        out.push((p.clone(), marks.mark(&p)));
+                    }
+                }
+                Protocol::Tcp => match (down, f.cut_down_after) {
+                    (true, Some(grace)) => {
+                        let since = *st.down_since.get_or_insert(now);
+                        if !st.cut && now.saturating_duration_since(since) >= grace {
+                            st.cut = true;
+                            out.push((p.clone(), marks.mark(&p)));
+                        }
+                    }
+                    _ => {
+                        st.down_since = None;
+                        st.cut = false;
+                    }
+                },
+            }
+            st.available = false;
+            seen.insert(p);
+        }
+    }
+    // Taken out of the config: a UDP session moves (as a drained backend's); TCP flows stay.
+    for (p, mark) in gone {
+        if let Some(st) = states.get(p) {
+            if p.protocol == Protocol::Udp && st.available {
+                out.push((p.clone(), *mark));
+            }
+        }
+    }
+    states.retain(|p, _| seen.contains(p));
+    out
 }
 
 /// The whole table, replaced in one nft transaction (created first so that deleting it cannot
 /// fail on a host where it does not exist yet). Used for the first install, which also replaces a
 /// table a killed keel-lb left.
-pub fn ruleset(fronts: &[NatFrontend]) -> String {
+pub fn ruleset(fronts: &[NatFrontend], marks: &Marks) -> String {
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-        body(fronts)
+        body(fronts, marks)
     )
 }
 
@@ -61,10 +235,10 @@ pub fn ruleset(fronts: &[NatFrontend]) -> String {
 /// one would reset every flow that uses it to the kernel's default timeouts (five days for an
 /// established TCP flow). They are named by what they hold, so a changed policy is a new object,
 /// and the flows that started under the old one keep it.
-pub fn update(fronts: &[NatFrontend], before: &[NatFrontend]) -> String {
+pub fn update(fronts: &[NatFrontend], before: &[NatFrontend], marks: &Marks) -> String {
     let mut s = format!(
         "table inet {TABLE} {{}}\nflush table inet {TABLE}\n{}",
-        body(fronts)
+        body(fronts, marks)
     );
     let now = chains(fronts);
     for c in chains(before).difference(&now) {
@@ -115,7 +289,7 @@ fn timeout_policy(f: &NatFrontend) -> (String, String) {
 }
 
 /// The table's contents: policies, base chains, a chain per frontend and per backend.
-fn body(fronts: &[NatFrontend]) -> String {
+fn body(fronts: &[NatFrontend], marks: &Marks) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{");
     let mut declared = std::collections::BTreeSet::new();
@@ -170,7 +344,7 @@ fn body(fronts: &[NatFrontend]) -> String {
     }
     let _ = writeln!(
         s,
-        "  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct mark and {CT_MARK:#x} == {CT_MARK:#x} masquerade\n  }}"
+        "  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct mark and {MARK_MASK:#x} != 0 masquerade\n  }}"
     );
     for (i, f) in fronts.iter().enumerate() {
         if f.backends.is_empty() {
@@ -194,7 +368,7 @@ fn body(fronts: &[NatFrontend]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  chain f{i} {{\n    ct mark set ct mark or {CT_MARK:#x}\n    {pick} vmap {{ {} }}\n  }}",
+            "  chain f{i} {{\n    {pick} vmap {{ {} }}\n  }}",
             map.join(", ")
         );
         let proto = match f.protocol {
@@ -208,9 +382,11 @@ fn body(fronts: &[NatFrontend]) -> String {
             };
             // The counter sees a connection's first packet only (nat chains see nothing else):
             // it counts connections given to this backend.
+            let mark = marks.mark(&f.pair(*addr));
             let _ = writeln!(
                 s,
-                "  chain f{i}_b{j} {{\n    meta l4proto {proto} counter dnat {to} comment \"{addr}\"\n  }}"
+                "  chain f{i}_b{j} {{\n    meta l4proto {proto} ct mark set ct mark and {:#x} or {mark:#x} counter dnat {to} comment \"{addr}\"\n  }}",
+                !MARK_MASK
             );
         }
     }
@@ -323,7 +499,20 @@ pub struct Nat {
     swept: bool,
     /// `nft`, once found (looked for again while missing: it may be installed later).
     nft: Option<PathBuf>,
+    /// The conntrack mark of each configured (frontend, backend) pair.
+    marks: Marks,
+    /// What each configured pair went through, for [`cuts`].
+    states: HashMap<Pair, PairState>,
+    /// Cuts that failed, tried again at the next sync (with the attempts so far).
+    retry: Vec<(Pair, u32, u32)>,
+    /// Why the last cut failed, until one succeeds.
+    cut_error: Option<String>,
+    /// Pairs whose flows were cut since [`Nat::take_cuts`] last ran.
+    cut_done: Vec<Pair>,
 }
+
+/// A failed cut is tried again at each sync (every second) this many times, then given up (said).
+const CUT_ATTEMPTS: u32 = 60;
 
 /// `/v1/status` `nat`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -353,7 +542,11 @@ impl Nat {
         (!self.fronts.is_empty() || self.error.is_some()).then(|| NatStatus {
             installed: self.error.is_none() && self.applied.is_some(),
             proxied: self.fallback(),
-            error: self.error.clone().or_else(|| self.forwarding.clone()),
+            error: self
+                .error
+                .clone()
+                .or_else(|| self.forwarding.clone())
+                .or_else(|| self.cut_error.clone()),
             frontends: self
                 .fronts
                 .iter()
@@ -392,10 +585,80 @@ impl Nat {
         !self.fronts.is_empty() && self.applied.is_none() && self.error.is_some()
     }
 
-    /// Brings the table to `fronts` (nothing to do when it already is). Returns whether the status
-    /// changed.
+    /// Brings the table to `fronts` (nothing to do when it already is), then cuts the flows that
+    /// the proxy would have moved or cut (see the module's doc). Returns whether the status changed.
     pub async fn sync(&mut self, fronts: &[NatFrontend]) -> bool {
         let before = self.status();
+        let gone = self.marks.assign(fronts);
+        self.sync_rules(fronts, before.as_ref()).await;
+        self.cut_flows(fronts, &gone).await;
+        before != self.status()
+    }
+
+    /// The pairs whose flows were cut since the last call (`keel_lb_nat_flows_cut_total`).
+    pub fn take_cuts(&mut self) -> Vec<Pair> {
+        std::mem::take(&mut self.cut_done)
+    }
+
+    /// Deletes the conntrack entries of the pairs [`cuts`] names, and of earlier failed cuts.
+    async fn cut_flows(&mut self, fronts: &[NatFrontend], gone: &[(Pair, u32)]) {
+        let mut todo: Vec<(Pair, u32, u32)> =
+            cuts(fronts, gone, &self.marks, &mut self.states, Instant::now())
+                .into_iter()
+                .map(|(p, m)| (p, m, 0))
+                .collect();
+        for (p, m, n) in std::mem::take(&mut self.retry) {
+            // Not when it takes new flows again: they would be cut too.
+            let available = self.states.get(&p).is_some_and(|s| s.available);
+            if !available && !todo.iter().any(|t| t.0 == p) {
+                todo.push((p, m, n));
+            }
+        }
+        // Mark 0 is every flow this table did not translate: never cut.
+        todo.retain(|t| t.1 != 0);
+        if todo.is_empty() {
+            self.cut_error = None;
+            return;
+        }
+        let marks: Vec<u32> = todo.iter().map(|t| t.1).collect();
+        let done = tokio::task::spawn_blocking(move || {
+            marks
+                .into_iter()
+                .map(|m| crate::conntrack::delete_marked(m, MARK_MASK).map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(e.to_string()); todo.len()]);
+        let mut error = None;
+        for ((p, m, n), r) in todo.into_iter().zip(done) {
+            match r {
+                Ok(()) => {
+                    tracing::info!(frontend = %p.frontend, backend = %p.backend, protocol = ?p.protocol, "nat: flows to the backend ended (conntrack entries deleted)");
+                    self.cut_done.push(p);
+                }
+                Err(e) if n + 1 < CUT_ATTEMPTS => {
+                    error = Some(format!("cannot end the flows of backends taken out: {e}"));
+                    self.retry.push((p, m, n + 1));
+                }
+                Err(e) => {
+                    tracing::error!(frontend = %p.frontend, backend = %p.backend, error = %e, "nat: gave up ending the backend's flows; they end when idle");
+                    error = Some(format!("cannot end the flows of backends taken out: {e}"));
+                }
+            }
+        }
+        if error != self.cut_error {
+            match &error {
+                Some(e) => {
+                    tracing::error!(error = %e, "nat: flows stay on backends the proxy would have taken them from (tried again every second)")
+                }
+                None => tracing::info!("nat: ending flows works again"),
+            }
+        }
+        self.cut_error = error;
+    }
+
+    /// Brings the table to `fronts` (nothing to do when it already is).
+    async fn sync_rules(&mut self, fronts: &[NatFrontend], before: Option<&NatStatus>) {
         self.fronts = fronts.to_vec();
         if fronts.is_empty() {
             if self.applied.is_some() || self.error.is_some() {
@@ -405,7 +668,7 @@ impl Nat {
                 sweep().await;
             }
             self.forwarding = None;
-            return before != self.status();
+            return;
         }
         if self.applied.is_none() {
             // Nothing installed yet: rules that other hosts' packets cannot pass would take the
@@ -415,19 +678,19 @@ impl Nat {
                     tracing::error!(error = %f, "nat: rules not installed; the proxy serves the mode: nat frontends meanwhile (checked every second)");
                 }
                 self.error = Some(f);
-                return before != self.status();
+                return;
             }
         } else {
             // Turned off after the rules went in: said, the rules stay.
             self.forwarding = ensure_forwarding(fronts);
         }
-        let want = body(fronts);
+        let want = body(fronts, &self.marks);
         if self.applied.as_deref() == Some(want.as_str()) && self.error.is_none() {
-            return before != self.status();
+            return;
         }
         let script = match self.applied {
-            None => ruleset(fronts),
-            Some(_) => update(fronts, &self.installed),
+            None => ruleset(fronts, &self.marks),
+            Some(_) => update(fronts, &self.installed, &self.marks),
         };
         let r = match self.nft() {
             Some(nft) => crate::nft::run(&nft, &script).await,
@@ -450,11 +713,10 @@ impl Nat {
             }
         }
         if let Some(f) = &self.forwarding {
-            if before.as_ref().and_then(|s| s.error.as_ref()) != Some(f) && self.error.is_none() {
+            if before.and_then(|s| s.error.as_ref()) != Some(f) && self.error.is_none() {
                 tracing::error!(error = %f, "nat");
             }
         }
-        before != self.status()
     }
 
     /// New connections per (frontend, backend) since the last call, from the installed table's
@@ -610,7 +872,15 @@ mod tests {
                 .iter()
                 .map(|(a, w)| (a.parse().unwrap(), *w))
                 .collect(),
+            unavailable: Vec::new(),
+            cut_down_after: None,
         }
+    }
+
+    fn marked(fronts: &[NatFrontend]) -> Marks {
+        let mut m = Marks::default();
+        m.assign(fronts);
+        m
     }
 
     #[test]
@@ -647,7 +917,7 @@ mod tests {
             ),
             fe("0.0.0.0:443", Protocol::Tcp, &[]),
         ];
-        let s = ruleset(&f);
+        let s = ruleset(&f, &marked(&f));
         assert!(s.starts_with("table inet keel_lb_nat {}\ndelete table inet keel_lb_nat\n"));
         assert!(
             s.contains("policy = { syn_sent: 3, syn_recv: 3, established: 3600 }"),
@@ -665,21 +935,29 @@ mod tests {
         assert!(
             s.contains("numgen inc mod 3 vmap { 0 : jump f0_b0, 1 : jump f0_b1, 2 : jump f0_b0 }")
         );
-        assert!(s.contains("meta l4proto tcp counter dnat ip to 198.18.1.2:8080"));
+        // Each pair has a mark of its own in the upper 16 bits; the lower ones are left alone.
+        assert!(
+            s.contains("meta l4proto tcp ct mark set ct mark and 0xffff or 0x10000 counter dnat ip to 198.18.1.2:8080"),
+            "{s}"
+        );
+        assert!(s.contains(
+            "ct mark set ct mark and 0xffff or 0x20000 counter dnat ip to 198.18.1.3:8080"
+        ));
         assert!(
             s.contains("ip6 daddr 2001:db8::10 udp dport 53 jump f1"),
             "{s}"
         );
-        assert!(s.contains("meta l4proto udp counter dnat ip6 to [2001:db8::2]:53"));
+        assert!(s.contains("ct mark and 0xffff or 0x30000 counter dnat ip6 to [2001:db8::2]:53"));
         // No backend: no jump (the local stack answers with a reset), but the timeout stays.
         assert!(!s.contains("jump f2 "), "{s}");
         assert!(s.contains(
             "meta nfproto ipv4 fib daddr type local tcp dport 443 ct timeout set \"tcp_ip_3_3600\""
         ));
-        assert!(s.contains("ct mark and 0x4b00 == 0x4b00 masquerade"));
+        assert!(s.contains("ct mark and 0xffff0000 != 0 masquerade"));
         let mut h = f[0].clone();
         h.hash_source = true;
-        assert!(ruleset(&[h]).contains("jhash ip saddr mod 3 seed 0x6b65656c vmap"));
+        assert!(ruleset(&[h.clone()], &marked(&[h]))
+            .contains("jhash ip saddr mod 3 seed 0x6b65656c vmap"));
     }
 
     /// A change keeps the timeout policies (deleting one resets the flows using it to the
@@ -693,7 +971,8 @@ mod tests {
         );
         let mut one = two.clone();
         one.backends.truncate(1);
-        let u = update(&[one.clone()], std::slice::from_ref(&two));
+        let m = marked(std::slice::from_ref(&two));
+        let u = update(&[one.clone()], std::slice::from_ref(&two), &m);
         assert!(
             u.starts_with("table inet keel_lb_nat {}\nflush table inet keel_lb_nat\n"),
             "{u}"
@@ -703,13 +982,149 @@ mod tests {
         assert!(u.ends_with("delete chain inet keel_lb_nat f0_b1\n"), "{u}");
         let mut none = one.clone();
         none.backends.clear();
-        let u = update(&[none], &[one]);
+        let u = update(&[none], &[one], &m);
         assert!(u.contains("delete chain inet keel_lb_nat f0\n"), "{u}");
         assert!(u.contains("delete chain inet keel_lb_nat f0_b0\n"), "{u}");
         assert!(
-            !update(std::slice::from_ref(&two), std::slice::from_ref(&two))
+            !update(std::slice::from_ref(&two), std::slice::from_ref(&two), &m)
                 .contains("delete chain")
         );
+    }
+
+    #[test]
+    fn marks_stay_with_their_pairs_and_come_back_last() {
+        let a = fe(
+            "198.18.0.10:80",
+            Protocol::Tcp,
+            &[("198.18.1.2:8080", 1), ("198.18.1.3:8080", 1)],
+        );
+        let mut m = Marks::default();
+        assert!(m.assign(std::slice::from_ref(&a)).is_empty());
+        let (p2, p3) = (a.pair(a.backends[0].0), a.pair(a.backends[1].0));
+        assert_eq!((m.mark(&p2), m.mark(&p3)), (0x1_0000, 0x2_0000));
+        // The first backend is drained: still configured, same mark.
+        let mut drained = a.clone();
+        let first = drained.backends.remove(0);
+        drained.unavailable.push((first.0, false));
+        assert!(m.assign(std::slice::from_ref(&drained)).is_empty());
+        assert_eq!(m.mark(&p2), 0x1_0000);
+        // Removed: its mark is returned, and a new pair does not get it back at once.
+        let mut one = a.clone();
+        one.backends.remove(0);
+        one.backends.push(("198.18.1.4:8080".parse().unwrap(), 1));
+        assert_eq!(
+            m.assign(std::slice::from_ref(&one)),
+            vec![(p2.clone(), 0x1_0000)]
+        );
+        assert_eq!(m.mark(&p2), 0);
+        assert_eq!(m.mark(&one.pair(one.backends[1].0)), 0x3_0000);
+        assert_eq!(m.mark(&p3), 0x2_0000);
+        // Another frontend on the same backend is another pair.
+        let mut other = a.clone();
+        other.name = "other".into();
+        assert_ne!(other.pair(a.backends[1].0), p3);
+    }
+
+    #[test]
+    fn ids_wrap_around_and_skip_the_taken() {
+        let mut m = Marks {
+            last: OVERFLOW_ID - 2,
+            ..Marks::default()
+        };
+        let taken = [1u16, 2].into_iter().collect();
+        assert_eq!(m.free_id(&taken), OVERFLOW_ID - 1);
+        assert_eq!(m.free_id(&taken), 3);
+        let all = (1..OVERFLOW_ID).collect();
+        assert_eq!(m.free_id(&all), OVERFLOW_ID);
+    }
+
+    /// UDP flows leave a backend that is down, drained or removed at once; TCP flows only once
+    /// their backend has been down for the grace, once per down span, and only when asked.
+    #[test]
+    fn cuts_follow_the_proxys_rules() {
+        let t0 = Instant::now();
+        let b: SocketAddr = "198.18.1.2:53".parse().unwrap();
+        let c: SocketAddr = "198.18.1.3:53".parse().unwrap();
+        let udp = fe(
+            "198.18.0.10:53",
+            Protocol::Udp,
+            &[("198.18.1.2:53", 1), ("198.18.1.3:53", 1)],
+        );
+        let mut tcp = fe("198.18.0.10:80", Protocol::Tcp, &[("198.18.1.2:53", 1)]);
+        tcp.cut_down_after = Some(Duration::from_secs(5));
+        let (mut m, mut st) = (Marks::default(), HashMap::new());
+        let mut pass = |fronts: &[NatFrontend], t: Instant| {
+            let gone = m.assign(fronts);
+            let mut out: Vec<(String, SocketAddr)> = cuts(fronts, &gone, &m, &mut st, t)
+                .into_iter()
+                .map(|(p, mark)| {
+                    assert_ne!(mark, 0);
+                    (
+                        p.frontend.clone()
+                            + if p.protocol == Protocol::Udp {
+                                "/udp"
+                            } else {
+                                "/tcp"
+                            },
+                        p.backend,
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        assert!(pass(&[udp.clone(), tcp.clone()], t0).is_empty());
+        // b goes down everywhere.
+        let mut udp_down = udp.clone();
+        udp_down.backends.remove(0);
+        udp_down.unavailable.push((b, true));
+        let mut tcp_down = tcp.clone();
+        tcp_down.backends.clear();
+        tcp_down.unavailable.push((b, true));
+        let name = udp.name.clone();
+        assert_eq!(
+            pass(&[udp_down.clone(), tcp_down.clone()], t0),
+            vec![(name.clone() + "/udp", b)]
+        );
+        // Still down: UDP is not cut again; TCP waits for the grace, then is cut once.
+        let s = Duration::from_secs(1);
+        assert!(pass(&[udp_down.clone(), tcp_down.clone()], t0 + 4 * s).is_empty());
+        assert_eq!(
+            pass(&[udp_down.clone(), tcp_down.clone()], t0 + 5 * s),
+            vec![(name.clone() + "/tcp", b)]
+        );
+        assert!(pass(&[udp_down.clone(), tcp_down.clone()], t0 + 9 * s).is_empty());
+        // Back up, then down for less than the grace, then drained: no TCP cut.
+        assert!(pass(&[udp.clone(), tcp.clone()], t0 + 10 * s).is_empty());
+        assert!(pass(&[udp.clone(), tcp_down.clone()], t0 + 11 * s).is_empty());
+        let mut tcp_drained = tcp_down.clone();
+        tcp_drained.unavailable = vec![(b, false)];
+        assert!(pass(&[udp.clone(), tcp_drained.clone()], t0 + 20 * s).is_empty());
+        // UDP: c drained is cut; then c removed is not cut again (no flows were given it since).
+        let mut udp_drained = udp.clone();
+        udp_drained.backends.remove(1);
+        udp_drained.unavailable.push((c, false));
+        assert_eq!(
+            pass(&[udp_drained.clone(), tcp.clone()], t0 + 21 * s),
+            vec![(name.clone() + "/udp", c)]
+        );
+        let mut udp_one = udp.clone();
+        udp_one.backends.remove(1);
+        assert!(pass(&[udp_one.clone(), tcp.clone()], t0 + 22 * s).is_empty());
+        // b removed while available: UDP cut, TCP kept.
+        let mut udp_none = udp_one.clone();
+        udp_none.backends.clear();
+        let mut tcp_none = tcp.clone();
+        tcp_none.backends.clear();
+        assert_eq!(
+            pass(&[udp_none, tcp_none], t0 + 23 * s),
+            vec![(name.clone() + "/udp", b)]
+        );
+        // Without a grace a TCP backend's flows stay however long it is down.
+        let mut plain = tcp_down.clone();
+        plain.cut_down_after = None;
+        assert!(pass(&[plain.clone()], t0 + 30 * s).is_empty());
+        assert!(pass(&[plain], t0 + 3000 * s).is_empty());
     }
 
     #[test]
@@ -743,9 +1158,10 @@ mod tests {
         h.hash_source = true;
         h.listen = "198.18.0.11:80".parse().unwrap();
         let all = [f[0].clone(), f[1].clone(), h];
-        crate::nft::assert_accepted(&ruleset(&all));
+        let m = marked(&all);
+        crate::nft::assert_accepted(&ruleset(&all, &m));
         // An update is checked after the install it changes (one transaction: nft -c changes
         // nothing, so the chains it deletes must exist in the same script).
-        crate::nft::assert_accepted(&(ruleset(&all) + &update(&f[..1], &all)));
+        crate::nft::assert_accepted(&(ruleset(&all, &m) + &update(&f[..1], &all, &m)));
     }
 }

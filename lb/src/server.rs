@@ -1128,6 +1128,16 @@ impl Server {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    unavailable: pool
+                        .map(|p| {
+                            p.backends
+                                .iter()
+                                .filter(|b| !b.available())
+                                .map(|b| (b.addr, !b.healthy()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    cut_down_after: pool.and_then(|p| p.cfg.shutdown_sessions_on_down),
                 }
             })
             .collect()
@@ -1160,6 +1170,12 @@ impl Server {
         self.metrics
             .nat_installed
             .set(i64::from(self.nat.as_configured()));
+        for p in self.nat.take_cuts() {
+            self.metrics
+                .nat_flows_cut
+                .with_label_values(&[&p.frontend, &p.backend.to_string()])
+                .inc();
+        }
         for (fe, backend, n) in self.nat.new_connections().await {
             self.metrics
                 .nat_connections

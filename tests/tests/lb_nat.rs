@@ -572,3 +572,165 @@ fn without_forwarding_the_proxy_serves_nat_frontends_until_it_is_on() {
         listening(&t)
     );
 }
+
+/// Where the proxy would move or cut a flow, nat deletes its conntrack entry (by the mark of its
+/// frontend and backend): a UDP client that keeps its source port moves off a drained backend at
+/// its next datagram instead of staying pinned to it while it keeps sending (kube-proxy deletes
+/// UDP entries for the same reason), and with `shutdown_sessions_on_down` a TCP connection to a
+/// backend marked down is reset while one to a healthy backend carries on.
+#[test]
+fn nat_flows_leave_a_backend_where_the_proxy_would_move_or_cut_them() {
+    require_root!();
+    for tool in ["nft", "curl"] {
+        if !keel_e2e::have(tool) {
+            skip!("{tool} missing (apt-get install nftables curl)");
+        }
+    }
+    const VIP: &str = "198.18.107.10";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Topology::new("lb-natcut");
+    t.bridge();
+    t.host("lb", &["198.18.7.11/24"]);
+    t.host("b1", &["198.18.7.21/24"]);
+    t.host("b2", &["198.18.7.22/24"]);
+    t.host("client", &["198.18.7.100/24"]);
+    t.sh("client", &format!("ip route add {VIP}/32 via 198.18.7.11"));
+    t.sh("lb", &format!("ip addr add {VIP}/32 dev lo"));
+    let stop1 = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::new(AtomicBool::new(false));
+    greeter(&t, "b1", "198.18.7.21:8001", stop1.clone());
+    greeter(&t, "b2", "198.18.7.22:8001", stop2.clone());
+    for (host, addr) in [("b1", "198.18.7.21:5353"), ("b2", "198.18.7.22:5353")] {
+        let udp = t
+            .thread_in(host, move || UdpSocket::bind(addr).unwrap())
+            .join()
+            .unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let stop = stop1.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, peer)) = udp.recv_from(&mut b) {
+                    let reply = format!("{host} {}", String::from_utf8_lossy(&b[..n]));
+                    let _ = udp.send_to(reply.as_bytes(), peer);
+                }
+            }
+        });
+    }
+    let cfg = tmp.path().join("lb.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin: {{listen: 127.0.0.1:9100}}
+frontends:
+  - {{name: web, listen: {VIP}:80, pool: web, mode: nat}}
+  - {{name: dns, listen: {VIP}:53, protocol: udp, pool: dns, mode: nat}}
+pools:
+  web:
+    health: {{type: tcp, interval: 200ms, timeout: 200ms, fall: 1}}
+    shutdown_sessions_on_down: 0s
+    backends: [{{address: 198.18.7.21:8001}}, {{address: 198.18.7.22:8001}}]
+  dns:
+    health: {{type: tcp, port: 8001, interval: 200ms, timeout: 200ms, fall: 1}}
+    backends: [{{address: 198.18.7.21:5353}}, {{address: 198.18.7.22:5353}}]
+"
+        ),
+    )
+    .unwrap();
+    let _lb = t.spawn(
+        "lb",
+        bin("keel-lb").to_str().unwrap(),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&t)["nat"]["installed"]
+            == true),
+        "the nat rules are not installed: {}",
+        status(&t)["nat"]
+    );
+    let cut = |t: &Topology, fe: &str, backend: &str| -> u64 {
+        let m = t.curl("lb", "http://127.0.0.1:9100/metrics");
+        let series =
+            format!("keel_lb_nat_flows_cut_total{{backend=\"{backend}\",frontend=\"{fe}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+
+    // UDP: one client socket (one source port, one conntrack entry) asks until it is answered.
+    let client = t
+        .thread_in("client", || UdpSocket::bind("198.18.7.100:0").unwrap())
+        .join()
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let ask = |q: &str| -> String {
+        for _ in 0..10 {
+            client.send_to(q.as_bytes(), format!("{VIP}:53")).unwrap();
+            let mut b = [0u8; 512];
+            if let Ok((n, _)) = client.recv_from(&mut b) {
+                return String::from_utf8_lossy(&b[..n]).to_string();
+            }
+        }
+        panic!("no answer to {q}");
+    };
+    let first = ask("q1");
+    let host = first.split(' ').next().unwrap().to_string();
+    assert_eq!(ask("q2"), format!("{host} q2"), "the flow did not stay");
+    let (addr, other) = if host == "b1" {
+        ("198.18.7.21:5353", "b2")
+    } else {
+        ("198.18.7.22:5353", "b1")
+    };
+    let out = t.sh(
+        "lb",
+        &format!("curl -s -X POST --max-time 5 -d state=drain http://127.0.0.1:9100/v1/backends/dns/{addr}"),
+    );
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            last = ask("q3");
+            last.starts_with(other)
+        }),
+        "the UDP flow stayed on the drained backend: {last}"
+    );
+    assert_eq!(cut(&t, "dns", addr), 1);
+    assert_eq!(
+        ask("q4"),
+        format!("{other} q4"),
+        "the new flow did not stay"
+    );
+
+    // TCP: one connection on each backend; b2's listener stops, so its check fails while its
+    // established connection is still served by b2.
+    let mut on = std::collections::HashMap::new();
+    let web: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    for _ in 0..20 {
+        let (c, g) = hello(&t, web);
+        on.entry(g.split(' ').next().unwrap().to_string())
+            .or_insert(c);
+        if on.len() == 2 {
+            break;
+        }
+    }
+    let (mut on1, mut on2) = (on.remove("b1").unwrap(), on.remove("b2").unwrap());
+    assert!(echoes(&mut on1) && echoes(&mut on2));
+    stop2.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(10), || !echoes(&mut on2)),
+        "the connection to the backend marked down carried on: {}",
+        status(&t)["nat"]
+    );
+    assert_eq!(cut(&t, "web", "198.18.7.22:8001"), 1);
+    assert!(
+        echoes(&mut on1),
+        "the connection to the healthy backend broke"
+    );
+    assert_eq!(cut(&t, "web", "198.18.7.21:8001"), 0);
+    assert_eq!(status(&t)["nat"]["error"], serde_json::Value::Null);
+    stop1.store(true, Ordering::SeqCst);
+}
