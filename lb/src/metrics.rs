@@ -38,6 +38,7 @@ pub struct Metrics {
     /// `mode: nat`: connections (UDP flows) given to each backend, from the rules' counters.
     pub nat_connections: IntCounterVec,
     pub nat_flows_cut: IntCounterVec,
+    pub nat_open_flows: IntGaugeVec,
 }
 
 #[derive(Clone)]
@@ -274,6 +275,11 @@ impl Metrics {
             nat_flows_cut: cv(
                 "keel_lb_nat_flows_cut_total",
                 "Times the established flows a mode: nat frontend gave a backend were ended (conntrack entries deleted): UDP when the backend went down, was drained or removed; TCP after shutdown_sessions_on_down.",
+                &["frontend", "backend"],
+            ),
+            nat_open_flows: gv(
+                "keel_lb_nat_open_flows",
+                "Open flows of a mode: nat frontend on a backend: its conntrack entries (TCP ones in TIME_WAIT or CLOSE left out), counted every 5 seconds.",
                 &["frontend", "backend"],
             ),
             vrrp_running: reg(

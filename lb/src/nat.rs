@@ -94,6 +94,15 @@ pub struct Marks {
 const OVERFLOW_ID: u16 = u16::MAX;
 
 impl Marks {
+    /// The pair a mark stands for.
+    fn pair(&self, mark: u32) -> Option<&Pair> {
+        let id = u16::try_from(mark >> MARK_SHIFT).ok()?;
+        if id == OVERFLOW_ID {
+            return None;
+        }
+        self.ids.iter().find_map(|(p, &i)| (i == id).then_some(p))
+    }
+
     /// The conntrack mark of a pair (0 for one not assigned: not translated).
     pub fn mark(&self, p: &Pair) -> u32 {
         self.ids.get(p).map_or(0, |&id| u32::from(id) << MARK_SHIFT)
@@ -509,10 +518,30 @@ pub struct Nat {
     cut_error: Option<String>,
     /// Pairs whose flows were cut since [`Nat::take_cuts`] last ran.
     cut_done: Vec<Pair>,
+    /// Open flows per configured pair, at the last count (`Nat::count_flows`).
+    flows: HashMap<Pair, u64>,
+    /// When flows were last counted.
+    counted_at: Option<Instant>,
 }
+
+/// Open flows are counted (one dump of the conntrack table) at most this often.
+const FLOW_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// A failed cut is tried again at each sync (every second) this many times, then given up (said).
 const CUT_ATTEMPTS: u32 = 60;
+
+/// A frontend's open flows as the status page and `keel-lb status` show them: `backend: n, ...`,
+/// `-` before the first count.
+pub fn flows_text(flows: &std::collections::BTreeMap<String, u64>) -> String {
+    if flows.is_empty() {
+        return "-".into();
+    }
+    flows
+        .iter()
+        .map(|(b, n)| format!("{b}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// `/v1/status` `nat`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -535,6 +564,10 @@ pub struct NatFrontendStatus {
     pub protocol: String,
     /// Where new connections go now: the available backends.
     pub backends: Vec<String>,
+    /// Open flows per configured backend (drained and down ones too), counted every 5 seconds;
+    /// empty until the first count.
+    #[serde(default)]
+    pub flows: std::collections::BTreeMap<String, u64>,
 }
 
 impl Nat {
@@ -559,6 +592,13 @@ impl Nat {
                     }
                     .into(),
                     backends: f.backends.iter().map(|(a, _)| a.to_string()).collect(),
+                    flows: f
+                        .backends
+                        .iter()
+                        .map(|b| b.0)
+                        .chain(f.unavailable.iter().map(|b| b.0))
+                        .filter_map(|a| Some((a.to_string(), *self.flows.get(&f.pair(a))?)))
+                        .collect(),
                 })
                 .collect(),
         })
@@ -593,6 +633,59 @@ impl Nat {
         self.sync_rules(fronts, before.as_ref()).await;
         self.cut_flows(fronts, &gone).await;
         before != self.status()
+    }
+
+    /// Counts the open flows of every configured pair (one conntrack dump, at most every
+    /// [`FLOW_COUNT_EVERY`]); returns the counts when it did (`keel_lb_nat_open_flows`), None when
+    /// it was not time or there is nothing to count. A failed count is logged at debug level and
+    /// leaves the last one: flows are a view, not something the rules depend on.
+    pub async fn count_flows(&mut self) -> Option<Vec<(Pair, u64)>> {
+        if self.fronts.is_empty() || self.applied.is_none() {
+            // Said once, so that the series of the last count go too.
+            let had = !self.flows.is_empty();
+            self.flows.clear();
+            return had.then(Vec::new);
+        }
+        let now = Instant::now();
+        if self
+            .counted_at
+            .is_some_and(|t| now.saturating_duration_since(t) < FLOW_COUNT_EVERY)
+        {
+            return None;
+        }
+        self.counted_at = Some(now);
+        let by_mark =
+            tokio::task::spawn_blocking(|| crate::conntrack::open_flows_by_mark(MARK_MASK))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        let by_mark = match by_mark {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "nat: counting open flows");
+                return None;
+            }
+        };
+        let mut flows: HashMap<Pair, u64> = HashMap::new();
+        for f in &self.fronts {
+            for a in f
+                .backends
+                .iter()
+                .map(|b| b.0)
+                .chain(f.unavailable.iter().map(|b| b.0))
+            {
+                flows.insert(f.pair(a), 0);
+            }
+        }
+        for (mark, n) in by_mark {
+            if let Some(p) = self.marks.pair(mark) {
+                if let Some(v) = flows.get_mut(p) {
+                    *v += n;
+                }
+            }
+        }
+        self.flows = flows;
+        Some(self.flows.iter().map(|(p, n)| (p.clone(), *n)).collect())
     }
 
     /// The pairs whose flows were cut since the last call (`keel_lb_nat_flows_cut_total`).

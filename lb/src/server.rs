@@ -140,6 +140,8 @@ pub struct Server {
     nat: crate::nat::Nat,
     /// No nat rules could be installed: the nat frontends have proxy listeners meanwhile.
     nat_fallback: bool,
+    /// The (frontend, backend) series of `keel_lb_nat_open_flows` set last (stale ones go).
+    nat_flow_series: HashSet<(String, String)>,
 }
 
 impl Server {
@@ -187,6 +189,7 @@ impl Server {
             bgp_metrics: None,
             nat: crate::nat::Nat::default(),
             nat_fallback: false,
+            nat_flow_series: HashSet::new(),
             bgp_failed: None,
         };
         // Rules kept from the last run serve from the first moment, API server or not.
@@ -1170,6 +1173,26 @@ impl Server {
         self.metrics
             .nat_installed
             .set(i64::from(self.nat.as_configured()));
+        if let Some(counts) = self.nat.count_flows().await {
+            let now: HashSet<(String, String)> = counts
+                .iter()
+                .map(|(p, _)| (p.frontend.clone(), p.backend.to_string()))
+                .collect();
+            for (fe, backend) in self.nat_flow_series.difference(&now) {
+                let _ = self
+                    .metrics
+                    .nat_open_flows
+                    .remove_label_values(&[fe, backend]);
+            }
+            for (p, n) in &counts {
+                self.metrics
+                    .nat_open_flows
+                    .with_label_values(&[&p.frontend, &p.backend.to_string()])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            self.nat_flow_series = now;
+            self.publish_view();
+        }
         for p in self.nat.take_cuts() {
             self.metrics
                 .nat_flows_cut

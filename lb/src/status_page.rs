@@ -211,8 +211,8 @@ R.bgp=function(s){
 };
 R.nat=function(s){
   var n=s.nat,h='<p class="'+(n.error?'bad':'')+'" data-nat="'+(n.installed?'installed':'missing')+'">rules '+(n.installed?'installed':n.proxied?'NOT installed: served by the proxy meanwhile':'NOT installed')+(n.error?': '+e(n.error):'')+'</p>';
-  h+='<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th></tr></thead><tbody>';
-  n.frontends.forEach(function(f){h+='<tr class="st-'+(f.backends.length?'UP':'DOWN')+'" data-nat-frontend="'+e(f.name)+'"><td>'+e(f.name)+'</td><td>'+e(f.listen)+'</td><td>'+e(f.protocol)+'</td><td>'+(f.backends.length?e(f.backends.join(', ')):'none: refused')+'</td></tr>'});
+  h+='<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th><th>Open flows</th></tr></thead><tbody>';
+  n.frontends.forEach(function(f){var fl=f.flows||{},k=Object.keys(fl);h+='<tr class="st-'+(f.backends.length?'UP':'DOWN')+'" data-nat-frontend="'+e(f.name)+'"><td>'+e(f.name)+'</td><td>'+e(f.listen)+'</td><td>'+e(f.protocol)+'</td><td>'+(f.backends.length?e(f.backends.join(', ')):'none: refused')+'</td><td>'+(k.length?k.map(function(b){return e(b)+': '+fl[b]}).join(', '):'-')+'</td></tr>'});
   return h+'</tbody></table>';
 };
 R.services=function(s){
@@ -491,11 +491,11 @@ fn nat(s: &Snapshot) -> String {
             .map(|e| format!(": {}", esc(e)))
             .unwrap_or_default()
     );
-    h.push_str("<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th></tr></thead><tbody>");
+    h.push_str("<table><thead><tr><th>Frontend</th><th>Listen</th><th>Proto</th><th>New connections to</th><th>Open flows</th></tr></thead><tbody>");
     for f in &n.frontends {
         let _ = write!(
             h,
-            "<tr class=\"st-{}\" data-nat-frontend=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"st-{}\" data-nat-frontend=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if f.backends.is_empty() { "DOWN" } else { "UP" },
             esc(&f.name),
             esc(&f.name),
@@ -505,7 +505,8 @@ fn nat(s: &Snapshot) -> String {
                 "none: refused".to_string()
             } else {
                 esc(&f.backends.join(", "))
-            }
+            },
+            esc(&crate::nat::flows_text(&f.flows))
         );
     }
     h.push_str("</tbody></table>");
@@ -896,6 +897,7 @@ mod tests {
                     listen: "198.18.100.10:80".into(),
                     protocol: "tcp".into(),
                     backends: vec![evil.into()],
+                    flows: [(evil.to_string(), 3)].into(),
                 }],
             }),
             events: vec![EventStatus {

@@ -261,12 +261,19 @@ pub fn render(s: &Snapshot) -> String {
                     } else {
                         f.backends.join(", ")
                     },
+                    crate::nat::flows_text(&f.flows),
                 ]
             })
             .collect();
         table(
             &mut o,
-            &["NAME", "LISTEN", "PROTO", "NEW CONNECTIONS TO"],
+            &[
+                "NAME",
+                "LISTEN",
+                "PROTO",
+                "NEW CONNECTIONS TO",
+                "OPEN FLOWS",
+            ],
             &rows,
         );
     }

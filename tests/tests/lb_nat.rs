@@ -719,6 +719,32 @@ pools:
     }
     let (mut on1, mut on2) = (on.remove("b1").unwrap(), on.remove("b2").unwrap());
     assert!(echoes(&mut on1) && echoes(&mut on2));
+    // Open flows per backend, from conntrack (counted every 5 s): one connection on each web
+    // backend (the others the loop dropped are closed), the UDP client's one flow on the backend it
+    // moved to, none left on the drained one.
+    let other_addr = if other == "b1" {
+        "198.18.7.21:5353"
+    } else {
+        "198.18.7.22:5353"
+    };
+    let want = |pairs: &[(&str, u64)]| -> serde_json::Value {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let flows = |t: &Topology, i: usize| status(t)["nat"]["frontends"][i]["flows"].clone();
+    assert!(
+        wait_until(Duration::from_secs(15), || flows(&t, 0)
+            == want(&[("198.18.7.21:8001", 1), ("198.18.7.22:8001", 1)])
+            && flows(&t, 1) == want(&[(addr, 0), (other_addr, 1)])),
+        "{}",
+        status(&t)["nat"]
+    );
+    assert!(t
+        .curl("lb", "http://127.0.0.1:9100/metrics")
+        .contains("keel_lb_nat_open_flows{backend=\"198.18.7.22:8001\",frontend=\"web\"} 1"));
     stop2.store(true, Ordering::SeqCst);
     assert!(
         wait_until(Duration::from_secs(10), || !echoes(&mut on2)),
