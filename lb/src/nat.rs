@@ -94,13 +94,13 @@ pub struct Marks {
 const OVERFLOW_ID: u16 = u16::MAX;
 
 impl Marks {
-    /// The pair a mark stands for.
-    fn pair(&self, mark: u32) -> Option<&Pair> {
-        let id = u16::try_from(mark >> MARK_SHIFT).ok()?;
-        if id == OVERFLOW_ID {
-            return None;
-        }
-        self.ids.iter().find_map(|(p, &i)| (i == id).then_some(p))
+    /// The pair each mark stands for (the shared overflow id stands for none).
+    fn pairs(&self) -> HashMap<u32, &Pair> {
+        self.ids
+            .iter()
+            .filter(|(_, &id)| id != OVERFLOW_ID)
+            .map(|(p, &id)| (u32::from(id) << MARK_SHIFT, p))
+            .collect()
     }
 
     /// The conntrack mark of a pair (0 for one not assigned: not translated).
@@ -677,8 +677,9 @@ impl Nat {
                 flows.insert(f.pair(a), 0);
             }
         }
+        let pairs = self.marks.pairs();
         for (mark, n) in by_mark {
-            if let Some(p) = self.marks.pair(mark) {
+            if let Some(p) = pairs.get(&mark).copied() {
                 if let Some(v) = flows.get_mut(p) {
                     *v += n;
                 }
