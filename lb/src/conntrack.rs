@@ -117,13 +117,24 @@ fn entry(payload: &[u8]) -> Option<(u32, bool)> {
     Some((mark, open))
 }
 
-/// Open flows per mark (`mark & mask`, never 0) in this network namespace's conntrack table: one
-/// dump of the whole table. Blocking.
-pub fn open_flows_by_mark(mask: u32) -> Result<std::collections::HashMap<u32, u64>, Error> {
+/// A ctnetlink socket talking to the kernel.
+fn socket() -> Result<Socket, Error> {
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
     sock.bind_auto().map_err(Error::Socket)?;
     sock.connect(&SocketAddr::new(0, 0))
         .map_err(Error::Socket)?;
+    Ok(sock)
+}
+
+/// The errno an NLMSG_ERROR payload carries (0: an acknowledgement).
+fn errno(payload: &[u8]) -> Option<i32> {
+    Some(-i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?))
+}
+
+/// Open flows per mark (`mark & mask`, never 0) in this network namespace's conntrack table: one
+/// dump of the whole table. Blocking.
+pub fn open_flows_by_mark(mask: u32) -> Result<std::collections::HashMap<u32, u64>, Error> {
+    let sock = socket()?;
     let seq = 2;
     sock.send(
         &header(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, &[]),
@@ -142,12 +153,9 @@ pub fn open_flows_by_mark(mask: u32) -> Result<std::collections::HashMap<u32, u6
                 return Ok(out);
             }
             if kind == NLMSG_ERROR {
-                let errno = payload
-                    .get(0..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, |b| -i32::from_ne_bytes(b));
-                if errno != 0 {
-                    return Err(Error::Refused(std::io::Error::from_raw_os_error(errno)));
+                match errno(payload) {
+                    Some(0) | None => {}
+                    Some(e) => return Err(Error::Refused(std::io::Error::from_raw_os_error(e))),
                 }
             } else if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
                 if let Some((mark, true)) = entry(payload) {
@@ -175,17 +183,14 @@ fn request(seq: u32, mark: u32, mask: u32) -> Vec<u8> {
 /// The errno of the acknowledgement for `seq` in `reply` (0: done), None if it holds none.
 fn ack(reply: &[u8], seq: u32) -> Option<i32> {
     messages(reply)
-        .find(|(kind, got, p)| *kind == NLMSG_ERROR && *got == seq && p.len() >= 4)
-        .and_then(|(_, _, p)| Some(-i32::from_ne_bytes(p[0..4].try_into().ok()?)))
+        .filter(|(kind, got, _)| *kind == NLMSG_ERROR && *got == seq)
+        .find_map(|(_, _, p)| errno(p))
 }
 
 /// Deletes every conntrack entry (of this network namespace) with `mark & mask == mark`. Blocking:
 /// the kernel walks the whole table before it answers.
 pub fn delete_marked(mark: u32, mask: u32) -> Result<(), Error> {
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
-    sock.bind_auto().map_err(Error::Socket)?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(Error::Socket)?;
+    let sock = socket()?;
     let seq = 1;
     sock.send(&request(seq, mark, mask), 0).map_err(Error::Io)?;
     // Bounded: other messages (none are expected on this socket) cannot keep it here.

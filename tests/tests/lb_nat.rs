@@ -90,6 +90,37 @@ fn greeter(t: &Topology, host: &str, addr: &'static str, stop: Arc<AtomicBool>) 
     });
 }
 
+/// A UDP backend that answers each datagram with its name (and, if asked, the peer it sees) and
+/// the datagram.
+fn udp_responder(
+    t: &Topology,
+    host: &'static str,
+    addr: &'static str,
+    show_peer: bool,
+    stop: Arc<AtomicBool>,
+) {
+    let udp = t
+        .thread_in(host, move || UdpSocket::bind(addr).unwrap())
+        .join()
+        .unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, peer)) = udp.recv_from(&mut b) {
+                let q = String::from_utf8_lossy(&b[..n]);
+                let reply = if show_peer {
+                    format!("{host} {} {q}", peer.ip())
+                } else {
+                    format!("{host} {q}")
+                };
+                let _ = udp.send_to(reply.as_bytes(), peer);
+            }
+        }
+    });
+}
+
 /// Connects from the client and reads the greeting: (backend, the address it saw).
 fn hello(t: &Topology, to: SocketAddr) -> (TcpStream, String) {
     t.thread_in("client", move || {
@@ -153,22 +184,7 @@ fn nat_frontends_forward_in_the_kernel_and_follow_health_reload_and_exit() {
     greeter(&t, "b1", "198.18.5.21:8001", stop1.clone());
     greeter(&t, "b1", "[2001:db8:5::21]:8001", stop1.clone());
     greeter(&t, "b2", "198.18.5.22:8001", stop2.clone());
-    let udp = t
-        .thread_in("b1", || UdpSocket::bind("198.18.5.21:5353").unwrap())
-        .join()
-        .unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let udp_stop = stop1.clone();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 512];
-        while !udp_stop.load(Ordering::SeqCst) {
-            if let Ok((n, peer)) = udp.recv_from(&mut b) {
-                let reply = format!("b1 {} {}", peer.ip(), String::from_utf8_lossy(&b[..n]));
-                let _ = udp.send_to(reply.as_bytes(), peer);
-            }
-        }
-    });
+    udp_responder(&t, "b1", "198.18.5.21:5353", true, stop1.clone());
 
     let cfg = lb_yaml(dir, "web", "");
     let mut lb = t.spawn(
@@ -601,22 +617,7 @@ fn nat_flows_leave_a_backend_where_the_proxy_would_move_or_cut_them() {
     greeter(&t, "b1", "198.18.7.21:8001", stop1.clone());
     greeter(&t, "b2", "198.18.7.22:8001", stop2.clone());
     for (host, addr) in [("b1", "198.18.7.21:5353"), ("b2", "198.18.7.22:5353")] {
-        let udp = t
-            .thread_in(host, move || UdpSocket::bind(addr).unwrap())
-            .join()
-            .unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let stop = stop1.clone();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 512];
-            while !stop.load(Ordering::SeqCst) {
-                if let Ok((n, peer)) = udp.recv_from(&mut b) {
-                    let reply = format!("{host} {}", String::from_utf8_lossy(&b[..n]));
-                    let _ = udp.send_to(reply.as_bytes(), peer);
-                }
-            }
-        });
+        udp_responder(&t, host, addr, false, stop1.clone());
     }
     let cfg = tmp.path().join("lb.yaml");
     std::fs::write(
